@@ -1,0 +1,25 @@
+//! molt's shared library: the types and rules that the release tool, the updater and
+//! the agent all agree on.
+//!
+//! - [`version`], [`platform`], [`region`], [`artifact`]: parsed domain types.
+//! - [`manifest`]: the regional `manifest.json` (a superset of SSM's).
+//! - [`rollout`]: in-region waves and when a host becomes eligible.
+//! - [`resolve`]: which version a host should move to, and every rule that can refuse.
+//! - [`package`] and [`extract`]: reproducible archives and the safe extractor.
+
+pub mod artifact;
+pub mod build_info;
+pub mod extract;
+pub mod manifest;
+pub mod package;
+pub mod platform;
+pub mod region;
+pub mod resolve;
+pub mod rollout;
+pub mod version;
+
+pub use artifact::{ArtifactName, PackageName, Sha256};
+pub use build_info::BUILD_VERSION;
+pub use platform::{ArchiveKind, Platform};
+pub use region::Region;
+pub use version::Version;

@@ -1,0 +1,1 @@
+//! Test support for molt's end-to-end tests.
