@@ -9,6 +9,7 @@
 
 pub mod artifact;
 pub mod build_info;
+pub mod cli;
 pub mod extract;
 pub mod manifest;
 pub mod package;

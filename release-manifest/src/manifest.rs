@@ -64,9 +64,10 @@ impl<'de> Deserialize<'de> for SchemaVersion {
 const UNSUPPORTED_SCHEMA: &str = "unsupported SchemaVersion ";
 
 /// A version's `Status`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Status {
     /// `Active` or empty: installable.
+    #[default]
     Active,
     /// Not offered as a target; hosts already on it stay.
     Inactive,
@@ -117,12 +118,6 @@ impl<'de> Deserialize<'de> for Status {
         let s = String::deserialize(d)?;
         let Ok(status) = s.parse();
         Ok(status)
-    }
-}
-
-impl Default for Status {
-    fn default() -> Self {
-        Status::Active
     }
 }
 

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The number of seeds; a host's seed is in `0..SEED_SPACE`.
@@ -83,7 +83,7 @@ pub struct Wave {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rollout {
     #[serde(rename = "Start")]
-    start: DateTime<Utc>,
+    start: Timestamp,
     #[serde(rename = "Waves")]
     waves: Vec<Wave>,
 }
@@ -109,7 +109,7 @@ pub enum RolloutError {
 }
 
 impl Rollout {
-    pub fn new(start: DateTime<Utc>, waves: Vec<Wave>) -> Result<Rollout, RolloutError> {
+    pub fn new(start: Timestamp, waves: Vec<Wave>) -> Result<Rollout, RolloutError> {
         if waves.is_empty() {
             return Err(RolloutError::NoWaves);
         }
@@ -140,7 +140,7 @@ impl Rollout {
         Ok(Rollout { start, waves })
     }
 
-    pub fn start(&self) -> DateTime<Utc> {
+    pub fn start(&self) -> Timestamp {
         self.start
     }
 
@@ -168,22 +168,25 @@ impl Rollout {
     }
 
     /// When the host with `seed` becomes eligible, or `None` when no wave holds it yet.
-    pub fn eligible_at(&self, seed: Seed) -> Option<DateTime<Utc>> {
+    pub fn eligible_at(&self, seed: Seed) -> Option<Timestamp> {
         let index = self.wave_of(seed)?;
         let (first, end) = self.seed_range(index)?;
         let wave = self.waves.get(index)?;
-        let base = self.start + chrono::Duration::from_std(wave.after.0).ok()?;
+        let base = self
+            .start
+            .checked_add(jiff::SignedDuration::try_from(wave.after.0).ok()?)
+            .ok()?;
         let Some(next) = self.waves.get(index + 1) else {
             return Some(base);
         };
         let span_ms = next.after.0.saturating_sub(wave.after.0).as_millis();
         let offset_ms = span_ms * u128::from(seed.0 - first) / u128::from(end - first);
-        let offset = chrono::Duration::milliseconds(i64::try_from(offset_ms).ok()?);
+        let offset = jiff::SignedDuration::from_millis(i64::try_from(offset_ms).ok()?);
         Some(base + offset)
     }
 
     /// True when the host with `seed` may take this version at `now`.
-    pub fn is_eligible(&self, seed: Seed, now: DateTime<Utc>) -> bool {
+    pub fn is_eligible(&self, seed: Seed, now: Timestamp) -> bool {
         self.eligible_at(seed).is_some_and(|at| at <= now)
     }
 }
@@ -193,7 +196,7 @@ impl<'de> Deserialize<'de> for Rollout {
         #[derive(Deserialize)]
         struct Wire {
             #[serde(rename = "Start")]
-            start: DateTime<Utc>,
+            start: Timestamp,
             #[serde(rename = "Waves")]
             waves: Vec<Wave>,
         }
@@ -207,7 +210,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn t0() -> DateTime<Utc> {
+    fn t0() -> Timestamp {
         "2026-01-01T00:00:00Z".parse().unwrap()
     }
 
@@ -258,28 +261,28 @@ mod tests {
             (0, t0()),
             (
                 51,
-                t0() + chrono::Duration::milliseconds(4 * 3_600_000 * 51 / 102),
+                t0() + jiff::SignedDuration::from_millis(4 * 3_600_000 * 51 / 102),
             ),
             (
                 101,
-                t0() + chrono::Duration::milliseconds(4 * 3_600_000 * 101 / 102),
+                t0() + jiff::SignedDuration::from_millis(4 * 3_600_000 * 101 / 102),
             ),
             // wave 1 starts at 4h with its *first* seed, not at an offset from seed 0
-            (102, t0() + chrono::Duration::hours(4)),
+            (102, t0() + jiff::SignedDuration::from_hours(4)),
             (
                 307,
-                t0() + chrono::Duration::hours(4)
-                    + chrono::Duration::milliseconds(20 * 3_600_000 * 205 / 410),
+                t0() + jiff::SignedDuration::from_hours(4)
+                    + jiff::SignedDuration::from_millis(20 * 3_600_000 * 205 / 410),
             ),
             // last wave: all at its After
-            (512, t0() + chrono::Duration::hours(24)),
-            (2047, t0() + chrono::Duration::hours(24)),
+            (512, t0() + jiff::SignedDuration::from_hours(24)),
+            (2047, t0() + jiff::SignedDuration::from_hours(24)),
         ];
         for (s, want) in table {
             assert_eq!(r.eligible_at(seed(s)), Some(want), "seed {s}");
         }
-        assert!(!r.is_eligible(seed(102), t0() + chrono::Duration::hours(3)));
-        assert!(r.is_eligible(seed(102), t0() + chrono::Duration::hours(4)));
+        assert!(!r.is_eligible(seed(102), t0() + jiff::SignedDuration::from_hours(3)));
+        assert!(r.is_eligible(seed(102), t0() + jiff::SignedDuration::from_hours(4)));
     }
 
     #[test]
@@ -294,7 +297,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.eligible_at(seed(204)), None);
         assert!(r.eligible_at(seed(203)).is_some());
-        assert!(!r.is_eligible(seed(2000), t0() + chrono::Duration::days(365)));
+        assert!(!r.is_eligible(
+            seed(2000),
+            t0() + jiff::SignedDuration::from_hours(24 * 365)
+        ));
     }
 
     #[test]
@@ -401,10 +407,10 @@ mod tests {
                 let s = seed(u64::from(s));
                 let i = r.wave_of(s).unwrap();
                 let at = r.eligible_at(s).unwrap();
-                let start = t0() + chrono::Duration::from_std(r.waves()[i].after.0).unwrap();
+                let start = t0() + jiff::SignedDuration::try_from(r.waves()[i].after.0).unwrap();
                 prop_assert!(at >= start);
                 if let Some(next) = r.waves().get(i + 1) {
-                    let end = t0() + chrono::Duration::from_std(next.after.0).unwrap();
+                    let end = t0() + jiff::SignedDuration::try_from(next.after.0).unwrap();
                     prop_assert!(at <= end);
                 }
             }
@@ -428,7 +434,7 @@ mod tests {
                 let mut slots = vec![0u32; k as usize];
                 let mut seen_times = std::collections::BTreeMap::<i64, u32>::new();
                 for s in first..end {
-                    let at = (r.eligible_at(seed(u64::from(s))).unwrap() - t0()).num_milliseconds() - from;
+                    let at = r.eligible_at(seed(u64::from(s))).unwrap().duration_since(t0()).as_millis() as i64 - from;
                     let slot = ((at as i128 * i128::from(k)) / i128::from(span)) as usize;
                     slots[slot.min(k as usize - 1)] += 1;
                     *seen_times.entry(at).or_default() += 1;

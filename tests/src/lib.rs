@@ -1,1 +1,3 @@
 //! Test support for molt's end-to-end tests.
+
+pub mod hostile;

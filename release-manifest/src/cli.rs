@@ -1,0 +1,106 @@
+//! Shared command-line plumbing for molt's three binaries: logging set-up and the one
+//! place errors are rendered (`error: …`, `  caused by: …`, `hint: …`).
+
+use std::fmt::Write as _;
+
+/// Exit codes shared by the binaries (SPEC §6).
+pub mod exit {
+    /// Done, or nothing to do.
+    pub const OK: i32 = 0;
+    /// Failed; nothing changed.
+    pub const FAILED: i32 = 1;
+    /// Bad usage (clap uses 2 as well).
+    pub const USAGE: i32 = 2;
+    /// Refused by a rule.
+    pub const REFUSED: i32 = 3;
+    /// Verification failed: hash, length, signature, expiry, rollback, wrong region.
+    pub const VERIFICATION: i32 = 4;
+    /// The new version failed its health check and was rolled back.
+    pub const ROLLED_BACK: i32 = 5;
+    /// Another update holds the lock.
+    pub const LOCKED: i32 = 6;
+    /// Rollback failed: critical.
+    pub const ROLLBACK_FAILED: i32 = 7;
+}
+
+/// A failure on its way out of a binary: the error chain, the exit code, and a hint.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub error: anyhow::Error,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(code: i32, error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code,
+            error: error.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Failure {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure::new(exit::FAILED, error)
+    }
+}
+
+/// Renders a failure for a terminal: the error, each cause on its own line, then the hint.
+pub fn render(failure: &Failure) -> String {
+    let mut out = String::new();
+    let mut chain = failure.error.chain();
+    if let Some(top) = chain.next() {
+        let _ = writeln!(out, "error: {top}");
+    }
+    for cause in chain {
+        let _ = writeln!(out, "  caused by: {cause}");
+    }
+    if let Some(hint) = &failure.hint {
+        let _ = writeln!(out, "hint: {hint}");
+    }
+    out
+}
+
+/// Sets up `tracing` to stderr. `MOLT_LOG` (an env-filter) wins; otherwise `-v` raises and
+/// `-q` lowers the default level (warn).
+pub fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("MOLT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+
+    #[test]
+    fn renders_chain_and_hint() {
+        let err = Err::<(), _>(std::io::Error::other("disk full"))
+            .context("writing /tmp/x")
+            .unwrap_err();
+        let f = Failure::new(exit::FAILED, err).with_hint("free some space");
+        assert_eq!(
+            render(&f),
+            "error: writing /tmp/x\n  caused by: disk full\nhint: free some space\n"
+        );
+    }
+}
