@@ -17,6 +17,8 @@ pub mod platform;
 pub mod region;
 pub mod resolve;
 pub mod rollout;
+pub mod transport;
+pub mod tuf;
 pub mod version;
 
 pub use artifact::{ArtifactName, PackageName, Sha256};

@@ -4,8 +4,10 @@
 //! The builders write raw headers where the `tar` and `zip` crates' writers would refuse
 //! (`..` and absolute names go straight into the header's name field), and the byte-patching
 //! helpers change a finished zip where its writer won't go (duplicate names, flags, sizes,
-//! modes). Start from [`package_tar_members`] / [`package_zip_members`], the well-formed
-//! contents of a package, and change one thing.
+//! modes). The extractor refuses a zip whose local headers disagree with its central
+//! directory, so a change meant to get past that check is made in both ([`set_u16_in_both`],
+//! [`set_u32_in_both`]). Start from [`package_tar_members`] / [`package_zip_members`], the
+//! well-formed contents of a package, and change one thing.
 
 // Test support: failing to build a fixture is a failed test, so panicking is the right
 // response here (as in `#[test]` code).
@@ -345,6 +347,8 @@ pub mod local {
 
 /// Central directory header field offsets (from the signature).
 pub mod central {
+    /// Two bytes: the zip version, then the host system (0 DOS, 3 unix).
+    pub const VERSION_MADE_BY: usize = 4;
     pub const FLAGS: usize = 8;
     pub const METHOD: usize = 10;
     pub const CRC: usize = 16;
@@ -359,6 +363,36 @@ pub fn set_u16(bytes: &mut [u8], at: usize, value: u16) {
 
 pub fn set_u32(bytes: &mut [u8], at: usize, value: u32) {
     bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+/// Sets a 16-bit field of the entry `name` in its local header (`local_field`, from
+/// [`local`]) and in its central directory header (`central_field`, from [`central`]), so
+/// that the two still agree.
+pub fn set_u16_in_both(
+    bytes: &mut [u8],
+    name: &[u8],
+    local_field: usize,
+    central_field: usize,
+    value: u16,
+) {
+    let at = local_header(bytes, name);
+    set_u16(bytes, at + local_field, value);
+    let at = central_header(bytes, name);
+    set_u16(bytes, at + central_field, value);
+}
+
+/// [`set_u16_in_both`] for a 32-bit field.
+pub fn set_u32_in_both(
+    bytes: &mut [u8],
+    name: &[u8],
+    local_field: usize,
+    central_field: usize,
+    value: u32,
+) {
+    let at = local_header(bytes, name);
+    set_u32(bytes, at + local_field, value);
+    let at = central_header(bytes, name);
+    set_u32(bytes, at + central_field, value);
 }
 
 /// Replaces every occurrence of `from` with `to` (same length); returns how many.

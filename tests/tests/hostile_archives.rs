@@ -2,7 +2,8 @@
 //! Every hostile archive in `molt_tests::hostile` goes through the updater's extractor, which
 //! must refuse it with the specific error and leave nothing behind: the staging directory is
 //! removed and nothing is written outside it (a sentinel directory beside it is unchanged,
-//! and escape targets are not created).
+//! and escape targets are not created). The few zip oddities the extractor accepts (data
+//! descriptors, bytes after the end record) are tested to extract exactly the described files.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use molt_tests::hostile::{
     self, TarMember, ZipKind, ZipMember, central, central_header, gzip, gzip_of_zeros, local,
     local_header, package_tar_members, package_zip_members, program_contents, replace_all, set_u16,
-    set_u32, tar, tar_gz, tar_without_end, zip, zip_streamed,
+    set_u16_in_both, set_u32, set_u32_in_both, tar, tar_gz, tar_without_end, zip, zip_streamed,
 };
 use release_manifest::extract::{ExtractError, Extracted, Limits, extract};
 use release_manifest::{PackageName, Platform};
@@ -637,8 +638,9 @@ fn zip_symlink() {
     let mut members = good_zip();
     members[1] = ZipMember::symlink("bin/agent.exe", keep.to_str().unwrap());
     let result = arena.run(&zip(&members), WINDOWS, &Limits::default());
+    let want = keep.to_str().unwrap();
     assert!(
-        matches!(&result, Err(ExtractError::Symlink { name, .. }) if name == "bin/agent.exe"),
+        matches!(&result, Err(ExtractError::Symlink { name, target }) if name == "bin/agent.exe" && target == want),
         "{result:?}"
     );
     arena.assert_untouched();
@@ -675,6 +677,13 @@ fn zip_devices_and_fifos() {
         }
         arena.assert_untouched();
     }
+    // A socket, and a directory mode on a file name.
+    for mode in [0o140_644u32, 0o040_755] {
+        let mut bytes = zip(&good_zip());
+        let at = central_header(&bytes, b"VERSION");
+        set_u32(&mut bytes, at + central::EXTERNAL_ATTRIBUTES, mode << 16);
+        refused!(WINDOWS, bytes, ExtractError::UnsupportedType { name, .. } if name == "VERSION");
+    }
 }
 
 // -------------------------------------------------------------------------------------------
@@ -682,12 +691,22 @@ fn zip_devices_and_fifos() {
 
 #[test]
 fn zip_duplicate_entry() {
-    // The writer refuses duplicate names, so write "VERSIoN" and patch it.
+    // The writer refuses duplicate names, so write "VERSIoN" and patch it. (The zip crate
+    // keys entries by name: it knows that a name repeats, not which.)
     let mut members = good_zip();
     members.push(ZipMember::file("VERSIoN", "9.9.9\n"));
     let mut bytes = zip(&members);
     assert_eq!(replace_all(&mut bytes, b"VERSIoN", b"VERSION"), 2);
-    refused!(WINDOWS, bytes, ExtractError::Duplicate { name } if name == "VERSION");
+    refused!(WINDOWS, bytes, ExtractError::ZipDuplicateName);
+    // Right after the first one, and for a program.
+    let mut members = good_zip();
+    members.insert(2, ZipMember::program("bin/agenT.exe", "replaced"));
+    let mut bytes = zip(&members);
+    assert_eq!(
+        replace_all(&mut bytes, b"bin/agenT.exe", b"bin/agent.exe"),
+        2
+    );
+    refused!(WINDOWS, bytes, ExtractError::ZipDuplicateName);
 }
 
 #[test]
@@ -723,18 +742,36 @@ fn zip_too_many_entries() {
 
 #[test]
 fn zip_size_lying_in_header() {
-    // 1 MiB of data whose local header says 10 bytes.
+    // 1 MiB of data whose headers say 10 bytes: stopped once more than that comes out.
     let mut members = good_zip();
     members[1] = ZipMember::program("bin/agent.exe", program_contents("x").repeat(256));
     let mut bytes = zip(&members);
+    set_u32_in_both(
+        &mut bytes,
+        b"bin/agent.exe",
+        local::UNCOMPRESSED_SIZE,
+        central::UNCOMPRESSED_SIZE,
+        10,
+    );
+    refused!(WINDOWS, bytes, ExtractError::SizeMismatch { name, declared: 10 } if name == "bin/agent.exe");
+    // Stored data whose headers claim more than there is: the entry ends short.
+    let stored: Vec<_> = good_zip().into_iter().map(ZipMember::stored).collect();
+    let mut bytes = zip(&stored);
+    let real = program_contents("bin/updater.exe").len() as u32;
+    set_u32_in_both(
+        &mut bytes,
+        b"bin/updater.exe",
+        local::UNCOMPRESSED_SIZE,
+        central::UNCOMPRESSED_SIZE,
+        real + 1,
+    );
+    refused!(WINDOWS, bytes,
+        ExtractError::SizeMismatch { name, declared } if name == "bin/updater.exe" && *declared == u64::from(real) + 1);
+    // Lying in the local header only is an inconsistency, found before anything is read.
+    let mut bytes = zip(&members);
     let at = local_header(&bytes, b"bin/agent.exe");
     set_u32(&mut bytes, at + local::UNCOMPRESSED_SIZE, 10);
-    refused!(WINDOWS, bytes.clone(),
-        ExtractError::SizeMismatch { name, declared: 10 } if name == "bin/agent.exe");
-    // Lying consistently, in the central directory as well, changes nothing.
-    let at = central_header(&bytes, b"bin/agent.exe");
-    set_u32(&mut bytes, at + central::UNCOMPRESSED_SIZE, 10);
-    refused!(WINDOWS, bytes, ExtractError::SizeMismatch { name, declared: 10 } if name == "bin/agent.exe");
+    refused!(WINDOWS, bytes, ExtractError::ZipInconsistent { .. });
 }
 
 #[test]
@@ -756,8 +793,13 @@ fn zip_bombs() {
         ExtractError::FileTooLarge { name, limit } if name == "bin/agent.exe" && *limit == 1 << 20);
     // Declaring 1000 bytes: stopped as soon as more comes out.
     let mut lying = honest;
-    let at = local_header(&lying, b"bin/agent.exe");
-    set_u32(&mut lying, at + local::UNCOMPRESSED_SIZE, 1000);
+    set_u32_in_both(
+        &mut lying,
+        b"bin/agent.exe",
+        local::UNCOMPRESSED_SIZE,
+        central::UNCOMPRESSED_SIZE,
+        1000,
+    );
     refused!(
         WINDOWS,
         limits,
@@ -795,53 +837,99 @@ fn zip_truncated() {
 
 #[test]
 fn zip_trailing_garbage() {
+    // The zip crate finds the end of central directory record before bytes that follow it
+    // and ignores them: the archive it describes is extracted, and nothing else.
     let mut bytes = zip(&good_zip());
     bytes.extend_from_slice(b"trailing garbage");
-    refused!(WINDOWS, bytes, ExtractError::TrailingData { .. });
+    let arena = Arena::new();
+    let got = arena.run(&bytes, WINDOWS, &Limits::default()).unwrap();
+    let names: Vec<_> = got.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["VERSION", "bin/agent.exe", "bin/updater.exe"]);
+    let mut listing: Vec<_> = fs::read_dir(arena.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listing.sort();
+    assert_eq!(listing, ["sentinel", "staging"]);
+    fs::remove_dir_all(arena.dest()).unwrap();
+    arena.assert_untouched();
+    // A second archive appended: its directory is the one found, and the first archive's
+    // local headers, listed in no directory, make it inconsistent.
+    let mut bytes = zip(&good_zip());
+    bytes.extend(zip(&[ZipMember::program("bin/evil.exe", "x")]));
+    refused!(WINDOWS, bytes, ExtractError::ZipInconsistent { .. });
 }
 
 #[test]
-fn zip_data_descriptor() {
-    refused!(WINDOWS, zip_streamed(&good_zip()), ExtractError::ZipDataDescriptor { name } if name == "VERSION");
+fn zip_data_descriptor_is_accepted() {
+    // Written as a stream, every entry's sizes and CRC follow its data; read from the
+    // spooled file, the central directory gives them.
+    let bytes = zip_streamed(&good_zip());
+    let at = local_header(&bytes, b"VERSION");
+    assert_eq!(
+        bytes[at + local::FLAGS] & 0x08,
+        0x08,
+        "a data descriptor is used"
+    );
+    let arena = Arena::new();
+    let got = arena.run(&bytes, WINDOWS, &Limits::default()).unwrap();
+    let names: Vec<_> = got.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["VERSION", "bin/agent.exe", "bin/updater.exe"]);
+    assert_eq!(got.version.as_deref(), Some("1.4.0"));
+    assert_eq!(
+        fs::read(arena.dest().join("bin/agent.exe")).unwrap(),
+        program_contents("bin/agent.exe")
+    );
+    assert_eq!(mode(&arena.dest().join("bin/agent.exe")), 0o755);
 }
 
 #[test]
 fn zip_encrypted() {
     let mut bytes = zip(&good_zip());
-    let at = local_header(&bytes, b"bin/agent.exe");
-    set_u16(&mut bytes, at + local::FLAGS, 0x0001);
+    set_u16_in_both(
+        &mut bytes,
+        b"bin/agent.exe",
+        local::FLAGS,
+        central::FLAGS,
+        0x0001,
+    );
     refused!(WINDOWS, bytes, ExtractError::ZipEncrypted { name } if name == "bin/agent.exe");
 }
 
 #[test]
 fn zip_unsupported_compression() {
     let mut bytes = zip(&good_zip());
-    for (sig_at, field) in [
-        (local_header(&bytes, b"VERSION"), local::METHOD),
-        (central_header(&bytes, b"VERSION"), central::METHOD),
-    ] {
-        set_u16(&mut bytes, sig_at + field, 12); // bzip2
-    }
+    set_u16_in_both(&mut bytes, b"VERSION", local::METHOD, central::METHOD, 12); // bzip2
     refused!(WINDOWS, bytes, ExtractError::ZipCompression { name, method: 12 } if name == "VERSION");
 }
 
 #[test]
 fn zip_central_directory_disagrees() {
-    // The central directory names another file than the stream holds (a reader of either
+    // The central directory names another file than the local header (a streaming reader
     // would see a different archive).
     let mut bytes = zip(&good_zip());
     let at = central_header(&bytes, b"VERSION");
     bytes[at + central::NAME + 6] = b'n';
     refused!(WINDOWS, bytes, ExtractError::ZipInconsistent { .. });
-    // ...or flags an entry as encrypted that the stream didn't.
+    // ...or flags an entry as encrypted that the local header doesn't, or the other way round.
     let mut bytes = zip(&good_zip());
     let at = central_header(&bytes, b"VERSION");
     set_u16(&mut bytes, at + central::FLAGS, 0x0001);
-    refused!(WINDOWS, bytes, ExtractError::ZipEncrypted { .. });
+    refused!(WINDOWS, bytes, ExtractError::ZipInconsistent { .. });
+    let mut bytes = zip(&good_zip());
+    let at = local_header(&bytes, b"bin/agent.exe");
+    set_u16(&mut bytes, at + local::FLAGS, 0x0001);
+    refused!(WINDOWS, bytes, ExtractError::ZipInconsistent { .. });
     // ...or gives another CRC.
     let mut bytes = zip(&good_zip());
     let at = central_header(&bytes, b"VERSION");
     bytes[at + central::CRC] ^= 1;
+    refused!(WINDOWS, bytes, ExtractError::ZipInconsistent { .. });
+    // ...or another method.
+    let stored: Vec<_> = good_zip().into_iter().map(ZipMember::stored).collect();
+    let mut bytes = zip(&stored);
+    let at = local_header(&bytes, b"VERSION");
+    set_u16(&mut bytes, at + local::METHOD, 8);
     refused!(WINDOWS, bytes, ExtractError::ZipInconsistent { .. });
 }
 
@@ -868,6 +956,59 @@ fn zip_modes_come_from_the_central_directory() {
     assert_eq!(mode(&dest.join("bin/updater.exe")), 0o644);
     let exec: Vec<_> = got.files.iter().map(|f| f.executable).collect();
     assert_eq!(exec, [false, true, false]);
+}
+
+#[test]
+fn zip_without_unix_modes_uses_the_package_exec_bits() {
+    // Made on DOS (host 0) with no attributes: the package says which files are programs.
+    let members = vec![
+        ZipMember::program("VERSION", hostile::VERSION),
+        ZipMember::file("bin/agent.exe", "a"),
+        ZipMember::file("bin/updater.exe", "u"),
+    ];
+    let mut bytes = zip(&members);
+    for name in [&b"VERSION"[..], b"bin/agent.exe", b"bin/updater.exe"] {
+        let at = central_header(&bytes, name);
+        bytes[at + central::VERSION_MADE_BY + 1] = 0;
+        set_u32(&mut bytes, at + central::EXTERNAL_ATTRIBUTES, 0x20);
+    }
+    let arena = Arena::new();
+    let got = arena.run(&bytes, WINDOWS, &Limits::default()).unwrap();
+    let exec: Vec<_> = got.files.iter().map(|f| f.executable).collect();
+    assert_eq!(exec, [false, true, true]);
+    assert_eq!(mode(&arena.dest().join("VERSION")), 0o644);
+    assert_eq!(mode(&arena.dest().join("bin/agent.exe")), 0o755);
+}
+
+#[test]
+fn zip_archive_too_large() {
+    // A zip is kept in a temporary file while it is read; more than the total limit is
+    // refused as it arrives.
+    let bytes = zip(&good_zip());
+    let limits = Limits {
+        max_total_size: bytes.len() as u64 - 1,
+        ..Limits::default()
+    };
+    let limit = limits.max_total_size;
+    refused!(WINDOWS, limits, bytes, ExtractError::ArchiveTooLarge { limit: l } if *l == limit);
+    // An endless stream is stopped at the limit.
+    let arena = Arena::new();
+    let limits = Limits {
+        max_total_size: 1 << 20,
+        ..Limits::default()
+    };
+    let result = extract(
+        std::io::repeat(b'P'),
+        PackageName::Agent,
+        WINDOWS,
+        &arena.dest(),
+        &limits,
+    );
+    assert!(
+        matches!(result, Err(ExtractError::ArchiveTooLarge { limit }) if limit == 1 << 20),
+        "{result:?}"
+    );
+    arena.assert_untouched();
 }
 
 #[test]

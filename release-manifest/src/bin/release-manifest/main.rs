@@ -1,7 +1,14 @@
 //! `release-manifest`: molt's release tool.
 
+mod common;
+mod edit;
+mod keys;
 mod package;
+mod refresh;
+mod repo;
 mod resolve;
+mod root;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -28,6 +35,29 @@ enum Command {
     Package(package::Args),
     /// Show which version a host would move to, and why (exit 3 when a rule refuses).
     Resolve(resolve::Args),
+    /// Generate signing keys.
+    #[command(subcommand)]
+    Keys(keys::Command),
+    /// Create a region's repository.
+    #[command(subcommand)]
+    Repo(repo::Command),
+    /// Add a packaged release to a region's repository.
+    Add(edit::AddArgs),
+    /// Set a version's status (Active, Inactive, or Deprecated to recall it).
+    SetStatus(edit::SetStatusArgs),
+    /// Set or clear the fleet-wide MaxVersion.
+    SetMaxVersion(edit::SetMaxArgs),
+    /// Set the version `stable` resolves to.
+    SetStable(edit::SetStableArgs),
+    /// Re-sign snapshot and timestamp with new expirations (run it on a schedule).
+    Refresh(refresh::RefreshArgs),
+    /// Fail when a role of a repository expires soon.
+    CheckExpiry(refresh::CheckExpiryArgs),
+    /// Rotate the root of trust.
+    #[command(subcommand)]
+    Root(root::Command),
+    /// Verify a region's repository as a host would, reading every target.
+    Verify(verify::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +66,16 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Package(a) => package::run(a),
         Command::Resolve(a) => resolve::run(a),
+        Command::Keys(c) => keys::run(c),
+        Command::Repo(c) => repo::run(c),
+        Command::Add(a) => edit::add(a),
+        Command::SetStatus(a) => edit::set_status(a),
+        Command::SetMaxVersion(a) => edit::set_max_version(a),
+        Command::SetStable(a) => edit::set_stable(a),
+        Command::Refresh(a) => refresh::refresh(a),
+        Command::CheckExpiry(a) => refresh::check_expiry(a),
+        Command::Root(c) => root::run(c),
+        Command::Verify(a) => verify::run(a),
     };
     match result {
         Ok(code) => exit_code(code),

@@ -1,0 +1,63 @@
+//! `release-manifest repo init`.
+
+use std::path::PathBuf;
+
+use release_manifest::Region;
+use release_manifest::cli::Failure;
+
+use crate::common::{ExpiryArgs, open_keys, repo_failure, runtime};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create a region's signed repository with an empty manifest (needs the root keys).
+    Init(InitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The region this repository serves.
+    #[arg(long)]
+    region: Region,
+    /// The keys directory (with root/ for the root keys).
+    #[arg(long)]
+    keys: PathBuf,
+    /// Where to create the repository.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: Command) -> Result<i32, Failure> {
+    let Command::Init(args) = cmd;
+    let keys = open_keys(&args.keys)?;
+    let report = runtime()?
+        .block_on(release_manifest::tuf::repo::init(
+            &args.out,
+            &args.region,
+            &keys,
+            &args.expiry.expirations(),
+            jiff::Timestamp::now(),
+        ))
+        .map_err(|e| {
+            repo_failure(
+                e,
+                format!("cannot create a repository in {}", args.out.display()),
+            )
+        })?;
+    if args.json {
+        crate::print_json(&report)?;
+    } else {
+        println!(
+            "created the {} repository in {} (root version {}); hosts trust {}",
+            report.region,
+            report.repo.display(),
+            report.root_version,
+            report.trusted_root.display()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,253 @@
+//! `release-manifest verify SOURCE`: load a region's repository the way a host does and
+//! read every target through TUF, then report.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use release_manifest::Region;
+use release_manifest::cli::{Failure, exit};
+use release_manifest::transport::{HttpSettings, MoltTransport};
+use release_manifest::tuf::client::{
+    LoadOptions, ReadError, RegionSource, TrustError, load_region, redact,
+};
+use serde::Serialize;
+use url::Url;
+
+use crate::common::runtime;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The repository: a directory, a file:// URL, or an http(s):// base URL.
+    source: String,
+    /// The region the repository must be for.
+    #[arg(long)]
+    region: Option<Region>,
+    /// The trusted root metadata (the keys directory's root.json). Without it, the
+    /// source's own 1.root.json is trusted, which checks consistency but not origin.
+    #[arg(long)]
+    trusted_root: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetReport {
+    name: String,
+    length: u64,
+    sha256: String,
+    ok: bool,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    source: String,
+    trusted_root: String,
+    region: Option<String>,
+    ok: bool,
+    error: Option<String>,
+    versions: Option<Versions>,
+    earliest_expiry: Option<String>,
+    targets: Vec<TargetReport>,
+    manifest_issues: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Versions {
+    root: u64,
+    targets: u64,
+    snapshot: u64,
+    timestamp: u64,
+}
+
+fn source_url(source: &str) -> Result<Url, Failure> {
+    if source.contains("://") {
+        return Url::parse(source)
+            .with_context(|| format!("{source:?} is not a URL"))
+            .map_err(|e| Failure::new(exit::USAGE, e));
+    }
+    let abs = std::path::absolute(source).with_context(|| format!("cannot resolve {source}"))?;
+    Url::from_directory_path(&abs).map_err(|()| {
+        Failure::new(
+            exit::USAGE,
+            anyhow::anyhow!("{} is not a directory path", abs.display()),
+        )
+    })
+}
+
+pub fn run(args: Args) -> Result<i32, Failure> {
+    let url = source_url(&args.source)?;
+    let source = RegionSource::new(url);
+    let transport = MoltTransport::new(HttpSettings::default()).context("cannot set up HTTP")?;
+    let rt = runtime()?;
+    let (root_bytes, root_desc) = match &args.trusted_root {
+        Some(p) => (
+            std::fs::read(p)
+                .with_context(|| format!("cannot read the trusted root {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => {
+            let root_url = source
+                .base
+                .join("metadata/1.root.json")
+                .context("bad source URL")?;
+            let bytes = rt
+                .block_on(fetch_all(&transport, root_url.clone()))
+                .map_err(|e| Failure::new(exit::FAILED, e))?;
+            (
+                bytes,
+                format!("{} (from the source itself)", redact(&root_url)),
+            )
+        }
+    };
+    let mut report = Report {
+        source: redact(&source.base),
+        trusted_root: root_desc,
+        region: None,
+        ok: true,
+        error: None,
+        versions: None,
+        earliest_expiry: None,
+        targets: Vec::new(),
+        manifest_issues: Vec::new(),
+    };
+    let loaded = rt.block_on(load_region(LoadOptions {
+        source,
+        region: args.region.as_ref(),
+        trusted_root: &root_bytes,
+        datastore: None,
+        transport,
+    }));
+    let mut worst = exit::OK;
+    match loaded {
+        Err(e) => {
+            report.ok = false;
+            worst = if e.is_verification() {
+                exit::VERIFICATION
+            } else {
+                exit::FAILED
+            };
+            report.error = Some(e.to_string());
+        }
+        Ok(region) => {
+            let [root, targets, snapshot, timestamp] = region.versions();
+            report.versions = Some(Versions {
+                root,
+                targets,
+                snapshot,
+                timestamp,
+            });
+            report.region = region.manifest.region.as_ref().map(ToString::to_string);
+            let (role, at) = region.earliest_expiry();
+            report.earliest_expiry = Some(format!("{at} ({role})"));
+            for t in region.targets() {
+                let result = rt.block_on(
+                    region.read_target_with(&t.name, |r| std::io::copy(r, &mut std::io::sink())),
+                );
+                let error = match result {
+                    Ok(_) => None,
+                    Err(ReadError::Trust(e)) => {
+                        worst = worst.max(if e.is_verification() {
+                            exit::VERIFICATION
+                        } else {
+                            exit::FAILED
+                        });
+                        Some(e.to_string())
+                    }
+                    Err(ReadError::Consumer(e)) => {
+                        worst = worst.max(exit::FAILED);
+                        Some(e.to_string())
+                    }
+                };
+                report.targets.push(TargetReport {
+                    name: t.name,
+                    length: t.length,
+                    sha256: t.sha256.to_string(),
+                    ok: error.is_none(),
+                    error,
+                });
+            }
+            for issue in region.consistency_issues() {
+                worst = worst.max(exit::VERIFICATION);
+                report.manifest_issues.push(issue.to_string());
+            }
+            report.ok = worst == exit::OK;
+        }
+    }
+    if args.json {
+        crate::print_json(&report)?;
+    } else {
+        print_human(&report);
+    }
+    if worst == exit::OK {
+        Ok(exit::OK)
+    } else {
+        let what = report.error.clone().unwrap_or_else(|| {
+            report
+                .targets
+                .iter()
+                .filter_map(|t| t.error.as_ref().map(|e| format!("target {}: {e}", t.name)))
+                .chain(report.manifest_issues.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Err(Failure::new(
+            worst,
+            anyhow::anyhow!("verification of {} failed: {what}", report.source),
+        ))
+    }
+}
+
+fn print_human(r: &Report) {
+    println!("source:        {}", r.source);
+    println!("trusted root:  {}", r.trusted_root);
+    if let Some(v) = &r.versions {
+        println!(
+            "metadata:      root v{} · targets v{} · snapshot v{} · timestamp v{}",
+            v.root, v.targets, v.snapshot, v.timestamp
+        );
+    }
+    if let Some(region) = &r.region {
+        println!("region:        {region}");
+    }
+    if let Some(e) = &r.earliest_expiry {
+        println!("expires first: {e}");
+    }
+    for t in &r.targets {
+        match &t.error {
+            None => println!("ok      {:>10}  {}  {}", t.length, t.sha256, t.name),
+            Some(e) => println!("FAILED  {:>10}  {}  {}: {e}", t.length, t.sha256, t.name),
+        }
+    }
+    for issue in &r.manifest_issues {
+        println!("FAILED  manifest: {issue}");
+    }
+    if let Some(e) = &r.error {
+        println!("FAILED  {e}");
+    }
+    println!("{}", if r.ok { "verified" } else { "NOT verified" });
+}
+
+async fn fetch_all(transport: &MoltTransport, url: Url) -> anyhow::Result<Vec<u8>> {
+    use futures::StreamExt as _;
+    use tough::Transport as _;
+    let mut stream = transport.fetch(url.clone()).await.map_err(|e| {
+        anyhow::Error::new(TrustError::Transport {
+            url: redact(&url),
+            detail: e.to_string(),
+        })
+    })?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.with_context(|| format!("reading {}", redact(&url)))?;
+        if out.len() + chunk.len() > 1024 * 1024 {
+            anyhow::bail!(
+                "{} is larger than 1 MiB; not a root metadata file",
+                redact(&url)
+            );
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
