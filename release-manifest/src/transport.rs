@@ -6,9 +6,10 @@
 //! - **No whole-request timeout.** A 200 MiB archive over a slow link may legitimately take
 //!   many minutes, so instead of one timeout every transfer gets a total **deadline** and a
 //!   **minimum-throughput floor**, both enforced while the body streams. The floor is averaged
-//!   over [`HttpSettings::throughput_window`] and the first window is grace (TCP slow start,
-//!   a slow first byte). A stalled server therefore ends the request by the floor, or at the
-//!   latest by the deadline. The error says which limit was hit ([`TransferError::Deadline`],
+//!   over [`HttpSettings::throughput_window`]; the response headers must arrive within one
+//!   window, and the body's first window is grace (TCP slow start). A stalled server therefore
+//!   ends the request by the floor (within about two windows), or at the latest by the
+//!   deadline. The error says which limit was hit ([`TransferError::Deadline`],
 //!   [`TransferError::Throughput`]).
 //! - **Not found is not found**: HTTP 404 and 403 map to [`TransportErrorKind::FileNotFound`]
 //!   (S3 answers 403 for a missing key to anonymous readers), which TUF needs to tell "no newer
@@ -73,10 +74,12 @@ pub struct HttpSettings {
     /// The minimum throughput, in bytes per second, averaged over `throughput_window`.
     /// `0` disables the floor (the deadline still applies).
     pub min_throughput: u64,
-    /// The window the floor is averaged over. The first window of every request is grace:
-    /// the floor is not checked until one window has passed since the request was sent, and
-    /// the response headers must arrive within that first window. A zero window disables
-    /// the floor.
+    /// The window the floor is averaged over. The response headers must arrive within one
+    /// window of sending the request; then the body's first window is grace: the floor is
+    /// checked once one window has passed since the headers arrived, and from then on over
+    /// the last window (on every chunk, and at least every tenth of a window while the body
+    /// is stalled). A zero window disables the floor. Note that a consumer that stops polling
+    /// the stream for longer than a window counts as a stall too.
     pub throughput_window: Duration,
     /// The `User-Agent` header.
     pub user_agent: String,
@@ -831,6 +834,7 @@ struct Guarded {
 }
 
 impl Guarded {
+    /// `started` is when the request was sent: the deadline counts from there.
     fn new(
         inner: TransportStream,
         limits: Limits,
@@ -844,7 +848,9 @@ impl Guarded {
             url,
             deadline,
             deadline_limit: limits.deadline,
-            window: ThroughputWindow::new(started, limits),
+            // The body's throughput is measured from now: the headers have just arrived
+            // (`send` bounded their wait by one window).
+            window: ThroughputWindow::new(Instant::now(), limits),
             // Re-armed before every `Pending`; never polled before that.
             timer: Box::pin(tokio::time::sleep_until(started)),
             expected,

@@ -18,6 +18,7 @@
 //! targets/<sha256>.<package>/<version>/<package>-<platform>.<ext>   immutable
 //! ```
 
+pub mod audit;
 pub mod client;
 pub mod keys;
 pub mod repo;

@@ -50,7 +50,7 @@ struct Report {
     versions: Option<Versions>,
     earliest_expiry: Option<String>,
     targets: Vec<TargetReport>,
-    manifest_issues: Vec<String>,
+    issues: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,8 +110,9 @@ pub fn run(args: Args) -> Result<i32, Failure> {
         versions: None,
         earliest_expiry: None,
         targets: Vec::new(),
-        manifest_issues: Vec::new(),
+        issues: Vec::new(),
     };
+    let source_for_roots = source.clone();
     let loaded = rt.block_on(load_region(LoadOptions {
         source,
         region: args.region.as_ref(),
@@ -168,9 +169,24 @@ pub fn run(args: Args) -> Result<i32, Failure> {
                     error,
                 });
             }
+            if args.trusted_root.is_some()
+                && let Some(issue) =
+                    rt.block_on(check_published_root(&source_for_roots, &root_bytes))
+            {
+                worst = worst.max(exit::VERIFICATION);
+                report.issues.push(issue);
+            }
+            if let Ok(dir) = source_for_roots.base.to_file_path() {
+                for issue in release_manifest::tuf::audit::audit(&dir) {
+                    worst = worst.max(exit::VERIFICATION);
+                    report
+                        .issues
+                        .push(format!("{}: {}", issue.file, issue.reason));
+                }
+            }
             for issue in region.consistency_issues() {
                 worst = worst.max(exit::VERIFICATION);
-                report.manifest_issues.push(issue.to_string());
+                report.issues.push(issue.to_string());
             }
             report.ok = worst == exit::OK;
         }
@@ -188,7 +204,7 @@ pub fn run(args: Args) -> Result<i32, Failure> {
                 .targets
                 .iter()
                 .filter_map(|t| t.error.as_ref().map(|e| format!("target {}: {e}", t.name)))
-                .chain(report.manifest_issues.iter().cloned())
+                .chain(report.issues.iter().cloned())
                 .collect::<Vec<_>>()
                 .join("; ")
         });
@@ -220,13 +236,34 @@ fn print_human(r: &Report) {
             Some(e) => println!("FAILED  {:>10}  {}  {}: {e}", t.length, t.sha256, t.name),
         }
     }
-    for issue in &r.manifest_issues {
-        println!("FAILED  manifest: {issue}");
+    for issue in &r.issues {
+        println!("FAILED  {issue}");
     }
     if let Some(e) = &r.error {
         println!("FAILED  {e}");
     }
     println!("{}", if r.ok { "verified" } else { "NOT verified" });
+}
+
+/// The repository publishes the root chain from version 1; the file for the trusted
+/// root's own version must hold that same root, or hosts installed from the repository
+/// would trust something else.
+async fn check_published_root(source: &RegionSource, trusted: &[u8]) -> Option<String> {
+    let trusted: serde_json::Value = serde_json::from_slice(trusted).ok()?;
+    let version = trusted.get("signed")?.get("version")?.as_u64()?;
+    let name = format!("metadata/{version}.root.json");
+    let url = source.base.join(&name).ok()?;
+    let transport = MoltTransport::new(HttpSettings::default()).ok()?;
+    match fetch_all(&transport, url).await {
+        Err(e) => Some(format!("{name}: cannot be read: {e:#}")),
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Err(e) => Some(format!("{name} is malformed: {e}")),
+            Ok(published) if published != trusted => {
+                Some(format!("{name} differs from the trusted root"))
+            }
+            Ok(_) => None,
+        },
+    }
 }
 
 async fn fetch_all(transport: &MoltTransport, url: Url) -> anyhow::Result<Vec<u8>> {
