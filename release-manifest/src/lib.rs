@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod build_info;
 pub mod cli;
 pub mod extract;
+pub mod host;
 pub mod manifest;
 pub mod package;
 pub mod platform;

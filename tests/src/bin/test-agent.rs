@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the service-manager work.
+fn main() {}
