@@ -36,6 +36,11 @@ impl Seed {
     pub fn get(self) -> u16 {
         self.0
     }
+
+    /// Folds any 16-bit number into the seed space (for hashes and random numbers).
+    pub fn wrapping(n: u16) -> Seed {
+        Seed(n % SEED_SPACE)
+    }
 }
 
 impl<'de> Deserialize<'de> for Seed {

@@ -1,4 +1,5 @@
 //! Test support for molt's end-to-end tests.
 
+pub mod fixture;
 pub mod hostile;
 pub mod http_server;

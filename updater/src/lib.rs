@@ -1,1 +1,18 @@
-//! The updater's stages (SPEC §6). Empty until the update pipeline lands.
+//! The updater's stages (SPEC §6), one module each.
+//!
+//! [`lock`] → [`recover`] → trust (`release_manifest::tuf::client`) → resolve
+//! (`release_manifest::resolve`) → [`download`] → [`stage`] → [`switch`] → [`health`] →
+//! commit or roll back ([`update`]) → history (`release_manifest::host::state`).
+//! [`service`] controls the agent (systemd or direct).
+
+pub mod download;
+pub mod error;
+pub mod health;
+pub mod lock;
+pub mod recover;
+pub mod service;
+pub mod settings;
+pub mod stage;
+pub mod status;
+pub mod switch;
+pub mod update;

@@ -1,21 +1,282 @@
-//! `updater`: molt's standalone updater.
-//!
-//! This build carries the command line and version stamping only; the update pipeline
-//! arrives with the updater work (SPEC §6).
+//! `updater`: moves this host to another version of molt-agent, safely (SPEC §6).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use molt_updater::error::UpdateError;
+use molt_updater::settings::{Overrides, Settings};
+use molt_updater::update::{UpdateOptions, UpdateReport};
+use molt_updater::{recover, status, update};
+use release_manifest::cli::{self, Failure, exit};
+use release_manifest::host::config::{Config, DEFAULT_CONFIG, ServiceKind};
+use release_manifest::resolve::Target;
+use release_manifest::{Platform, Region};
 
-/// molt's updater: moves this host to another version of molt-agent, safely.
+/// Moves this host to another version of molt-agent: verified, atomic, rolled back by itself
+/// when the new version is unhealthy.
+///
+/// Exit codes: 0 done or nothing to do · 1 failed, nothing changed · 2 usage · 3 refused by
+/// a rule · 4 verification failed · 5 new version failed health, rolled back · 6 another
+/// update in progress · 7 rollback failed.
 #[derive(Debug, Parser)]
 #[command(name = "updater", version = release_manifest::BUILD_VERSION, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    update: UpdateArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The install root (default /opt/molt, or `root` in the config).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// The config file.
+    #[arg(long, global = true, env = "MOLT_CONFIG")]
+    config: Option<PathBuf>,
+    /// How the agent service is controlled.
+    #[arg(long, global = true, value_parser = parse_service)]
+    service: Option<ServiceKind>,
+    /// One JSON object on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging (-v info, -vv debug); MOLT_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Errors only.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpdateArgs {
+    /// latest, stable, or a version.
+    #[arg(long)]
+    target_version: Option<Target>,
+    /// Allow moving to an older version.
+    #[arg(long)]
+    allow_downgrade: bool,
+    /// Take latest/stable now, whatever this host's rollout wave says.
+    #[arg(long)]
+    ignore_waves: bool,
+    /// Reinstall the current version, or retry a quarantined one.
+    #[arg(long)]
+    force: bool,
+    /// The host's region.
+    #[arg(long)]
+    region: Option<Region>,
+    /// The repository: a URL or a template with {bucket}, {region} and {domain}.
+    #[arg(long)]
+    source: Option<String>,
+    /// The platform to install for (default: detected).
+    #[arg(long)]
+    platform: Option<Platform>,
+    /// The trusted root metadata (needed for a first install).
+    #[arg(long)]
+    trusted_root: Option<PathBuf>,
+    /// How long the new agent must stay healthy before the update commits.
+    #[arg(long, value_parser = humantime_duration)]
+    soak: Option<Duration>,
+    /// How long the new agent has to report healthy.
+    #[arg(long, value_parser = humantime_duration)]
+    health_timeout: Option<Duration>,
+    /// Show the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// What is installed, running and in progress.
+    Status,
+    /// Past updates, newest last.
+    History {
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+    },
+    /// Finish or undo an interrupted update; does nothing while an update runs.
+    Recover,
+}
+
+fn parse_service(s: &str) -> Result<ServiceKind, String> {
+    match s {
+        "systemd" => Ok(ServiceKind::Systemd),
+        "direct" => Ok(ServiceKind::Direct),
+        other => Err(format!(
+            "unknown service manager {other:?}; use systemd or direct"
+        )),
+    }
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("bad duration {s:?} ({e}); write e.g. 30s, 500ms, 2m"))
+}
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!(
-        "error: this updater build has no update pipeline yet; only --version and --help work"
-    );
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    cli::init_logging(cli.common.verbose, cli.common.quiet);
+    let json = cli.common.json;
+    let result = run(cli);
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(failure) => {
+            if json {
+                let v = serde_json::json!({
+                    "result": "error",
+                    "exit_code": failure.code,
+                    "message": format!("{:#}", failure.error),
+                    "hint": failure.hint,
+                });
+                println!("{v}");
+            }
+            eprint!("{}", cli::render(&failure));
+            ExitCode::from(u8::try_from(failure.code).unwrap_or(1))
+        }
+    }
+}
+
+fn failure(e: UpdateError) -> Failure {
+    let code = e.exit_code();
+    let hint = e.hint();
+    let f = Failure::new(code, e);
+    match hint {
+        Some(h) => f.with_hint(h),
+        None => f,
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, Failure> {
+    let config_path = cli
+        .common
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let mut config = if cli.common.config.is_some() {
+        Config::load(&config_path)
+    } else {
+        Config::load_optional(&config_path)
+    }
+    .map_err(|e| {
+        Failure::new(exit::FAILED, e)
+            .with_hint("fix the config file; every key is listed in docs/operations.md")
+    })?;
+    config
+        .apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| Failure::new(exit::FAILED, e))?;
+    let u = &cli.update;
+    let overrides = Overrides {
+        root: cli.common.root.clone(),
+        region: u.region.clone(),
+        source: u.source.clone(),
+        platform: u.platform,
+        trusted_root: u.trusted_root.clone(),
+        service: cli.common.service,
+        soak: u.soak,
+        health_timeout: u.health_timeout,
+    };
+    let settings = Settings::resolve(
+        &config,
+        config_path.exists().then_some(config_path),
+        overrides,
+        |k| std::env::var(k).ok(),
+    )
+    .map_err(|e| failure(e.into()))?;
+    let mut svc = molt_updater::settings::service_for(&settings);
+    let json = cli.common.json;
+    match cli.command {
+        Some(Command::Status) => status::print_status(&settings, json)
+            .map(|()| exit::OK)
+            .map_err(failure),
+        Some(Command::History { count }) => status::print_history(&settings, count, json)
+            .map(|()| exit::OK)
+            .map_err(failure),
+        Some(Command::Recover) => {
+            let r = recover::recover(&settings, svc.as_mut()).map_err(failure)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!("{}", status::describe_recovery(&r));
+            }
+            Ok(exit::OK)
+        }
+        None => {
+            let Some(target) = u.target_version.clone() else {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    anyhow::anyhow!("nothing to do: pass --target-version <VERSION|latest|stable>"),
+                )
+                .with_hint("see `updater --help`"));
+            };
+            let opts = UpdateOptions {
+                target,
+                allow_downgrade: u.allow_downgrade,
+                force: u.force,
+                ignore_waves: u.ignore_waves,
+                dry_run: u.dry_run,
+                progress: !json && !cli.common.quiet,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::new(exit::FAILED, e))?;
+            let report = rt
+                .block_on(update::run(&settings, &opts, svc.as_mut()))
+                .map_err(failure)?;
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print_report(&report);
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn print_report(r: &UpdateReport) {
+    match r {
+        UpdateReport::Skipped { message, .. } => println!("{message}"),
+        UpdateReport::Plan {
+            plan,
+            download_url,
+            download_size,
+            seed,
+        } => {
+            println!("plan (dry run; nothing changed):");
+            println!(
+                "  from:      {}",
+                plan.from
+                    .as_ref()
+                    .map_or_else(|| "(nothing installed)".to_owned(), ToString::to_string)
+            );
+            println!("  to:        {}", plan.to);
+            println!("  why:       {}", plan.reason);
+            println!("  download:  {download_url} ({download_size} bytes)");
+            println!(
+                "  wave time: {} (host seed {seed})",
+                plan.wave_time.map_or_else(
+                    || "no rollout: eligible now".to_owned(),
+                    |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+                )
+            );
+        }
+        UpdateReport::Updated { record } => {
+            println!(
+                "updated molt-agent {} -> {} in {:.1} s (agent downtime {} ms)",
+                record
+                    .from
+                    .as_ref()
+                    .map_or_else(|| "(nothing)".to_owned(), ToString::to_string),
+                record.to,
+                record.timings.total_ms as f64 / 1000.0,
+                record.timings.agent_downtime_ms.unwrap_or_default()
+            );
+        }
+    }
 }

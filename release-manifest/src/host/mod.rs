@@ -11,6 +11,7 @@
 //! ```
 
 pub mod config;
+pub mod seed;
 pub mod state;
 
 use std::path::{Path, PathBuf};

@@ -1,2 +1,153 @@
-//! Placeholder; replaced by the service-manager work.
-fn main() {}
+//! `test-agent`: a stand-in for molt-agent in the updater's tests. It follows the health
+//! protocol (SPEC §6 step 9) and misbehaves on demand.
+//!
+//! It is packaged as `bin/agent` in test packages of any version, so it takes its version
+//! from the `VERSION` file of its install (`<dir of the exe>/../VERSION`).
+//!
+//! - `test-agent --version` prints `agent <version>`.
+//! - `test-agent run` reads `MOLT_ROOT`, `MOLT_HEALTH_NONCE`, and its behaviour from
+//!   `MOLT_TEST_AGENT_<version with '.' and '-' as '_'>` (default `ok`):
+//!   - `ok`: writes `state/health.json` at once, runs until SIGTERM, exits 0;
+//!   - `exit-at-start`: exits 3 at once;
+//!   - `never-healthy`: never writes health.json, runs until SIGTERM;
+//!   - `wrong-version`: reports version `0.0.0-wrong`;
+//!   - `wrong-nonce`: reports a nonce that is not the one it was given;
+//!   - `crash-in-soak`: reports ready, then exits 1 after 300 ms;
+//!   - `slow-start`: reports ready after 1 s;
+//!   - `ignore-term`: reports ready and ignores SIGTERM (only SIGKILL stops it);
+//!   - `bad-version-output`: runs as `ok`, but `--version` prints `agent 9.9.9`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use release_manifest::Version;
+use release_manifest::host::HostLayout;
+use release_manifest::host::state::{self, Health, HealthStatus, STATE_VERSION};
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("test-agent: error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let version = own_version()?;
+    let behaviour = behaviour(&version);
+    match args.first().map(String::as_str) {
+        Some("--version") => {
+            if behaviour == "bad-version-output" {
+                println!("agent 9.9.9");
+            } else {
+                println!("agent {version}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("run") => run(&version, &behaviour),
+        _ => Err("usage: test-agent --version | test-agent run".into()),
+    }
+}
+
+/// `<dir of the canonical exe>/../VERSION`, trimmed.
+fn own_version() -> Result<Version, String> {
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .map_err(|e| format!("cannot find my own executable: {e}"))?;
+    let file = exe
+        .parent()
+        .and_then(|bin| bin.parent())
+        .map(|dir| dir.join("VERSION"))
+        .ok_or_else(|| format!("{} has no install directory", exe.display()))?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    text.trim()
+        .parse()
+        .map_err(|e| format!("{} holds no version: {e}", file.display()))
+}
+
+/// The behaviour for this version, from `MOLT_TEST_AGENT_<version>`.
+fn behaviour(version: &Version) -> String {
+    let key = format!(
+        "MOLT_TEST_AGENT_{}",
+        version.to_string().replace(['.', '-'], "_")
+    );
+    std::env::var(key).unwrap_or_else(|_| "ok".into())
+}
+
+fn run(version: &Version, behaviour: &str) -> Result<ExitCode, String> {
+    let root = std::env::var_os("MOLT_ROOT").ok_or("MOLT_ROOT is not set")?;
+    let layout = HostLayout::new(PathBuf::from(root));
+    let nonce = std::env::var("MOLT_HEALTH_NONCE").unwrap_or_default();
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&term))
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    eprintln!(
+        "test-agent {version}: pid {}, behaviour {behaviour}",
+        std::process::id()
+    );
+
+    let report = |version: Version, nonce: &str| {
+        let health = Health {
+            schema: STATE_VERSION,
+            version,
+            pid: std::process::id(),
+            nonce: nonce.to_owned(),
+            started_at: jiff::Timestamp::now(),
+            status: HealthStatus::Ready,
+        };
+        state::write_json(&layout.health(), &health).map_err(|e| format!("{e}"))
+    };
+
+    match behaviour {
+        "ok" | "bad-version-output" => report(version.clone(), &nonce)?,
+        "exit-at-start" => return Ok(ExitCode::from(3)),
+        "never-healthy" => {}
+        "wrong-version" => report("0.0.0-wrong".parse().map_err(|e| format!("{e}"))?, &nonce)?,
+        "wrong-nonce" => report(version.clone(), &format!("not-{nonce}"))?,
+        "crash-in-soak" => {
+            report(version.clone(), &nonce)?;
+            if !sleep_unless(&term, Duration::from_millis(300)) {
+                eprintln!("test-agent {version}: crashing");
+                return Ok(ExitCode::from(1));
+            }
+        }
+        "slow-start" => {
+            if sleep_unless(&term, Duration::from_secs(1)) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            report(version.clone(), &nonce)?;
+        }
+        "ignore-term" => {
+            report(version.clone(), &nonce)?;
+            loop {
+                // SIGTERM only sets the flag, which nobody reads.
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        other => return Err(format!("unknown behaviour {other:?}")),
+    }
+    while !sleep_unless(&term, Duration::from_secs(3600)) {}
+    eprintln!("test-agent {version}: SIGTERM, exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sleeps for `d` or until SIGTERM; true when SIGTERM came.
+fn sleep_unless(term: &AtomicBool, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if term.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(
+            Duration::from_millis(10).min(end.saturating_duration_since(Instant::now())),
+        );
+    }
+    term.load(Ordering::Relaxed)
+}

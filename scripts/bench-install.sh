@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Times molt's one-pass download (stream → sha256 → extract into staging) against
+# `curl | tee >(sha256sum) | tar -xz`, both fetching the same molt-agent archive from the same
+# loopback HTTP server (the tests' file server).
+#
+# Usage: scripts/bench-install.sh [SIZE_MIB] [RUNS]
+#   SIZE_MIB  the size of each of the two fake programs (default 48; machine code from
+#             /usr/lib, so it compresses about as a real binary does)
+#   RUNS      runs of each (default 5)
+set -euo pipefail
+
+size_mib=${1:-48}
+runs=${2:-5}
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+work=$(mktemp -d "${TMPDIR:-/tmp}/molt-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+for tool in curl tar sha256sum; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is required" >&2; exit 1; }
+done
+
+# Fake programs: shared libraries and programs from the system, concatenated and cut to size.
+fake_program() { # out seed
+  local out=$1 seed=$2
+  find /usr/lib /usr/bin -type f -size +100k 2>/dev/null | sort | tail -n "+$seed" \
+    | while IFS= read -r file; do cat "$file" 2>/dev/null || true; done \
+    | head -c "$((size_mib * 1024 * 1024))" >"$out" || true
+  if [ "$(stat -c %s "$out")" -lt "$((size_mib * 1024 * 1024))" ]; then
+    echo "error: not enough files under /usr/lib and /usr/bin for ${size_mib} MiB" >&2
+    exit 1
+  fi
+}
+fake_program "$work/agent" 1
+fake_program "$work/updater" 7
+
+cargo build --quiet --release -p molt-tests --example bench-download
+"${CARGO_TARGET_DIR:-target}/release/examples/bench-download" "$work/agent" "$work/updater" "$runs"

@@ -1,0 +1,160 @@
+//! Times molt's one-pass download (stream → sha256 → extract) against
+//! `curl | tee >(sha256sum) | tar -xz`, both from the same loopback server.
+//!
+//! `cargo run --release -p molt-tests --example bench-download -- AGENT UPDATER [RUNS]`
+//! packages the two programs as a `molt-agent` archive, serves it with the test file server,
+//! and prints the best and the median time of each. `scripts/bench-install.sh` makes the
+//! inputs and runs it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use molt_tests::http_server::FileServer;
+use molt_updater::download::{DownloadRequest, RetryPolicy, download_and_stage};
+use release_manifest::extract::Limits;
+use release_manifest::package::package;
+use release_manifest::transport::{HttpSettings, MoltTransport, ProxySettings, Url};
+use release_manifest::tuf::client::TargetInfo;
+use release_manifest::{PackageName, Platform, Version};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Fails `main` with a message.
+fn fail<T>(message: impl Into<String>) -> Result<T> {
+    Err(message.into().into())
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(agent), Some(updater)) = (args.next(), args.next()) else {
+        return fail("usage: bench-download AGENT UPDATER [RUNS]");
+    };
+    let runs: usize = match args.next() {
+        Some(runs) => runs
+            .to_str()
+            .and_then(|r| r.parse().ok())
+            .ok_or("RUNS must be a number")?,
+        None => 5,
+    };
+    let work = tempfile::tempdir()?;
+    let version: Version = "1.0.0".parse()?;
+    let platform = Platform::LinuxAmd64;
+    let repo = work.path().join("repo");
+    let archive = package(
+        &version,
+        platform,
+        Path::new(&agent),
+        Path::new(&updater),
+        &repo,
+    )?
+    .into_iter()
+    .find(|a| a.package == PackageName::Agent)
+    .ok_or("no molt-agent archive")?;
+    let target = TargetInfo {
+        name: archive.target_name.clone(),
+        length: archive.size,
+        sha256: archive.sha256,
+    };
+    let server = FileServer::start(&repo)?;
+    let url = server.url(&archive.target_name);
+    println!(
+        "archive: {} ({:.1} MiB), {runs} runs each",
+        archive.target_name,
+        mib(archive.size)
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let transport = MoltTransport::new(HttpSettings {
+        proxy: ProxySettings::none(),
+        ..HttpSettings::default()
+    })?;
+    let limits = Limits::default();
+    let mut molt = Vec::new();
+    for run in 0..runs {
+        let staging = work.path().join(format!("molt-{run}"));
+        let partial = work.path().join(format!("molt-{run}.partial"));
+        let request = DownloadRequest {
+            url: Url::parse(&url)?,
+            expected: &target,
+            package: PackageName::Agent,
+            platform,
+            staging: &staging,
+            partial: &partial,
+            limits: &limits,
+            retry: RetryPolicy::default(),
+            progress: false,
+        };
+        let started = Instant::now();
+        runtime.block_on(download_and_stage(&transport, &request))?;
+        molt.push(started.elapsed());
+        std::fs::remove_dir_all(&staging)?;
+    }
+
+    let mut shell = Vec::new();
+    for run in 0..runs {
+        let dir = work.path().join(format!("shell-{run}"));
+        std::fs::create_dir_all(dir.join("x"))?;
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .args([
+                "-c",
+                r#"set -o pipefail; curl -sf "$1" | tee >(sha256sum >"$2/sum") | tar -xzf - -C "$2/x""#,
+                "bench",
+            ])
+            .arg(&url)
+            .arg(&dir)
+            .status()?;
+        let elapsed = started.elapsed();
+        if !status.success() {
+            return fail(format!("curl | tar failed: {status}"));
+        }
+        // `tee` may still be writing the sum when the pipeline returns; wait for it.
+        let sum = wait_for_sum(&dir.join("sum"))?;
+        if !sum.starts_with(&target.sha256.to_string()) {
+            return fail(format!("curl | tar: sha256 {sum} is not {}", target.sha256));
+        }
+        shell.push(elapsed);
+        std::fs::remove_dir_all(&dir)?;
+    }
+
+    report("molt download_and_stage", &mut molt, archive.size);
+    report(
+        "curl | tee >(sha256sum) | tar -xz",
+        &mut shell,
+        archive.size,
+    );
+    Ok(())
+}
+
+fn wait_for_sum(path: &Path) -> Result<String> {
+    for _ in 0..100 {
+        if let Ok(sum) = std::fs::read_to_string(path)
+            && sum.len() >= 64
+        {
+            return Ok(sum);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fail(format!("sha256sum wrote nothing to {}", path.display()))
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn report(name: &str, times: &mut [Duration], size: u64) {
+    times.sort();
+    let (Some(best), Some(median)) = (times.first(), times.get(times.len() / 2)) else {
+        return;
+    };
+    println!(
+        "{name:<36} best {:>7.3} s  median {:>7.3} s  ({:.0} MiB/s at best)",
+        best.as_secs_f64(),
+        median.as_secs_f64(),
+        mib(size) / best.as_secs_f64()
+    );
+}

@@ -1,0 +1,370 @@
+//! Signed repositories and hosts for end-to-end tests, built at test time (committed
+//! signed fixtures would expire).
+//!
+//! A [`TestRepo`] is a region's repository on disk, signed with fresh keys; each release
+//! packages the real `updater` binary and the `test-agent` stand-in (which reads its
+//! version from its install directory, so one binary serves every version). A
+//! [`TestHost`] is an install root driven by the real `updater` binary in direct mode;
+//! dropping it kills whatever agent it left running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use release_manifest::host::HostLayout;
+use release_manifest::host::state::{self, Health, HistoryRecord};
+use release_manifest::manifest::Status;
+use release_manifest::rollout::Rollout;
+use release_manifest::tuf::Expirations;
+use release_manifest::tuf::keys::{self, KeyDir};
+use release_manifest::tuf::repo::{self, AddOptions};
+use release_manifest::{Platform, Region, Version};
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic_with(&format!("cannot build a tokio runtime: {e}")),
+    }
+}
+
+#[allow(clippy::panic)]
+fn panic_with(msg: &str) -> ! {
+    panic!("{msg}")
+}
+
+fn check<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic_with(&format!("{what}: {e}")),
+    }
+}
+
+/// A built binary of this workspace, next to the test executable's directory.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = check(std::env::current_exe(), "current_exe");
+    // target/debug/deps/<test> → target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    if !path.exists() {
+        panic_with(&format!(
+            "{} is not built; run the tests with `cargo test --workspace`",
+            path.display()
+        ));
+    }
+    path
+}
+
+/// A region's signed repository on disk.
+#[derive(Debug)]
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+    pub keys: KeyDir,
+    pub region: Region,
+}
+
+impl TestRepo {
+    pub fn new(region: &str) -> TestRepo {
+        let dir = check(tempfile::tempdir(), "tempdir");
+        let keys = check(
+            keys::generate(&dir.path().join("keys"), 1, 1),
+            "generate keys",
+        );
+        let region: Region = check(region.parse(), "region");
+        let repo = dir.path().join("repo");
+        check(
+            runtime().block_on(repo::init(
+                &repo,
+                &region,
+                &keys,
+                &Expirations::default(),
+                Timestamp::now(),
+            )),
+            "repo init",
+        );
+        TestRepo { dir, keys, region }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    pub fn trusted_root(&self) -> PathBuf {
+        self.keys.dir.join("root.json")
+    }
+
+    /// `file://` URL of the repository.
+    pub fn url(&self) -> String {
+        format!("file://{}/", self.path().display())
+    }
+
+    /// Packages the test agent and the real updater as `version` for `platform`.
+    pub fn package(&self, version: &str, platform: Platform) -> PathBuf {
+        let dist = self.dir.path().join("dist");
+        let v: Version = check(version.parse(), "version");
+        check(
+            release_manifest::package::package(
+                &v,
+                platform,
+                &workspace_bin("test-agent"),
+                &workspace_bin("updater"),
+                &dist,
+            ),
+            "package",
+        );
+        dist
+    }
+
+    /// Publishes `version` for linux-amd64 (the test machines' platform) with `status`.
+    pub fn publish(&self, version: &str, status: Status) {
+        self.publish_with(
+            version,
+            status,
+            None,
+            Platform::detect().unwrap_or(Platform::LinuxAmd64),
+        );
+    }
+
+    pub fn publish_with(
+        &self,
+        version: &str,
+        status: Status,
+        rollout: Option<Rollout>,
+        platform: Platform,
+    ) {
+        let dist = self.package(version, platform);
+        let opts = AddOptions {
+            version: check(version.parse(), "version"),
+            status,
+            rollout,
+        };
+        check(
+            runtime().block_on(repo::add(
+                &self.path(),
+                &dist,
+                &opts,
+                &self.keys,
+                &Expirations::default(),
+                Timestamp::now(),
+            )),
+            "add",
+        );
+    }
+
+    pub fn set_status(&self, version: &str, status: Status) {
+        let v: Version = check(version.parse(), "version");
+        check(
+            runtime().block_on(repo::set_status(
+                &self.path(),
+                &v,
+                status,
+                &self.keys,
+                &Expirations::default(),
+                Timestamp::now(),
+            )),
+            "set-status",
+        );
+    }
+
+    /// The file holding a published target, e.g. `molt-agent/2.0.0/molt-agent-linux-amd64.tar.gz`.
+    pub fn target_file(&self, name: &str) -> PathBuf {
+        let mut found = None;
+        let mut stack = vec![self.path().join("targets")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p
+                    .strip_prefix(self.path().join("targets"))
+                    .ok()
+                    .and_then(|rel| {
+                        rel.to_str()
+                            .and_then(|r| r.split_once('.'))
+                            .map(|(_, n)| n == name)
+                    })
+                    .unwrap_or(false)
+                {
+                    found = Some(p);
+                }
+            }
+        }
+        found.unwrap_or_else(|| panic_with(&format!("no target file for {name}")))
+    }
+}
+
+/// An install root driven by the real `updater` binary in direct mode.
+#[derive(Debug)]
+pub struct TestHost {
+    pub root: tempfile::TempDir,
+    pub source: String,
+    pub region: String,
+    pub trusted_root: PathBuf,
+    /// Extra environment for the updater (and, through it, the agent).
+    pub env: Vec<(String, String)>,
+    pub soak: String,
+}
+
+impl TestHost {
+    pub fn new(repo: &TestRepo) -> TestHost {
+        let root = check(tempfile::tempdir(), "tempdir");
+        // An explicit, empty config: the command line carries the settings.
+        check(
+            std::fs::write(root.path().join("agent.toml"), "# test host\n"),
+            "write config",
+        );
+        TestHost {
+            root,
+            source: repo.url(),
+            region: repo.region.to_string(),
+            trusted_root: repo.trusted_root(),
+            env: Vec::new(),
+            soak: "300ms".into(),
+        }
+    }
+
+    pub fn layout(&self) -> HostLayout {
+        HostLayout::new(self.root.path())
+    }
+
+    /// The updater command with this host's settings; add the arguments of the run.
+    pub fn updater(&self) -> Command {
+        let mut c = Command::new(workspace_bin("updater"));
+        c.arg("--root")
+            .arg(self.root.path())
+            .env("MOLT_CONFIG", self.root.path().join("agent.toml"))
+            .env_remove("MOLT_LOG")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("MOLT_TEST_KILL_AT");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// `updater --target-version <target>` with this host's source, region, trusted root,
+    /// direct service control and a short soak, plus `extra` arguments.
+    pub fn update_cmd(&self, target: &str, extra: &[&str]) -> Command {
+        let mut c = self.updater();
+        c.args([
+            "--target-version",
+            target,
+            "--source",
+            &self.source,
+            "--region",
+            &self.region,
+            "--service",
+            "direct",
+        ])
+        .arg("--trusted-root")
+        .arg(&self.trusted_root)
+        .args(["--soak", &self.soak, "--health-timeout", "5s"])
+        .args(extra);
+        c
+    }
+
+    pub fn update(&self, target: &str, extra: &[&str]) -> Output {
+        check(self.update_cmd(target, extra).output(), "run updater")
+    }
+
+    pub fn recover(&self) -> Output {
+        let mut c = self.updater();
+        c.args(["recover", "--service", "direct"]);
+        check(c.output(), "run updater recover")
+    }
+
+    pub fn current(&self) -> Option<Version> {
+        self.layout().current_version()
+    }
+
+    pub fn history(&self) -> Vec<HistoryRecord> {
+        state::read_history(&self.layout().history()).unwrap_or_default()
+    }
+
+    pub fn health(&self) -> Option<Health> {
+        state::read_json(&self.layout().health()).ok().flatten()
+    }
+
+    /// The running agent's pid, from the pid file, if that process is alive.
+    pub fn agent_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.layout().agent_pid()).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        pid_alive(pid).then_some(pid)
+    }
+
+    /// The invariant every test ends on: `current` points at a valid version, and an
+    /// agent of that version runs and reported healthy.
+    pub fn assert_healthy(&self) -> Version {
+        let current = self
+            .current()
+            .unwrap_or_else(|| panic_with("current points at no valid version"));
+        let pid = wait_for(Duration::from_secs(5), || self.agent_pid())
+            .unwrap_or_else(|| panic_with(&format!("no agent runs for {current}")));
+        let health = wait_for(Duration::from_secs(5), || {
+            self.health().filter(|h| h.pid == pid)
+        })
+        .unwrap_or_else(|| panic_with(&format!("agent {pid} never reported healthy")));
+        if health.version != current {
+            panic_with(&format!(
+                "agent reports {} but current is {current}",
+                health.version
+            ));
+        }
+        current
+    }
+
+    /// Kills the agent this host runs, if any.
+    pub fn kill_agent(&self) {
+        if let Some(pid) = self.agent_pid() {
+            kill(pid);
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// SIGKILLs `pid`.
+pub fn kill(pid: u32) {
+    if let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}

@@ -1,0 +1,133 @@
+//! Kill-at-checkpoint (rustup's approach): SIGKILL the updater at each step of an update
+//! and prove that `updater recover` (or the next update) leaves `current` on a valid
+//! version with a healthy agent. Then the same invariant over randomised kill instants.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use molt_tests::fixture::{TestHost, TestRepo, kill};
+use release_manifest::Version;
+use release_manifest::manifest::Status;
+
+fn v(s: &str) -> Version {
+    s.parse().unwrap()
+}
+
+fn setup() -> (TestRepo, TestHost) {
+    let repo = TestRepo::new("us-east-1");
+    repo.publish("1.0.0", Status::Active);
+    repo.publish("2.0.0", Status::Active);
+    let host = TestHost::new(&repo);
+    let out = host.update("1.0.0", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    host.assert_healthy();
+    (repo, host)
+}
+
+/// The checkpoints of an update, in order (journal steps, plus "downloaded" and
+/// "switched_link", the instants between a step's record and its completion).
+const CHECKPOINTS: [&str; 8] = [
+    "started",
+    "downloaded",
+    "installed",
+    "stopping",
+    "switching",
+    "switched_link",
+    "switched",
+    "committed",
+];
+
+#[test]
+fn killed_at_each_checkpoint_recovers() {
+    for point in CHECKPOINTS {
+        let (_repo, host) = setup();
+        let out = host
+            .update_cmd("latest", &[])
+            .env("MOLT_TEST_KILL_AT", point)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: the updater was not killed there: {:?}",
+            out.status
+        );
+        let rec = host.recover();
+        assert!(
+            rec.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
+        let now = host.assert_healthy();
+        // before the switch, v1 stays; after the switch, recovery rolls back; a commit stands
+        let expected = if point == "committed" {
+            v("2.0.0")
+        } else {
+            v("1.0.0")
+        };
+        assert_eq!(now, expected, "{point}");
+        assert!(
+            !host.layout().journal().exists(),
+            "{point}: journal cleared"
+        );
+        // and the next update completes normally
+        let out = host.update("latest", &[]);
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(host.assert_healthy(), v("2.0.0"), "{point}");
+    }
+}
+
+#[test]
+fn killed_at_random_instants_recovers() {
+    // A simple deterministic generator: the instants vary over the whole update.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (_repo, host) = setup();
+    let runs = 50;
+    for i in 0..runs {
+        let target = if host.current() == Some(v("2.0.0")) {
+            "1.0.0"
+        } else {
+            "2.0.0"
+        };
+        let mut child = host
+            .update_cmd(target, &["--allow-downgrade"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = Duration::from_millis(next() % 700);
+        let started = Instant::now();
+        while started.elapsed() < delay {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        kill(child.id());
+        let _ = child.wait();
+        let rec = host.recover();
+        assert!(
+            rec.status.success(),
+            "run {i}: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
+        let now = host.assert_healthy();
+        assert!(now == v("1.0.0") || now == v("2.0.0"), "run {i}: {now}");
+        assert!(!host.layout().journal().exists(), "run {i}");
+    }
+}

@@ -1,0 +1,300 @@
+//! The updater end to end: the real `updater` binary, real agent processes (the
+//! test agent), a signed repository built at test time, real files and signals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Output;
+
+use molt_tests::fixture::{TestHost, TestRepo, kill, pid_alive};
+use release_manifest::Version;
+use release_manifest::host::state::{Outcome, Quarantine};
+use release_manifest::manifest::Status;
+
+fn v(s: &str) -> Version {
+    s.parse().unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A repository with 1.0.0 and 2.0.0, and a host installed at 1.0.0.
+fn host_on_v1(repo: &TestRepo) -> TestHost {
+    let host = TestHost::new(repo);
+    let out = host.update("1.0.0", &[]);
+    assert_eq!(code(&out), 0, "first install: {}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+    host
+}
+
+fn repo_v1_v2() -> TestRepo {
+    let repo = TestRepo::new("us-east-1");
+    repo.publish("1.0.0", Status::Active);
+    repo.publish("2.0.0", Status::Active);
+    repo
+}
+
+#[test]
+fn first_install_needs_a_trusted_root() {
+    let repo = repo_v1_v2();
+    let mut host = TestHost::new(&repo);
+    host.trusted_root = host.root.path().join("missing-root.json");
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("a first install needs --trusted-root"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.current(), None);
+}
+
+#[test]
+fn v1_to_v2_happy_path() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let old_pid = host.agent_pid().unwrap();
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("updated molt-agent 1.0.0 -> 2.0.0"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    assert!(!pid_alive(old_pid), "the old agent was stopped");
+    let last = host.history().pop().unwrap();
+    assert_eq!(
+        (last.from, last.to, last.result),
+        (Some(v("1.0.0")), v("2.0.0"), Outcome::Success)
+    );
+    assert!(last.timings.agent_downtime_ms.is_some());
+    // the last known-good version is kept, the journal is gone
+    assert!(host.layout().is_valid(&v("1.0.0")));
+    assert!(!host.layout().journal().exists());
+    // the same version again: exit 0, nothing changes
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("2.0.0 is already installed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.history().len(), 2);
+}
+
+#[test]
+fn downgrade_needs_the_flag() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    assert_eq!(code(&host.update("2.0.0", &[])), 0);
+    let out = host.update("1.0.0", &[]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        text(&out).contains("Updating molt-agent from 2.0.0 to an older version 1.0.0, please enable allow downgrade to proceed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    let out = host.update("1.0.0", &["--allow-downgrade"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+}
+
+#[test]
+fn unsupported_platform_and_inactive_are_refused() {
+    let repo = repo_v1_v2();
+    repo.publish("3.0.0", Status::Inactive);
+    let host = host_on_v1(&repo);
+    let out = host.update("2.0.0", &["--platform", "linux-musl-arm64"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "molt-agent target version 2.0.0 is unsupported on current platform (linux-musl-arm64)"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = host.update("3.0.0", &[]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(text(&out).contains("3.0.0 is Inactive"), "{}", text(&out));
+    // latest never picks the Inactive 3.0.0
+    let out = host.update("latest", &["--dry-run"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("to:        2.0.0"), "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"), "dry run changed nothing");
+}
+
+fn broken_v2(behaviour: &str, expect_in_reason: &str) {
+    let repo = repo_v1_v2();
+    let mut host = host_on_v1(&repo);
+    host.env
+        .push(("MOLT_TEST_AGENT_2_0_0".into(), behaviour.into()));
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 5, "{behaviour}: {}", text(&out));
+    assert_eq!(
+        host.assert_healthy(),
+        v("1.0.0"),
+        "{behaviour}: v1 runs again"
+    );
+    let last = host.history().pop().unwrap();
+    assert_eq!(last.result, Outcome::RolledBack, "{behaviour}");
+    let reason = last.reason.unwrap();
+    assert!(reason.contains(expect_in_reason), "{behaviour}: {reason}");
+    let q = Quarantine::load(&host.layout().quarantine()).unwrap();
+    assert!(
+        q.versions().contains(&v("2.0.0")),
+        "{behaviour}: quarantined"
+    );
+    assert!(
+        !host.layout().version_dir(&v("2.0.0")).exists(),
+        "{behaviour}: failed version removed"
+    );
+}
+
+#[test]
+fn broken_v2_that_exits_at_start_is_rolled_back() {
+    broken_v2("exit-at-start", "2.0.0 failed its health check");
+}
+
+#[test]
+fn broken_v2_that_never_reports_healthy_is_rolled_back() {
+    broken_v2("never-healthy", "2.0.0 failed its health check");
+}
+
+#[test]
+fn broken_v2_that_reports_the_wrong_version_is_rolled_back() {
+    broken_v2("wrong-version", "2.0.0 failed its health check");
+}
+
+#[test]
+fn broken_v2_that_crashes_during_the_soak_is_rolled_back() {
+    let repo = repo_v1_v2();
+    let mut host = host_on_v1(&repo);
+    host.soak = "1s".into();
+    host.env
+        .push(("MOLT_TEST_AGENT_2_0_0".into(), "crash-in-soak".into()));
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+}
+
+#[test]
+fn quarantine_skips_on_latest_and_force_retries() {
+    let repo = repo_v1_v2();
+    let mut host = host_on_v1(&repo);
+    host.env
+        .push(("MOLT_TEST_AGENT_2_0_0".into(), "exit-at-start".into()));
+    assert_eq!(code(&host.update("latest", &[])), 5);
+    host.env.clear();
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("quarantined"), "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+    let out = host.update("latest", &["--force"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    assert!(
+        Quarantine::load(&host.layout().quarantine())
+            .unwrap()
+            .entries
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_stale_health_file_never_counts() {
+    let repo = repo_v1_v2();
+    let mut host = host_on_v1(&repo);
+    // a health.json that claims 2.0.0 is ready, from some earlier start
+    let stale = serde_json::json!({"schema":1,"version":"2.0.0","pid":std::process::id(),"nonce":"old","started_at":"2026-01-01T00:00:00Z","status":"ready"});
+    std::fs::write(host.layout().health(), stale.to_string()).unwrap();
+    host.env
+        .push(("MOLT_TEST_AGENT_2_0_0".into(), "never-healthy".into()));
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+}
+
+#[test]
+fn tampered_archive_exits_4_and_changes_nothing() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let file = repo.target_file("molt-agent/2.0.0/molt-agent-linux-amd64.tar.gz");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert_eq!(host.layout().installed_versions(), vec![v("1.0.0")]);
+    assert!(!host.layout().staging_dir(&v("2.0.0")).exists());
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+}
+
+#[test]
+fn wrong_region_exits_4() {
+    let repo = repo_v1_v2();
+    let mut host = host_on_v1(&repo);
+    host.region = "eu-west-1".into();
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(
+        text(&out).contains("the manifest is for region us-east-1, but this host is in eu-west-1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+}
+
+#[test]
+fn two_updaters_at_once() {
+    let repo = repo_v1_v2();
+    let mut host = host_on_v1(&repo);
+    host.soak = "3s".into();
+    let mut first = host
+        .update_cmd("latest", &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait until the first one holds the lock (its journal exists)
+    molt_tests::fixture::wait_for(std::time::Duration::from_secs(10), || {
+        host.layout().journal().exists().then_some(())
+    })
+    .unwrap();
+    let second = host.update("latest", &[]);
+    assert_eq!(code(&second), 6, "{}", text(&second));
+    assert!(
+        text(&second).contains("Another update in progress, try again later"),
+        "{}",
+        text(&second)
+    );
+    let rec = host.recover();
+    assert_eq!(code(&rec), 0, "{}", text(&rec));
+    assert!(
+        text(&rec).contains("an update is in progress"),
+        "{}",
+        text(&rec)
+    );
+    assert!(first.wait().unwrap().success());
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+}
+
+#[test]
+fn recover_with_nothing_to_do_starts_a_dead_agent() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    kill(host.agent_pid().unwrap());
+    let out = host.recover();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(text(&out).contains("started the agent"), "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+}

@@ -1,0 +1,111 @@
+//! The updater's failures and their exit codes (SPEC §6).
+
+use std::path::{Path, PathBuf};
+
+use release_manifest::Version;
+use release_manifest::cli::exit;
+use release_manifest::host::state::StateError;
+use release_manifest::resolve::Refusal;
+use release_manifest::tuf::client::TrustError;
+
+use crate::download::DownloadError;
+use crate::lock::LockError;
+use crate::settings::SettingsError;
+use crate::stage::InstallError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("cannot read the trusted root {path}")]
+    NoTrustedRoot {
+        path: PathBuf,
+        first_install: bool,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("the region's repository could not be verified")]
+    Trust(#[from] TrustError),
+    #[error("download failed")]
+    Download(#[from] DownloadError),
+    #[error("install failed; nothing changed")]
+    Install(#[from] InstallError),
+    #[error("{to} failed its health check and was rolled back to {}", from.as_ref().map_or_else(|| "nothing".to_owned(), ToString::to_string))]
+    RolledBack {
+        to: Version,
+        from: Option<Version>,
+        reason: String,
+    },
+    #[error("CRITICAL: {to} failed and putting {} back failed too: {reason}", from.as_ref().map_or_else(|| "the previous version".to_owned(), ToString::to_string))]
+    RollbackFailed {
+        to: Version,
+        from: Option<Version>,
+        reason: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Failed(anyhow::Error),
+}
+
+impl UpdateError {
+    pub fn state(e: StateError) -> UpdateError {
+        UpdateError::State(e)
+    }
+
+    pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> UpdateError {
+        UpdateError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// The exit code of SPEC §6.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            UpdateError::Lock(LockError::Held { .. }) => exit::LOCKED,
+            UpdateError::Refused(_) => exit::REFUSED,
+            UpdateError::Trust(e) if e.is_verification() => exit::VERIFICATION,
+            UpdateError::Download(e) if e.is_verification() => exit::VERIFICATION,
+            UpdateError::RolledBack { .. } => exit::ROLLED_BACK,
+            UpdateError::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
+            UpdateError::Settings(SettingsError::Platform(_)) => exit::FAILED,
+            _ => exit::FAILED,
+        }
+    }
+
+    /// What the operator can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            UpdateError::Lock(LockError::Held { .. }) => Some("wait for the running update to finish; `updater status` shows it".into()),
+            UpdateError::Settings(e) => e.hint().map(str::to_owned),
+            UpdateError::NoTrustedRoot { first_install: true, .. } => {
+                Some("a first install needs --trusted-root FILE (the release's root.json)".into())
+            }
+            UpdateError::NoTrustedRoot { .. } => Some("set `trusted_root` in /etc/molt/agent.toml or pass --trusted-root".into()),
+            UpdateError::Refused(r) => r.hint().map(str::to_owned),
+            UpdateError::Trust(e) => e.hint().map(str::to_owned),
+            UpdateError::Download(e) if e.is_verification() => {
+                Some("the downloaded bytes do not match the signed metadata; the old version keeps running".into())
+            }
+            UpdateError::RolledBack { to, .. } => Some(format!(
+                "{to} is quarantined on this host; scheduled updates skip it until a newer version appears (retry with --force); see `updater history` and state/agent.log"
+            )),
+            UpdateError::RollbackFailed { .. } => Some(
+                "run `updater recover` (the systemd timer also runs it every few minutes); if that fails, check state/agent.log and point <root>/current at the last version under <root>/versions that has a .valid file"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `state/update.lock`: one update at a time (SPEC §6 step 1).
+//!
+//! An advisory lock (`flock` through std's `File::try_lock`) on a file that always
+//! exists. It is released when the process exits, however it exits, so a killed updater
+//! never leaves a stale lock. std opens files with `O_CLOEXEC`, so the agent the updater
+//! starts never inherits the descriptor (and never holds the lock).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+/// The message of SPEC §6 for a second updater.
+pub const LOCKED_MESSAGE: &str = "Another update in progress, try again later";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{LOCKED_MESSAGE}")]
+    Held { path: PathBuf },
+    #[error("cannot open the update lock {path}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot take the update lock {path}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A held lock; dropping it releases the lock.
+#[derive(Debug)]
+pub struct UpdateLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl UpdateLock {
+    /// Takes the lock without waiting.
+    pub fn try_acquire(path: &Path) -> Result<UpdateLock, LockError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LockError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|source| LockError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(UpdateLock {
+                _file: file,
+                path: path.to_owned(),
+            }),
+            Err(TryLockError::WouldBlock) => Err(LockError::Held {
+                path: path.to_owned(),
+            }),
+            Err(TryLockError::Error(source)) => Err(LockError::Lock {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_until_the_first_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/update.lock");
+        let first = UpdateLock::try_acquire(&path).unwrap();
+        let err = UpdateLock::try_acquire(&path).unwrap_err();
+        assert!(matches!(err, LockError::Held { .. }));
+        assert_eq!(
+            err.to_string(),
+            "Another update in progress, try again later"
+        );
+        drop(first);
+        UpdateLock::try_acquire(&path).unwrap();
+    }
+}
