@@ -96,7 +96,18 @@ fn killed_at_random_instants_recovers() {
         x ^= x << 17;
         x
     };
-    let (_repo, host) = setup();
+    let (_repo, mut host) = setup();
+    host.soak = "100ms".into();
+    // How long an uninterrupted update takes here, so the kill instants cover all of it.
+    let t = Instant::now();
+    let out = host.update("2.0.0", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = t.elapsed().as_millis() as u64;
+    let mut steps_hit = std::collections::BTreeMap::<String, u32>::new();
     let runs = 50;
     for i in 0..runs {
         let target = if host.current() == Some(v("2.0.0")) {
@@ -110,7 +121,7 @@ fn killed_at_random_instants_recovers() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(next() % 700);
+        let delay = Duration::from_millis(next() % (full + full / 10 + 1));
         let started = Instant::now();
         while started.elapsed() < delay {
             if child.try_wait().unwrap().is_some() {
@@ -120,6 +131,12 @@ fn killed_at_random_instants_recovers() {
         }
         kill(child.id());
         let _ = child.wait();
+        let step = std::fs::read_to_string(host.layout().journal())
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|j| j["step"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "(no journal)".to_owned());
+        *steps_hit.entry(step).or_default() += 1;
         let rec = host.recover();
         assert!(
             rec.status.success(),
@@ -130,4 +147,11 @@ fn killed_at_random_instants_recovers() {
         assert!(now == v("1.0.0") || now == v("2.0.0"), "run {i}: {now}");
         assert!(!host.layout().journal().exists(), "run {i}");
     }
+    eprintln!("journal step at the kill, over {runs} runs: {steps_hit:?}");
+    // the instants must land inside the update, not only before or after it
+    let inside = steps_hit
+        .iter()
+        .filter(|(k, _)| k.as_str() != "(no journal)")
+        .count();
+    assert!(inside >= 3, "kills landed in too few steps: {steps_hit:?}");
 }
