@@ -61,6 +61,14 @@ fn v1_to_v2_happy_path() {
     let repo = repo_v1_v2();
     let host = host_on_v1(&repo);
     let old_pid = host.agent_pid().unwrap();
+    // the first install put the standalone updater in place, as a real file
+    let standalone = host.layout().updater_bin();
+    assert!(
+        std::fs::symlink_metadata(&standalone)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
     let out = host.update("latest", &[]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(

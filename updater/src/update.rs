@@ -363,6 +363,7 @@ async fn install_and_switch(
                 },
             };
             finish(layout, &record, Some(&to), from.as_ref())?;
+            install_standalone_updater(layout, &to)?;
             let mut q = Quarantine::load(&layout.quarantine()).map_err(UpdateError::state)?;
             if q.versions().contains(&to) {
                 q.remove(&to);
@@ -383,6 +384,22 @@ async fn install_and_switch(
             ))
         }
     }
+}
+
+/// The first install puts the standalone updater in place: `<root>/bin/updater`, a real
+/// file (never a link into `versions/`, which self-replace would overwrite in place),
+/// copied from the installed version. Later updates leave it to self-update.
+fn install_standalone_updater(layout: &HostLayout, v: &Version) -> Result<(), UpdateError> {
+    let dest = layout.updater_bin();
+    if dest.exists() {
+        return Ok(());
+    }
+    let src = layout.version_dir(v).join("bin").join("updater");
+    let bytes = std::fs::read(&src).map_err(|e| UpdateError::io("read", &src, e))?;
+    state::write_atomic(&dest, &bytes).map_err(UpdateError::state)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| UpdateError::io("chmod", &dest, e))
 }
 
 /// An update that failed before the switch: nothing changed; record it and clear the journal.
