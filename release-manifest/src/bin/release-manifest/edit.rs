@@ -12,19 +12,20 @@ use release_manifest::tuf::repo::{self, AddOptions, EditReport};
 
 use crate::common::{ExpiryArgs, open_keys, repo_failure, runtime};
 
+/// The repository an edit applies to, the keys that sign it and how long the result lives.
 #[derive(Debug, clap::Args)]
 pub struct Target {
     /// The region's repository.
     #[arg(long)]
-    repo: PathBuf,
+    pub repo: PathBuf,
     /// The keys directory (targets, snapshot and timestamp keys; no root key needed).
     #[arg(long)]
-    keys: PathBuf,
+    pub keys: PathBuf,
     #[command(flatten)]
-    expiry: ExpiryArgs,
+    pub expiry: ExpiryArgs,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

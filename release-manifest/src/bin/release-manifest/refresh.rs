@@ -6,21 +6,13 @@ use std::time::Duration;
 use release_manifest::cli::{Failure, exit};
 use release_manifest::tuf::repo;
 
-use crate::common::{ExpiryArgs, open_keys, repo_failure, runtime};
+use crate::common::{open_keys, repo_failure, runtime};
 
 #[derive(Debug, clap::Args)]
 pub struct RefreshArgs {
-    /// The region's repository.
-    #[arg(long)]
-    repo: PathBuf,
-    /// The keys directory (snapshot and timestamp keys suffice).
-    #[arg(long)]
-    keys: PathBuf,
+    /// The repository and keys (snapshot and timestamp keys suffice).
     #[command(flatten)]
-    expiry: ExpiryArgs,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
+    target: crate::edit::Target,
 }
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +29,7 @@ pub struct CheckExpiryArgs {
 }
 
 pub fn refresh(args: RefreshArgs) -> Result<i32, Failure> {
+    let args = args.target;
     let keys = open_keys(&args.keys)?;
     let r = runtime()?
         .block_on(repo::refresh(
