@@ -306,3 +306,30 @@ fn recover_with_nothing_to_do_starts_a_dead_agent() {
     assert!(text(&out).contains("started the agent"), "{}", text(&out));
     assert_eq!(host.assert_healthy(), v("1.0.0"));
 }
+
+#[test]
+fn not_enough_disk_space_exits_1_and_changes_nothing() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let cache = host.layout().cache_dir();
+    std::fs::create_dir_all(&cache).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let out = host.update("latest", &[]);
+    let _ = std::process::Command::new("umount").arg(&cache).status();
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(text(&out).contains("free at least"), "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+    assert_eq!(host.layout().installed_versions(), vec![v("1.0.0")]);
+    assert_eq!(
+        host.history().pop().unwrap().result,
+        release_manifest::host::state::Outcome::Failed
+    );
+}
