@@ -3,11 +3,14 @@
 //!
 //! `cargo run --release -p molt-tests --example bench-download -- AGENT UPDATER [RUNS]`
 //! packages the two programs as a `molt-agent` archive, serves it with the test file server,
-//! and prints the best and the median time of each. `scripts/bench-install.sh` makes the
-//! inputs and runs it.
+//! and runs, interleaved, molt's download, the shell pipeline and the floor: decompressing
+//! the archive file alone (`pigz -dc FILE > /dev/null`, or the program named by
+//! `MOLT_BENCH_GUNZIP`). It prints the best and the median time of each and the ratios of
+//! the medians, molt/shell and molt/floor. `scripts/bench-install.sh` makes the inputs and
+//! runs it.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use molt_tests::http_server::FileServer;
@@ -72,7 +75,12 @@ fn main() -> Result<()> {
         ..HttpSettings::default()
     })?;
     let limits = Limits::default();
-    let mut molt = Vec::new();
+    let gunzip = std::env::var("MOLT_BENCH_GUNZIP").unwrap_or_else(|_| "pigz".into());
+    let archive_file = repo.join(&archive.target_name);
+    // The runs are interleaved (molt, shell, floor, molt, …) so that the machine's noise
+    // falls on all three alike.
+    let (mut molt, mut shell, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unpacked = (0, 0);
     for run in 0..runs {
         let staging = work.path().join(format!("molt-{run}"));
         let partial = work.path().join(format!("molt-{run}.partial"));
@@ -90,11 +98,9 @@ fn main() -> Result<()> {
         let started = Instant::now();
         runtime.block_on(download_and_stage(&transport, &request))?;
         molt.push(started.elapsed());
-        std::fs::remove_dir_all(&staging)?;
-    }
+        let molt_tree = tree(&staging)?;
+        let _ = std::fs::remove_file(&partial);
 
-    let mut shell = Vec::new();
-    for run in 0..runs {
         let dir = work.path().join(format!("shell-{run}"));
         std::fs::create_dir_all(dir.join("x"))?;
         let started = Instant::now();
@@ -117,16 +123,76 @@ fn main() -> Result<()> {
             return fail(format!("curl | tar: sha256 {sum} is not {}", target.sha256));
         }
         shell.push(elapsed);
+        // Both must have produced the same files, whole.
+        let shell_tree = tree(&dir.join("x"))?;
+        if molt_tree != shell_tree {
+            return fail(format!(
+                "molt staged {molt_tree:?} (files, bytes) but tar extracted {shell_tree:?}"
+            ));
+        }
+        unpacked = molt_tree;
+        std::fs::remove_dir_all(&staging)?;
         std::fs::remove_dir_all(&dir)?;
+
+        // The floor: decompressing the archive, from the page cache, to nowhere.
+        let started = Instant::now();
+        let status = Command::new(&gunzip)
+            .arg("-dc")
+            .arg(&archive_file)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return fail(format!("{gunzip} -dc failed: {status}"));
+        }
+        floor.push(started.elapsed());
     }
 
-    report("molt download_and_stage", &mut molt, archive.size);
-    report(
+    println!(
+        "each run unpacks {} files, {:.1} MiB (molt's staging and tar's output agree)",
+        unpacked.0,
+        mib(unpacked.1)
+    );
+    let molt = report("molt download_and_stage", &mut molt, archive.size);
+    let shell = report(
         "curl | tee >(sha256sum) | tar -xz",
         &mut shell,
         archive.size,
     );
+    let floor = report(
+        &format!("{gunzip} -dc FILE > /dev/null (floor)"),
+        &mut floor,
+        archive.size,
+    );
+    println!(
+        "ratio molt/shell (medians): {:.2} (goal <= 0.6: {})   molt/{gunzip}-floor: {:.2}",
+        molt / shell,
+        if molt / shell <= 0.6 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        molt / floor
+    );
     Ok(())
+}
+
+/// The number of regular files under `dir` and their total size.
+fn tree(dir: &Path) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    Ok((files, bytes))
 }
 
 fn wait_for_sum(path: &Path) -> Result<String> {
@@ -146,10 +212,11 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn report(name: &str, times: &mut [Duration], size: u64) {
+/// Prints the best and the median time; returns the median in seconds.
+fn report(name: &str, times: &mut [Duration], size: u64) -> f64 {
     times.sort();
     let (Some(best), Some(median)) = (times.first(), times.get(times.len() / 2)) else {
-        return;
+        return f64::NAN;
     };
     println!(
         "{name:<36} best {:>7.3} s  median {:>7.3} s  ({:.0} MiB/s at best)",
@@ -157,4 +224,5 @@ fn report(name: &str, times: &mut [Duration], size: u64) {
         median.as_secs_f64(),
         mib(size) / best.as_secs_f64()
     );
+    median.as_secs_f64()
 }

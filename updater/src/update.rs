@@ -315,7 +315,6 @@ async fn install_and_switch(
     // Switch: stop the old agent, rename the new `current` into place, start the new agent.
     jw.journal.stopped_at = Some(Timestamp::now());
     jw.set(Step::Stopping)?;
-    let stopped = Instant::now();
     if let Err(e) = svc.stop() {
         // The old agent could not be stopped: nothing has switched yet; keep it.
         let reason = format!("could not stop the running agent: {e}");
@@ -323,6 +322,8 @@ async fn install_and_switch(
         fail_before_switch(layout, &mut jw, started, &reason)?;
         return Err(UpdateError::Failed(anyhow::anyhow!(reason)));
     }
+    // The old agent has exited: the downtime starts here.
+    let stopped = Instant::now();
     jw.set(Step::Switching)?;
     switch::point_current(layout, &to).map_err(UpdateError::state)?;
     checkpoint("switched_link");
@@ -334,7 +335,7 @@ async fn install_and_switch(
         nonce: nonce.clone(),
         timeout: settings.health_timeout,
         soak: settings.soak,
-        poll: Duration::from_millis(50),
+        poll: Duration::from_millis(10),
     };
     let before_start = stopped.elapsed();
     let health = match svc.start(&nonce) {
