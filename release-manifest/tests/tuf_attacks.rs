@@ -183,6 +183,22 @@ impl Fixture {
     }
 }
 
+/// The metadata entry for a file's bytes at `version`.
+fn metafile(bytes: &[u8], version: u64) -> Metafile {
+    Metafile {
+        length: Some(bytes.len() as u64),
+        hashes: Some(Hashes {
+            sha256: release_manifest::Sha256::digest(bytes)
+                .as_bytes()
+                .to_vec()
+                .into(),
+            _extra: HashMap::new(),
+        }),
+        version: NonZeroU64::new(version).unwrap(),
+        _extra: HashMap::new(),
+    }
+}
+
 /// Signs and writes a timestamp that lists `snapshot_file` at `snapshot_version`, as an
 /// attacker holding the timestamp key would.
 async fn forge_timestamp(f: &Fixture, version: u64, snapshot_file: &str, snapshot_version: u64) {
@@ -192,21 +208,8 @@ async fn forge_timestamp(f: &Fixture, version: u64, snapshot_file: &str, snapsho
         NonZeroU64::new(version).unwrap(),
         Timestamp::now() + SignedDuration::from_hours(24),
     );
-    ts.meta.insert(
-        "snapshot.json".into(),
-        Metafile {
-            length: Some(bytes.len() as u64),
-            hashes: Some(Hashes {
-                sha256: release_manifest::Sha256::digest(&bytes)
-                    .as_bytes()
-                    .to_vec()
-                    .into(),
-                _extra: HashMap::new(),
-            }),
-            version: NonZeroU64::new(snapshot_version).unwrap(),
-            _extra: HashMap::new(),
-        },
-    );
+    ts.meta
+        .insert("snapshot.json".into(), metafile(&bytes, snapshot_version));
     let signed = SignedRole::new(
         ts,
         &KeyHolder::Root(f.root()),
@@ -227,21 +230,8 @@ async fn forge_snapshot(f: &Fixture, version: u64, targets_version: u64) -> Stri
         NonZeroU64::new(version).unwrap(),
         Timestamp::now() + SignedDuration::from_hours(24),
     );
-    snap.meta.insert(
-        "targets.json".into(),
-        Metafile {
-            length: Some(bytes.len() as u64),
-            hashes: Some(Hashes {
-                sha256: release_manifest::Sha256::digest(&bytes)
-                    .as_bytes()
-                    .to_vec()
-                    .into(),
-                _extra: HashMap::new(),
-            }),
-            version: NonZeroU64::new(targets_version).unwrap(),
-            _extra: HashMap::new(),
-        },
-    );
+    snap.meta
+        .insert("targets.json".into(), metafile(&bytes, targets_version));
     let signed = SignedRole::new(
         snap,
         &KeyHolder::Root(f.root()),
