@@ -617,3 +617,37 @@ esac
     );
     assert!(err.to_string().contains("show -p MainPID --value"), "{err}");
 }
+
+#[test]
+fn stop_also_stops_an_agent_no_pid_file_recorded() {
+    // An updater killed between spawning the agent and writing the pid file leaves an
+    // untracked agent; the next stop must find it.
+    let fx = Fixture::new("1.0.0");
+    let agent = fx.root().join("current/bin/agent");
+    let orphan = std::process::Command::new(&agent)
+        .arg("run")
+        .env("MOLT_ROOT", fx.root())
+        .env("MOLT_HEALTH_NONCE", "orphan")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = orphan.id();
+    assert!(fx.pid_file().is_none());
+    let mut svc = fx.direct("ok", Duration::from_secs(2));
+    svc.stop().unwrap();
+    let mut orphan = orphan;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut exited = None;
+    while exited.is_none() && std::time::Instant::now() < deadline {
+        exited = orphan.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if exited.is_none() {
+        let _ = orphan.kill();
+        let _ = orphan.wait();
+        panic!("the untracked agent {pid} was left running");
+    }
+    assert!(!running(pid));
+}

@@ -159,6 +159,24 @@ impl DirectService {
         }
     }
 
+    /// Pids of running processes (other than `known`) whose program is an agent under
+    /// this root, found by a scan of /proc (empty without procfs).
+    fn untracked_agents(&self, known: &[u32]) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .filter(|pid| !known.contains(pid) && *pid != std::process::id())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .map(strip_deleted)
+                    .is_ok_and(|exe| self.is_agent_program(&exe))
+            })
+            .collect()
+    }
+
     /// `<root>/.../agent`, by the root as given or as resolved.
     fn is_agent_program(&self, program: &Path) -> bool {
         let root = self.layout.root();
@@ -322,6 +340,19 @@ impl ServiceManager for DirectService {
                     self.layout.root().display()
                 ),
             },
+        }
+        // An updater killed between starting an agent and writing the pid file leaves an
+        // agent nobody tracks: stop every agent program under this root, not only the
+        // recorded one, so two agents never run side by side.
+        for pid in self.untracked_agents(&targets.iter().map(|t| t.pid).collect::<Vec<_>>()) {
+            if let Identity::Agent { start_time } = self.identify(pid) {
+                tracing::warn!(
+                    pid,
+                    "stopping an agent under {} that no pid file recorded",
+                    self.layout.root().display()
+                );
+                targets.push(self.target(pid, false, start_time));
+            }
         }
         for t in &targets {
             self.terminate(t)?;
