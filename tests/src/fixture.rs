@@ -158,6 +158,33 @@ impl TestRepo {
         );
     }
 
+    /// Publishes `version` with the given programs as `bin/agent` and `bin/updater`.
+    pub fn publish_programs(&self, version: &str, agent: &Path, updater: &Path) {
+        let platform = Platform::detect().unwrap_or(Platform::LinuxAmd64);
+        let dist = self.dir.path().join(format!("dist-{version}"));
+        let v: Version = check(version.parse(), "version");
+        check(
+            release_manifest::package::package(&v, platform, agent, updater, &dist),
+            "package",
+        );
+        let opts = AddOptions {
+            version: v,
+            status: Status::Active,
+            rollout: None,
+        };
+        check(
+            runtime().block_on(repo::add(
+                &self.path(),
+                &dist,
+                &opts,
+                &self.keys,
+                &Expirations::default(),
+                Timestamp::now(),
+            )),
+            "add",
+        );
+    }
+
     pub fn set_status(&self, version: &str, status: Status) {
         let v: Version = check(version.parse(), "version");
         check(
@@ -236,7 +263,12 @@ impl TestHost {
 
     /// The updater command with this host's settings; add the arguments of the run.
     pub fn updater(&self) -> Command {
-        let mut c = Command::new(workspace_bin("updater"));
+        self.updater_program(&workspace_bin("updater"))
+    }
+
+    /// Like [`TestHost::updater`], running another updater program (e.g. `<root>/bin/updater`).
+    pub fn updater_program(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
         c.arg("--root")
             .arg(self.root.path())
             .env("MOLT_CONFIG", self.root.path().join("agent.toml"))
@@ -253,7 +285,12 @@ impl TestHost {
     /// `updater --target-version <target>` with this host's source, region, trusted root,
     /// direct service control and a short soak, plus `extra` arguments.
     pub fn update_cmd(&self, target: &str, extra: &[&str]) -> Command {
-        let mut c = self.updater();
+        self.update_cmd_via(&workspace_bin("updater"), target, extra)
+    }
+
+    /// [`TestHost::update_cmd`] with another updater program.
+    pub fn update_cmd_via(&self, program: &Path, target: &str, extra: &[&str]) -> Command {
+        let mut c = self.updater_program(program);
         c.args([
             "--target-version",
             target,

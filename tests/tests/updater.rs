@@ -333,3 +333,53 @@ fn not_enough_disk_space_exits_1_and_changes_nothing() {
         release_manifest::host::state::Outcome::Failed
     );
 }
+
+#[test]
+fn self_update_checks_the_new_updater_keeps_the_previous_and_reexecs() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let standalone = host.layout().updater_bin();
+    let original = std::fs::read(&standalone).unwrap();
+    // molt-updater 2.0.0 holds a binary that reports another version: it fails its
+    // pre-flight, is not installed, and the agent update carries on with this updater.
+    let out = host
+        .update_cmd_via(&standalone, "latest", &[])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    assert_eq!(std::fs::read(&standalone).unwrap(), original);
+    assert!(!host.layout().updater_previous().exists());
+    // molt-updater 3.0.0 is a good one: bin/updater is replaced, the old one kept as
+    // bin/updater.previous, and the new one re-exec'd with the same arguments.
+    let stand_in = molt_tests::fixture::workspace_bin("test-agent");
+    repo.publish_programs("3.0.0", &stand_in, &stand_in);
+    let marker = host.root.path().join("reexec-marker");
+    let out = host
+        .update_cmd_via(&standalone, "latest", &[])
+        .env("MOLT_TEST_REEXEC_MARKER", &marker)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&standalone).unwrap(),
+        std::fs::read(&stand_in).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(host.layout().updater_previous()).unwrap(),
+        original
+    );
+    let recorded = std::fs::read_to_string(&marker).unwrap();
+    assert!(recorded.starts_with("reexec=1 args=--root"), "{recorded}");
+    assert!(recorded.contains("--target-version latest"), "{recorded}");
+    // the re-exec'd updater is a stand-in that only recorded its start: 2.0.0 still runs
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    // --dry-run never self-updates, and an updater not running as bin/updater never does
+    std::fs::write(&standalone, &original).unwrap();
+    let out = host
+        .update_cmd_via(&standalone, "latest", &["--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(std::fs::read(&standalone).unwrap(), original);
+}

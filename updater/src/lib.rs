@@ -10,6 +10,7 @@ pub mod error;
 pub mod health;
 pub mod lock;
 pub mod recover;
+pub mod self_update;
 pub mod service;
 pub mod settings;
 pub mod stage;

@@ -134,7 +134,7 @@ pub async fn run(
     let layout = &settings.layout;
     std::fs::create_dir_all(layout.state_dir())
         .map_err(|e| UpdateError::io("create", &layout.state_dir(), e))?;
-    let _lock = UpdateLock::try_acquire(&layout.lock())?;
+    let lock = UpdateLock::try_acquire(&layout.lock())?;
     recover::recover_locked(settings, svc)?;
 
     let current = layout.current_version();
@@ -171,6 +171,23 @@ pub async fn run(
         std::path::Path::new("/etc/machine-id"),
     )
     .map_err(UpdateError::state)?;
+    if !opts.dry_run
+        && let Some(program) = crate::self_update::maybe_self_update(
+            settings,
+            &loaded,
+            platform,
+            seed,
+            opts.ignore_waves,
+            &transport,
+            &base,
+            opts.progress,
+        )
+        .await?
+    {
+        // The new updater takes the lock again and carries on.
+        drop(lock);
+        return Err(crate::self_update::reexec(&program));
+    }
     let request = Request {
         package: PackageName::Agent.as_str(),
         platform,
@@ -202,7 +219,9 @@ pub async fn run(
             seed: seed.get(),
         });
     }
-    install_and_switch(settings, opts, svc, &transport, &plan, &info, url).await
+    let report = install_and_switch(settings, opts, svc, &transport, &plan, &info, url).await;
+    drop(lock);
+    report
 }
 
 /// The signed target of a plan; the manifest's checksum must agree with TUF's.

@@ -4,7 +4,9 @@
 //! It is packaged as `bin/agent` in test packages of any version, so it takes its version
 //! from the `VERSION` file of its install (`<dir of the exe>/../VERSION`).
 //!
-//! - `test-agent --version` prints `agent <version>`.
+//! - `test-agent --version` prints `agent <version>`. Installed as `bin/updater`, it stands in
+//!   for a new updater: `--version` prints `updater <version>`, and a re-exec records its
+//!   arguments in the file `MOLT_TEST_REEXEC_MARKER` names.
 //! - `test-agent run` reads `MOLT_ROOT`, `MOLT_HEALTH_NONCE`, and its behaviour from
 //!   `MOLT_TEST_AGENT_<version with '.' and '-' as '_'>` (default `ok`):
 //!   - `ok`: writes `state/health.json` at once, runs until SIGTERM, exits 0;
@@ -39,6 +41,9 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<ExitCode, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if invoked_as_updater() {
+        return as_updater(&args);
+    }
     let version = own_version()?;
     let behaviour = behaviour(&version);
     match args.first().map(String::as_str) {
@@ -53,6 +58,33 @@ fn real_main() -> Result<ExitCode, String> {
         Some("run") => run(&version, &behaviour),
         _ => Err("usage: test-agent --version | test-agent run".into()),
     }
+}
+
+/// Installed as `bin/updater` (a stand-in new updater for the self-update tests).
+fn invoked_as_updater() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n == "updater"))
+        .unwrap_or(false)
+}
+
+/// As `updater`: `--version` prints `updater <version>`; any other invocation (the
+/// re-exec after a self-update) writes its arguments to `MOLT_TEST_REEXEC_MARKER` and
+/// exits 0.
+fn as_updater(args: &[String]) -> Result<ExitCode, String> {
+    if args.first().map(String::as_str) == Some("--version") {
+        println!("updater {}", own_version()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Ok(marker) = std::env::var("MOLT_TEST_REEXEC_MARKER") {
+        let reexec = std::env::var("MOLT_UPDATER_REEXEC").unwrap_or_default();
+        std::fs::write(
+            &marker,
+            format!("reexec={reexec} args={}\n", args.join(" ")),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `<dir of the canonical exe>/../VERSION`, trimmed.

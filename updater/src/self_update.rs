@@ -1,0 +1,155 @@
+//! Self-update (SPEC §6 step 4): when a newer Active `molt-updater` is eligible (waves
+//! and recalls apply), verify it, keep the running one as `bin/updater.previous`,
+//! replace `bin/updater` with `self-replace`, and re-exec; the new updater takes the lock
+//! again. Only an updater running as `<root>/bin/updater` replaces itself, never under
+//! `--dry-run`, and never twice in one run (`MOLT_UPDATER_REEXEC`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use jiff::Timestamp;
+use release_manifest::host::state;
+use release_manifest::resolve::{Decision, Request, Target, resolve};
+use release_manifest::rollout::Seed;
+use release_manifest::transport::{MoltTransport, Url};
+use release_manifest::tuf::client::LoadedRegion;
+use release_manifest::{PackageName, Platform, Version};
+
+use crate::download::{DownloadRequest, RetryPolicy, check_free_space, download_and_stage};
+use crate::error::UpdateError;
+use crate::settings::Settings;
+
+/// Set on the re-exec'd updater, so it does not self-update again.
+pub const REEXEC_ENV: &str = "MOLT_UPDATER_REEXEC";
+
+/// True when the running program is this root's standalone updater.
+fn running_as_standalone(settings: &Settings) -> bool {
+    let standalone = std::fs::canonicalize(settings.layout.updater_bin());
+    let exe = std::env::current_exe().and_then(std::fs::canonicalize);
+    matches!((exe, standalone), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Replaces `<root>/bin/updater` when a newer molt-updater is eligible; returns the
+/// program to re-exec.
+#[allow(clippy::too_many_arguments)]
+pub async fn maybe_self_update(
+    settings: &Settings,
+    loaded: &LoadedRegion,
+    platform: Platform,
+    seed: Seed,
+    ignore_waves: bool,
+    transport: &MoltTransport,
+    base: &Url,
+    progress: bool,
+) -> Result<Option<PathBuf>, UpdateError> {
+    if std::env::var_os(REEXEC_ENV).is_some() || !running_as_standalone(settings) {
+        return Ok(None);
+    }
+    let Ok(current) = release_manifest::BUILD_VERSION.parse::<Version>() else {
+        return Ok(None);
+    };
+    let none = BTreeSet::new();
+    let req = Request {
+        package: PackageName::Updater.as_str(),
+        platform,
+        current: Some(&current),
+        target: &Target::Latest,
+        allow_downgrade: false,
+        force: false,
+        ignore_waves,
+        quarantined: &none,
+        now: Timestamp::now(),
+        seed,
+    };
+    let plan = match resolve(&loaded.manifest, &req) {
+        Ok(Decision::Install(plan)) => plan,
+        // Nothing newer, or no molt-updater published: keep running this one.
+        Ok(Decision::Skip(_)) | Err(_) => return Ok(None),
+    };
+    let layout = &settings.layout;
+    let Some(info) = loaded.target(&plan.target_name) else {
+        tracing::warn!(
+            "molt-updater {} is in the manifest but not a signed target; not self-updating",
+            plan.to
+        );
+        return Ok(None);
+    };
+    let url = base
+        .join(&format!("targets/{}.{}", info.sha256, info.name))
+        .map_err(|e| {
+            UpdateError::Failed(anyhow::anyhow!("cannot form the URL of {}: {e}", info.name))
+        })?;
+    let cache = layout.cache_dir();
+    std::fs::create_dir_all(&cache).map_err(|e| UpdateError::io("create", &cache, e))?;
+    let staging = cache.join(format!("staging-updater-{}", plan.to));
+    let _ = std::fs::remove_dir_all(&staging);
+    check_free_space(&cache, info.length)?;
+    let staged = download_and_stage(
+        transport,
+        &DownloadRequest {
+            url,
+            expected: &info,
+            package: PackageName::Updater,
+            platform,
+            staging: &staging,
+            partial: &layout.partial(&info.sha256),
+            limits: &release_manifest::extract::Limits::default(),
+            retry: RetryPolicy::default(),
+            progress,
+        },
+    )
+    .await;
+    if let Err(e) = staged {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e.into());
+    }
+    let new = staging.join("bin").join("updater");
+    let result = replace(
+        layout.updater_bin().as_path(),
+        layout.updater_previous().as_path(),
+        &new,
+        &plan.to,
+    );
+    let _ = std::fs::remove_dir_all(&staging);
+    match result {
+        Ok(()) => Ok(Some(layout.updater_bin())),
+        Err(reason) => {
+            // A new updater that does not pass its pre-flight is not installed; this
+            // one carries on with the agent update.
+            tracing::warn!("not self-updating to molt-updater {}: {reason}", plan.to);
+            Ok(None)
+        }
+    }
+}
+
+fn replace(bin: &Path, previous: &Path, new: &Path, version: &Version) -> Result<(), String> {
+    let out = Command::new(new)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", new.display()))?;
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if printed != format!("updater {version}") {
+        return Err(format!(
+            "its --version printed {printed:?}, expected \"updater {version}\""
+        ));
+    }
+    let current = std::fs::read(bin).map_err(|e| format!("cannot read {}: {e}", bin.display()))?;
+    state::write_atomic(previous, &current).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(previous, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    self_replace::self_replace(new).map_err(|e| format!("self-replace failed: {e}"))
+}
+
+/// Replaces this process with `program`, same arguments, marked as re-exec'd.
+pub fn reexec(program: &Path) -> UpdateError {
+    use std::os::unix::process::CommandExt as _;
+    let err = Command::new(program)
+        .args(std::env::args_os().skip(1))
+        .env(REEXEC_ENV, "1")
+        .exec();
+    UpdateError::io("re-exec", program, err)
+}
