@@ -383,3 +383,48 @@ fn self_update_checks_the_new_updater_keeps_the_previous_and_reexecs() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(std::fs::read(&standalone).unwrap(), original);
 }
+
+#[test]
+fn self_update_reexecs_a_new_updater_that_takes_the_lock_and_finishes() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let standalone = host.layout().updater_bin();
+    // The "new updater" 3.0.0 is a script that reports 3.0.0 and otherwise runs the real
+    // updater binary with the same arguments: the re-exec'd process is a real updater
+    // that must take the lock again and carry the agent update through.
+    let real = molt_tests::fixture::workspace_bin("updater");
+    let script = host.root.path().join("new-updater.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'updater 3.0.0'; exit 0; fi\n\
+             [ \"$MOLT_UPDATER_REEXEC\" = 1 ] || exit 99\nexec '{}' \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    repo.publish_programs(
+        "3.0.0",
+        &molt_tests::fixture::workspace_bin("test-agent"),
+        &script,
+    );
+    let out = host
+        .update_cmd_via(&standalone, "latest", &[])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&standalone).unwrap(),
+        std::fs::read(&script).unwrap()
+    );
+    assert!(host.layout().updater_previous().exists());
+    // the re-exec'd updater held the lock and finished the update to 3.0.0
+    assert_eq!(host.assert_healthy(), v("3.0.0"));
+    let last = host.history().pop().unwrap();
+    assert_eq!(
+        (last.from, last.to, last.result),
+        (Some(v("1.0.0")), v("3.0.0"), Outcome::Success)
+    );
+}
