@@ -103,12 +103,7 @@ impl PackageName {
     /// `molt-agent-linux-musl-amd64.tar.gz` → `linux-musl-amd64`. The extension must
     /// be the one that platform uses.
     pub fn platform_of_file(self, file_name: &str) -> Option<Platform> {
-        let rest = file_name.strip_prefix(self.as_str())?.strip_prefix('-')?;
-        Platform::ALL.into_iter().find(|p| {
-            rest.strip_prefix(p.as_str())
-                .and_then(|ext| ext.strip_prefix('.'))
-                .is_some_and(|ext| ext == p.archive_kind().extension())
-        })
+        crate::manifest::platform_of_file(self.as_str(), file_name)
     }
 }
 

@@ -75,11 +75,7 @@ pub async fn maybe_self_update(
         );
         return Ok(None);
     };
-    let url = base
-        .join(&format!("targets/{}.{}", info.sha256, info.name))
-        .map_err(|e| {
-            UpdateError::Failed(anyhow::anyhow!("cannot form the URL of {}: {e}", info.name))
-        })?;
+    let url = crate::update::target_url(base, &info)?;
     let cache = layout.cache_dir();
     std::fs::create_dir_all(&cache).map_err(|e| UpdateError::io("create", &cache, e))?;
     let staging = cache.join(format!("staging-updater-{}", plan.to));

@@ -33,6 +33,8 @@ pub enum InstallError {
         program: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    State(#[from] release_manifest::host::state::StateError),
     #[error("pre-flight check failed: `{program} --version` did not finish within {seconds} s")]
     Hung { program: PathBuf, seconds: u64 },
 }
@@ -59,11 +61,7 @@ fn sync_tree(dir: &Path) -> Result<(), InstallError> {
                 .map_err(io("sync", &path))?;
         }
     }
-    sync_dir(dir).map_err(|e| InstallError::Io {
-        action: "sync",
-        path: dir.to_owned(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    Ok(sync_dir(dir)?)
 }
 
 /// Moves `staging` to `versions/<v>`, syncs it, and writes `.valid` last.
@@ -77,19 +75,11 @@ pub fn install(layout: &HostLayout, staging: &Path, v: &Version) -> Result<PathB
     }
     sync_tree(staging)?;
     std::fs::rename(staging, &dest).map_err(io("move the staged version to", &dest))?;
-    sync_dir(&versions).map_err(|e| InstallError::Io {
-        action: "sync",
-        path: versions.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    sync_dir(&versions)?;
     let valid = layout.valid_marker(v);
     let f = std::fs::File::create(&valid).map_err(io("create", &valid))?;
     f.sync_all().map_err(io("sync", &valid))?;
-    sync_dir(&dest).map_err(|e| InstallError::Io {
-        action: "sync",
-        path: dest.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    sync_dir(&dest)?;
     Ok(dest)
 }
 

@@ -103,10 +103,7 @@ impl JournalWriter<'_> {
 /// A fresh random token (for nonces and ids).
 pub fn random_token() -> String {
     let mut buf = [0u8; 12];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .is_err()
-    {
+    if release_manifest::host::random_bytes(&mut buf).is_err() {
         let nanos = Timestamp::now().as_nanosecond();
         buf[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
     }
@@ -118,7 +115,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// The target file's URL under consistent snapshots: `targets/<sha256>.<name>`.
-fn target_url(base: &Url, info: &TargetInfo) -> Result<Url, UpdateError> {
+pub(crate) fn target_url(base: &Url, info: &TargetInfo) -> Result<Url, UpdateError> {
     base.join(&format!("targets/{}.{}", info.sha256, info.name))
         .map_err(|e| {
             UpdateError::Failed(anyhow::anyhow!("cannot form the URL of {}: {e}", info.name))
@@ -327,7 +324,6 @@ async fn install_and_switch(
             fail_before_switch(layout, &mut jw, started, &e.to_string())?;
             return Err(e.into());
         }
-        let _ = std::fs::remove_file(layout.partial(&info.sha256));
     }
     jw.set(Step::Installed)?;
 

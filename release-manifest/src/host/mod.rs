@@ -19,6 +19,12 @@ use std::path::{Path, PathBuf};
 use crate::artifact::Sha256;
 use crate::version::Version;
 
+/// Fills `buf` from the kernel's random source (for nonces, ids and random seeds).
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
 /// The default install root.
 pub const DEFAULT_ROOT: &str = "/opt/molt";
 

@@ -35,7 +35,7 @@ pub fn seed_from_identity(identity: &str) -> Seed {
 
 fn random_seed() -> Seed {
     let mut buf = [0u8; 2];
-    if getrandom_fill(&mut buf).is_err() {
+    if super::random_bytes(&mut buf).is_err() {
         // the clock's nanoseconds are a poor but acceptable fallback for spreading hosts
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -44,11 +44,6 @@ fn random_seed() -> Seed {
         buf = [(nanos >> 8) as u8, nanos as u8];
     }
     Seed::wrapping(u16::from_be_bytes(buf))
-}
-
-fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read as _;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 /// Reads the persisted seed, or derives one (instance id, then the machine id file, then

@@ -304,6 +304,15 @@ pub fn manifest_issues(manifest: &Manifest, targets: &[TargetInfo]) -> Vec<Trust
     issues
 }
 
+fn target_info(name: &TargetName, t: &tough::schema::Target) -> Option<TargetInfo> {
+    let bytes: [u8; 32] = t.hashes.sha256.as_ref().try_into().ok()?;
+    Some(TargetInfo {
+        name: name.raw().to_owned(),
+        length: t.length,
+        sha256: Sha256::from_bytes(bytes),
+    })
+}
+
 /// A URL for messages: no credentials, no query string.
 pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
@@ -590,21 +599,17 @@ impl LoadedRegion {
         let mut out: Vec<TargetInfo> = self
             .repo
             .all_targets()
-            .filter_map(|(name, t)| {
-                let bytes: [u8; 32] = t.hashes.sha256.as_ref().try_into().ok()?;
-                Some(TargetInfo {
-                    name: name.raw().to_owned(),
-                    length: t.length,
-                    sha256: Sha256::from_bytes(bytes),
-                })
-            })
+            .filter_map(|(name, t)| target_info(name, t))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
     pub fn target(&self, name: &str) -> Option<TargetInfo> {
-        self.targets().into_iter().find(|t| t.name == name)
+        self.repo
+            .all_targets()
+            .find(|(n, _)| n.raw() == name)
+            .and_then(|(n, t)| target_info(n, t))
     }
 
     /// Every way the manifest disagrees with the signed targets; see [`manifest_issues`].

@@ -5,7 +5,6 @@
 //! targets and snapshot metadata, and `timestamp.json` last, replaced by `rename(2)`.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
@@ -92,6 +91,8 @@ pub enum RepoError {
     Immutable { path: PathBuf },
     #[error("the version or expiry of {role} is out of range")]
     OutOfRange { role: &'static str },
+    #[error(transparent)]
+    State(crate::host::state::StateError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -130,27 +131,10 @@ fn expires(
     expiry(now, d).ok_or(RepoError::OutOfRange { role })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
-/// rename, fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(io("create a temporary file in", dir))?;
-    tmp.write_all(bytes).map_err(io("write", path))?;
-    tmp.as_file().sync_all().map_err(io("sync", path))?;
-    tmp.persist(path).map_err(|e| RepoError::Io {
-        action: "rename into place",
-        path: path.to_owned(),
-        source: e.error,
-    })?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), RepoError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync directory", dir))
+/// Writes `bytes` to `path` atomically (the host state's writer: temporary file,
+/// fsync, rename, fsync of the directory).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
+    crate::host::state::write_atomic(path, bytes).map_err(RepoError::State)
 }
 
 /// Places an immutable file: absent → written atomically; present with the same bytes →
