@@ -6,8 +6,11 @@
 //! - [`rollout`]: in-region waves and when a host becomes eligible.
 //! - [`resolve`]: which version a host should move to, and every rule that can refuse.
 //! - [`package`] and [`extract`]: reproducible archives and the safe extractor.
+//! - [`aws`]: region, IMDS and credentials through aws-config; [`s3`]: SigV4 for private buckets.
+//! - [`schedule`]: the agent's association (rate or cron, jitter, maintenance window).
 
 pub mod artifact;
+pub mod aws;
 pub mod build_info;
 pub mod cli;
 pub mod extract;
@@ -18,6 +21,8 @@ pub mod platform;
 pub mod region;
 pub mod resolve;
 pub mod rollout;
+pub mod s3;
+pub mod schedule;
 pub mod transport;
 pub mod tuf;
 pub mod version;

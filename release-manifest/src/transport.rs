@@ -377,6 +377,8 @@ impl fmt::Debug for RangeResponse {
 pub struct MoltTransport {
     client: reqwest::Client,
     limits: Limits,
+    /// Signs every HTTP request with SigV4, for a private bucket (`s3://` sources).
+    signer: Option<std::sync::Arc<crate::s3::S3Signer>>,
 }
 
 /// The per-transfer limits, from [`HttpSettings`].
@@ -414,7 +416,14 @@ impl MoltTransport {
                 min_throughput: settings.min_throughput,
                 throughput_window: settings.throughput_window,
             },
+            signer: None,
         })
+    }
+
+    /// Signs every request with SigV4 (a private bucket, `source = "s3://…"`).
+    pub fn with_signer(mut self, signer: crate::s3::S3Signer) -> Self {
+        self.signer = Some(std::sync::Arc::new(signer));
+        self
     }
 
     /// Fetches `url` from byte `offset` on, to resume an interrupted download.
@@ -512,6 +521,15 @@ impl MoltTransport {
         if let Some(offset) = range {
             request = request.header(RANGE, format!("bytes={offset}-"));
         }
+        let mut request = request
+            .build()
+            .map_err(|e| other(&shown, e.without_url()))?;
+        if let Some(signer) = &self.signer {
+            signer
+                .sign(&mut request)
+                .await
+                .map_err(|e| other(&shown, e))?;
+        }
         let response = self.send(request, started, &shown).await?;
 
         let status = response.status();
@@ -581,7 +599,7 @@ impl MoltTransport {
     /// floor is on) within the first throughput window.
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
+        request: reqwest::Request,
         started: Instant,
         shown: &str,
     ) -> Result<reqwest::Response, TransportError> {
@@ -617,14 +635,16 @@ impl MoltTransport {
             (None, None) => None,
         };
         let sent = match limit {
-            Some((at, why)) => match tokio::time::timeout_at(at, request.send()).await {
-                Ok(sent) => sent,
-                Err(_elapsed) => {
-                    tracing::debug!(url = %shown, error = %why, "no response in time");
-                    return Err(other(shown, why));
+            Some((at, why)) => {
+                match tokio::time::timeout_at(at, self.client.execute(request)).await {
+                    Ok(sent) => sent,
+                    Err(_elapsed) => {
+                        tracing::debug!(url = %shown, error = %why, "no response in time");
+                        return Err(other(shown, why));
+                    }
                 }
-            },
-            None => request.send().await,
+            }
+            None => self.client.execute(request).await,
         };
         sent.map_err(|e| other(shown, e.without_url()))
     }

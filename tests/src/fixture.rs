@@ -405,3 +405,71 @@ pub fn kill(pid: u32) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
     }
 }
+
+/// The real `agent` and `updater` built with `MOLT_BUILD_VERSION=version`, for tests that
+/// need two real versions of the agent. Built once per version into a target directory of
+/// their own beside this build's (so this build's binaries are never replaced), under a
+/// file lock shared by every test process; later calls are cargo's no-op check. Returns
+/// the directory holding both binaries.
+pub fn stamped_build(version: &str) -> PathBuf {
+    let profile_dir = workspace_bin("updater")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target_root = profile_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let build_dir = target_root.join("stamped-build");
+    let out = target_root.join("stamped").join(version);
+    check(
+        std::fs::create_dir_all(&out),
+        "create the stamped directory",
+    );
+    let lock = check(
+        std::fs::File::create(target_root.join("stamped").join(".lock")),
+        "create the stamped build lock",
+    );
+    check(lock.lock(), "take the stamped build lock");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.join("Cargo.toml"))
+        .unwrap_or_default();
+    let status = check(
+        Command::new(&cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--locked",
+                "--offline",
+                "-p",
+                "agent",
+                "-p",
+                "updater",
+            ])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&build_dir)
+            .env("MOLT_BUILD_VERSION", version)
+            .env_remove("CARGO_TARGET_DIR")
+            .stdout(std::process::Stdio::null())
+            .status(),
+        "run cargo build for a stamped version",
+    );
+    if !status.success() {
+        panic_with(&format!(
+            "cargo build with MOLT_BUILD_VERSION={version} failed"
+        ));
+    }
+    for name in ["agent", "updater"] {
+        let built = build_dir.join("debug").join(name);
+        let dest = out.join(name);
+        let tmp = out.join(format!(".{name}.tmp"));
+        check(std::fs::copy(&built, &tmp), "copy a stamped binary");
+        check(std::fs::rename(&tmp, &dest), "place a stamped binary");
+    }
+    drop(lock);
+    out
+}

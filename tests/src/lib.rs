@@ -3,3 +3,5 @@
 pub mod fixture;
 pub mod hostile;
 pub mod http_server;
+pub mod imds;
+pub mod s3;

@@ -8,7 +8,7 @@
 pub mod download;
 pub mod error;
 pub mod health;
-pub mod lock;
+pub use release_manifest::host::lock;
 pub mod recover;
 pub mod self_update;
 pub mod service;

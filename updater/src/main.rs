@@ -181,7 +181,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         soak: u.soak,
         health_timeout: u.health_timeout,
     };
-    let settings = Settings::resolve(
+    let mut settings = Settings::resolve(
         &config,
         config_path.exists().then_some(config_path),
         overrides,
@@ -226,6 +226,8 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 .enable_all()
                 .build()
                 .map_err(|e| Failure::new(exit::FAILED, e))?;
+            rt.block_on(settings.resolve_region())
+                .map_err(|e| failure(e.into()))?;
             let report = rt
                 .block_on(update::run(&settings, &opts, svc.as_mut()))
                 .map_err(failure)?;

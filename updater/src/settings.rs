@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use release_manifest::aws::{self, ImdsSettings, RegionSource};
 use release_manifest::host::config::{Config, ServiceKind};
 use release_manifest::host::{DEFAULT_ROOT, HostLayout};
 use release_manifest::region::{SourceTemplate, Template};
+use release_manifest::s3::S3Location;
 use release_manifest::transport::{HttpSettings, Url};
 use release_manifest::{Platform, Region};
 
@@ -26,6 +28,16 @@ pub struct Settings {
     pub stop_grace: Duration,
     pub http: HttpSettings,
     pub config_path: Option<PathBuf>,
+    /// Allow IMDSv1 when IMDSv2 does not answer (`imds_v1_fallback = true`).
+    pub imds_v1_fallback: bool,
+}
+
+/// Where the region's repository is, and whether requests to it are signed.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    pub url: Url,
+    /// `s3://` sources: a private bucket, read with SigV4 and the AWS credentials chain.
+    pub private: Option<S3Location>,
 }
 
 /// Command-line values that override the config.
@@ -47,14 +59,18 @@ pub enum SettingsError {
     NoSource,
     #[error("cannot tell this host's region")]
     NoRegion,
+    #[error("cannot tell this host's region")]
+    Region(#[source] aws::AwsError),
     #[error("the source {0:?} is not a usable URL template")]
     BadSource(String, #[source] release_manifest::region::TemplateError),
     #[error("the source renders to {url:?}, which is not a URL")]
     BadUrl { url: String },
-    #[error(
-        "s3:// sources (private buckets signed with SigV4) are not supported by this updater yet; use an https:// source"
-    )]
-    S3NotYetSupported,
+    #[error("the source renders to {url:?}, which is not a usable s3:// location")]
+    BadS3 {
+        url: String,
+        #[source]
+        source: release_manifest::s3::S3Error,
+    },
     #[error(transparent)]
     Platform(#[from] release_manifest::platform::PlatformError),
 }
@@ -65,9 +81,9 @@ impl SettingsError {
             SettingsError::NoSource => {
                 Some("set `source` (and `bucket`) in /etc/molt/agent.toml, or pass --source URL")
             }
-            SettingsError::NoRegion => {
-                Some("set `region` in /etc/molt/agent.toml, pass --region, or set AWS_REGION")
-            }
+            SettingsError::NoRegion | SettingsError::Region(_) => Some(
+                "IMDS did not answer: set `region` in /etc/molt/agent.toml, pass --region, or set AWS_REGION",
+            ),
             _ => None,
         }
     }
@@ -139,6 +155,7 @@ impl Settings {
             stop_grace: config.updater.stop_grace.unwrap_or(Duration::from_secs(10)),
             http,
             config_path,
+            imds_v1_fallback: config.imds_v1_fallback,
         })
     }
 
@@ -149,6 +166,26 @@ impl Settings {
             .ok_or(SettingsError::NoRegion)
     }
 
+    /// The region from the command line, the config or the environment, else from IMDS
+    /// (SPEC §3); IMDS is asked only when nothing else answers.
+    pub async fn resolve_region(&mut self) -> Result<Region, SettingsError> {
+        if let Some((r, _)) = &self.region {
+            return Ok(r.clone());
+        }
+        let imds = ImdsSettings {
+            v1_fallback: self.imds_v1_fallback,
+        };
+        let (region, source) = aws::resolve_region(None, |k| std::env::var(k).ok(), &imds)
+            .await
+            .map_err(SettingsError::Region)?;
+        let shown = match source {
+            RegionSource::Imds => "IMDS",
+            _ => "environment",
+        };
+        self.region = Some((region.clone(), shown));
+        Ok(region)
+    }
+
     /// The platform: configured, else detected.
     pub fn platform(&self) -> Result<Platform, SettingsError> {
         match self.platform {
@@ -157,8 +194,10 @@ impl Settings {
         }
     }
 
-    /// The region repository's base URL.
-    pub fn source_url(&self) -> Result<Url, SettingsError> {
+    /// The region repository: its base URL, and for `s3://` sources the bucket to sign
+    /// requests for. `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` point `s3://` sources at an
+    /// S3-compatible endpoint (path-style), as AWS SDKs do.
+    pub fn repository(&self) -> Result<Repository, SettingsError> {
         let source = self.source.clone().ok_or(SettingsError::NoSource)?;
         let region = self.region()?;
         let tpl = SourceTemplate {
@@ -170,9 +209,21 @@ impl Settings {
             .url_for(region)
             .map_err(|e| SettingsError::BadSource(tpl.source.as_str().to_owned(), e))?;
         if url.starts_with("s3://") {
-            return Err(SettingsError::S3NotYetSupported);
+            let bad = |source| SettingsError::BadS3 {
+                url: url.clone(),
+                source,
+            };
+            let location: S3Location = url.parse().map_err(bad)?;
+            let base = location
+                .base_url(region, &|k| std::env::var(k).ok())
+                .map_err(bad)?;
+            return Ok(Repository {
+                url: base,
+                private: Some(location),
+            });
         }
-        Url::parse(&url).map_err(|_| SettingsError::BadUrl { url })
+        let url = Url::parse(&url).map_err(|_| SettingsError::BadUrl { url })?;
+        Ok(Repository { url, private: None })
     }
 
     /// The trusted root to load with: configured, else the one saved at first install.

@@ -122,6 +122,27 @@ pub(crate) fn target_url(base: &Url, info: &TargetInfo) -> Result<Url, UpdateErr
         })
 }
 
+/// The persisted rollout seed, or a new one: from the instance id (IMDS, asked only
+/// when no seed is persisted yet), else the machine id, else random (SPEC §4).
+async fn host_seed(settings: &Settings) -> Result<release_manifest::rollout::Seed, UpdateError> {
+    let path = settings.layout.seed();
+    let instance = if path.exists() {
+        None
+    } else {
+        let imds = release_manifest::aws::ImdsSettings {
+            v1_fallback: settings.imds_v1_fallback,
+        };
+        release_manifest::aws::instance_id(&imds).await.ok()
+    };
+    let (seed, _) = seed::load_or_create(
+        &path,
+        instance.as_deref(),
+        std::path::Path::new("/etc/machine-id"),
+    )
+    .map_err(UpdateError::state)?;
+    Ok(seed)
+}
+
 /// Runs one update: the whole of SPEC §6.
 pub async fn run(
     settings: &Settings,
@@ -143,10 +164,18 @@ pub async fn run(
         source: e,
     })?;
     let region = settings.region()?.clone();
-    let base = settings.source_url()?;
+    let repository = settings.repository()?;
+    let base = repository.url.clone();
     let platform = settings.platform()?;
-    let transport =
+    let mut transport =
         MoltTransport::new(settings.http.clone()).map_err(|e| UpdateError::Failed(e.into()))?;
+    if repository.private.is_some() {
+        let provider = release_manifest::aws::credentials_provider(&region).await;
+        transport = transport.with_signer(release_manifest::s3::S3Signer::new(
+            provider,
+            region.clone(),
+        ));
+    }
     let loaded = load_region(LoadOptions {
         source: RegionSource::new(base.clone()),
         region: Some(&region),
@@ -162,12 +191,7 @@ pub async fn run(
 
     let quarantine = Quarantine::load(&layout.quarantine()).map_err(UpdateError::state)?;
     let quarantined: BTreeSet<Version> = quarantine.versions();
-    let (seed, _) = seed::load_or_create(
-        &layout.seed(),
-        None,
-        std::path::Path::new("/etc/machine-id"),
-    )
-    .map_err(UpdateError::state)?;
+    let seed = host_seed(settings).await?;
     if !opts.dry_run
         && let Some(program) = crate::self_update::maybe_self_update(
             settings,

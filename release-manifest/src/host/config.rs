@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::platform::Platform;
 use crate::region::{Region, Template};
+use crate::schedule::{MAX_WINDOW, MaintenanceWindow, Plan, Schedule};
 
 /// The default config path.
 pub const DEFAULT_CONFIG: &str = "/etc/molt/agent.toml";
@@ -71,10 +72,84 @@ pub struct UpdaterConfig {
     pub min_throughput: Option<u64>,
 }
 
-/// The agent's section. Its keys arrive with the agent's service.
+/// The agent's section: its association (when it runs the updater on its own), hold,
+/// and where it reports results. See [`crate::schedule`] for how the keys combine.
+///
+/// ```toml
+/// [agent]
+/// schedule = "cron(0 2 * * sat)"
+/// jitter = "1h"
+/// maintenance_window = { start = "02:00", duration = "4h", days = ["sat", "sun"] }
+/// on_boot = true
+/// report = "s3://acme-molt-results/fleet"
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AgentConfig {}
+pub struct AgentConfig {
+    /// `rate(N second|minute|hour|day[s])` or `cron(MIN HOUR DOM MONTH DOW)` in UTC
+    /// (default `rate(14 days)`). Rate slots count from when the host first ran the agent.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Hosts spread their runs over this long after each slot, by seed (default 30m,
+    /// at most 7 days; capped at the rate of a rate schedule).
+    #[serde(default, deserialize_with = "jitter")]
+    pub jitter: Option<Duration>,
+    /// Runs happen only inside this window (UTC), e.g.
+    /// `{ start = "02:00", duration = "4h", days = ["sat", "sun"] }`; `days` may be
+    /// left out for every day. Default: none, any time.
+    #[serde(default)]
+    pub maintenance_window: Option<MaintenanceWindow>,
+    /// Also run once shortly after the agent starts (default false).
+    #[serde(default)]
+    pub on_boot: bool,
+    /// How long after the agent starts the `on_boot` run happens (default 5m, to stay
+    /// out of cloud-init's way at boot).
+    #[serde(default, deserialize_with = "duration")]
+    pub on_boot_delay: Option<Duration>,
+    /// When true, scheduled updates don't run (default false).
+    #[serde(default)]
+    pub hold: bool,
+    /// `s3://bucket/prefix` where the agent uploads history records (default: none).
+    #[serde(default, deserialize_with = "report_sink")]
+    pub report: Option<String>,
+    /// How often the agent looks for new history records to report (default 60s, at
+    /// least 1s).
+    #[serde(default, deserialize_with = "poll")]
+    pub poll: Option<Duration>,
+}
+
+impl AgentConfig {
+    pub const DEFAULT_SCHEDULE: Schedule = Schedule::Rate(Duration::from_secs(14 * 86_400));
+    pub const DEFAULT_JITTER: Duration = Duration::from_secs(30 * 60);
+    pub const DEFAULT_ON_BOOT_DELAY: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_POLL: Duration = Duration::from_secs(60);
+
+    /// The association with defaults filled in: `schedule` (default `rate(14 days)`),
+    /// `jitter` (default 30m, capped at the rate of a rate schedule so a host's offset
+    /// never exceeds a period), `maintenance_window` (default none) and, when `on_boot`
+    /// is set, `on_boot_delay` (default 5m). `hold` is not part of the plan: the caller
+    /// skips scheduled runs while it is set.
+    pub fn plan(&self) -> Plan {
+        let schedule = self.schedule.clone().unwrap_or(Self::DEFAULT_SCHEDULE);
+        let mut jitter = self.jitter.unwrap_or(Self::DEFAULT_JITTER);
+        if let Schedule::Rate(rate) = &schedule {
+            jitter = jitter.min(*rate);
+        }
+        Plan {
+            schedule,
+            jitter,
+            window: self.maintenance_window.clone(),
+            on_boot: self
+                .on_boot
+                .then(|| self.on_boot_delay.unwrap_or(Self::DEFAULT_ON_BOOT_DELAY)),
+        }
+    }
+
+    /// `poll`, or its default (60s).
+    pub fn poll_interval(&self) -> Duration {
+        self.poll.unwrap_or(Self::DEFAULT_POLL)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,6 +184,45 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
         })
     })
     .transpose()
+}
+
+fn jitter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let jitter = duration(d)?;
+    if let Some(j) = jitter.filter(|j| *j > MAX_WINDOW) {
+        return Err(serde::de::Error::custom(format!(
+            "jitter {} is longer than 7 days; write at most \"7days\"",
+            humantime::format_duration(j)
+        )));
+    }
+    Ok(jitter)
+}
+
+fn poll<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let poll = duration(d)?;
+    if let Some(p) = poll.filter(|p| *p < Duration::from_secs(1)) {
+        return Err(serde::de::Error::custom(format!(
+            "poll {} is shorter than 1s; write at least \"1s\"",
+            humantime::format_duration(p)
+        )));
+    }
+    Ok(poll)
+}
+
+/// A simple check of `s3://bucket/prefix`; the s3 module parses it fully.
+fn report_sink<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    if let Some(s) = &s {
+        let bucket = s
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("");
+        if bucket.is_empty() {
+            return Err(serde::de::Error::custom(format!(
+                "bad report sink {s:?}; write s3://BUCKET or s3://BUCKET/PREFIX"
+            )));
+        }
+    }
+    Ok(s)
 }
 
 impl Config {
@@ -235,6 +349,131 @@ soak = "30s"
             .unwrap_err()
             .to_string();
         assert!(err.contains("regoin") && err.contains("line 1"), "{err}");
+    }
+
+    const AGENT: &str = r#"
+region = "us-east-1"
+
+[agent]
+schedule = "cron(0 2 * * sat)"
+jitter = "1h"
+maintenance_window = { start = "02:00", duration = "4h", days = ["sat", "Sunday"] }
+on_boot = true
+on_boot_delay = "2m"
+hold = true
+report = "s3://acme-molt-results/fleet"
+poll = "5m"
+"#;
+
+    #[test]
+    fn agent_keys_parse_and_make_a_plan() {
+        let c = Config::parse(AGENT, Path::new("agent.toml")).unwrap();
+        let a = &c.agent;
+        assert!(a.hold);
+        assert_eq!(a.report.as_deref(), Some("s3://acme-molt-results/fleet"));
+        assert_eq!(a.poll_interval(), Duration::from_secs(300));
+        let plan = a.plan();
+        assert_eq!(plan.schedule, "cron(0 2 * * sat)".parse().unwrap());
+        assert_eq!(plan.jitter, Duration::from_secs(3600));
+        assert_eq!(plan.on_boot, Some(Duration::from_secs(120)));
+        let w = plan.window.unwrap();
+        assert_eq!(w.duration(), Duration::from_secs(4 * 3600));
+        assert_eq!(w.days().map(<[_]>::len), Some(2));
+    }
+
+    #[test]
+    fn agent_defaults() {
+        let a = AgentConfig::default();
+        assert!(!a.hold && a.report.is_none());
+        assert_eq!(a.poll_interval(), Duration::from_secs(60));
+        let plan = a.plan();
+        assert_eq!(plan.schedule.to_string(), "rate(14 days)");
+        assert_eq!(plan.jitter, Duration::from_secs(1800));
+        assert_eq!((plan.window, plan.on_boot), (None, None));
+        let boot = AgentConfig {
+            on_boot: true,
+            ..AgentConfig::default()
+        };
+        assert_eq!(boot.plan().on_boot, Some(Duration::from_secs(300)));
+        // the jitter never exceeds a rate
+        let fast = AgentConfig {
+            schedule: Some("rate(10 minutes)".parse().unwrap()),
+            ..AgentConfig::default()
+        };
+        assert_eq!(fast.plan().jitter, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bad_agent_values_name_the_key_and_line() {
+        for (from, to, want, line) in [
+            (
+                "\"1h\"",
+                "\"1 fortnight\"",
+                "bad duration \"1 fortnight\"",
+                6,
+            ),
+            (
+                "\"1h\"",
+                "\"8days\"",
+                "jitter 8days is longer than 7 days",
+                6,
+            ),
+            ("\"2m\"", "\"soon\"", "bad duration \"soon\"", 9),
+            ("\"5m\"", "\"500ms\"", "poll 500ms is shorter than 1s", 12),
+            (
+                "cron(0 2 * * sat)",
+                "cron(61 * * * *)",
+                "\"cron(61 * * * *)\"",
+                5,
+            ),
+            ("cron(0 2 * * sat)", "rate(0 days)", "\"rate(0 days)\"", 5),
+            (
+                "cron(0 2 * * sat)",
+                "rate(3 fortnights)",
+                "unit \"fortnights\"",
+                5,
+            ),
+            (
+                "cron(0 2 * * sat)",
+                "every sunday",
+                "\"every sunday\" is not a schedule",
+                5,
+            ),
+            ("\"Sunday\"", "\"Sundae\"", "unknown day \"Sundae\"", 7),
+            ("\"02:00\"", "\"2am\"", "bad window start \"2am\"", 7),
+            ("\"4h\"", "\"9days\"", "at most 7 days", 7),
+            (
+                "s3://acme-molt-results/fleet",
+                "https://example.com/x",
+                "\"https://example.com/x\"",
+                11,
+            ),
+            (
+                "s3://acme-molt-results/fleet",
+                "s3:///fleet",
+                "s3://BUCKET/PREFIX",
+                11,
+            ),
+            ("hold =", "hodl =", "unknown field `hodl`", 10),
+            ("on_boot = true", "on_boot = \"yes\"", "invalid type", 8),
+        ] {
+            let bad = AGENT.replacen(from, to, 1);
+            assert_ne!(bad, AGENT, "{from}");
+            let err = Config::parse(&bad, Path::new("agent.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{to}: {err}");
+            assert!(err.contains(&format!("line {line}")), "{to}: {err}");
+            // the snippet shows the key
+            let key = bad
+                .lines()
+                .nth(line - 1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            assert!(err.contains(key), "{to}: {err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! ```
 
 pub mod config;
+pub mod lock;
+pub mod process;
 pub mod seed;
 pub mod state;
 

@@ -395,6 +395,9 @@ pub enum ReadError<E: std::error::Error + 'static> {
     Consumer(E),
 }
 
+/// The region's manifest as last verified, in the live datastore.
+pub const CACHED_MANIFEST: &str = "molt-manifest.json";
+
 /// Loads and verifies a region's repository (SPEC §6 step 3).
 pub async fn load_region<T>(opts: LoadOptions<'_, T>) -> Result<LoadedRegion, TrustError>
 where
@@ -451,6 +454,10 @@ where
     }
     let scratch = match live {
         Some(live) => {
+            // Kept beside the metadata it was verified with, for `agent status` (wave times)
+            // to read offline. Informational only: updates always load and verify afresh.
+            let cached = scratch.path().join(CACHED_MANIFEST);
+            std::fs::write(&cached, &manifest_bytes).map_err(ds_err("write", &cached))?;
             commit_datastore(scratch, &live)?;
             None
         }

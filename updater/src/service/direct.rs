@@ -300,24 +300,6 @@ fn strip_deleted(exe: PathBuf) -> PathBuf {
     }
 }
 
-/// Makes the child the leader of a new session (setsid), detached from the caller's
-/// terminal and process group, so it outlives the updater and its signals.
-#[allow(unsafe_code)]
-fn detach(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt as _;
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe operations are allowed. It makes one system call, setsid(2)
-    // (rustix calls it directly), takes no lock and allocates nothing: converting an
-    // `Errno` into an `io::Error` stores the raw code without allocating.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
-}
-
 impl ServiceManager for DirectService {
     fn stop(&mut self) -> Result<(), ServiceError> {
         let mut targets = Vec::new();
@@ -396,7 +378,7 @@ impl ServiceManager for DirectService {
             .stdout(out)
             .stderr(err)
             .current_dir("/");
-        detach(&mut cmd);
+        release_manifest::host::process::detach(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|source| ServiceError::Spawn { program, source })?;

@@ -72,6 +72,12 @@ impl UpdateLock {
     }
 }
 
+/// Whether an updater holds the lock right now (the agent asks before it launches one).
+/// A lock file that cannot be opened counts as not held: the updater will say why.
+pub fn update_in_progress(path: &Path) -> bool {
+    path.exists() && matches!(UpdateLock::try_acquire(path), Err(LockError::Held { .. }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,88 @@
+//! Who this host is: its rollout seed (SPEC §4) and the id its reports carry.
+//!
+//! Both are derived once and persisted under `state/`, so hosts cloned from one image
+//! keep distinct places once they have run, and restarts never move a host between waves.
+//! The instance id (IMDS) is asked for only when nothing is persisted yet.
+
+use std::path::Path;
+
+use release_manifest::aws::{self, ImdsSettings};
+use release_manifest::host::seed::{self, SeedSource};
+use release_manifest::host::state;
+use release_manifest::rollout::Seed;
+use sha2::{Digest as _, Sha256};
+
+use crate::settings::AgentSettings;
+
+const MACHINE_ID: &str = "/etc/machine-id";
+const HOST_ID_SALT: &[u8] = b"molt-host-id-v1";
+
+async fn instance_id(imds: &ImdsSettings) -> Option<String> {
+    match aws::instance_id(imds).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::debug!("no instance id from IMDS: {e}");
+            None
+        }
+    }
+}
+
+/// The persisted seed, or a new one from the instance id, the machine id or randomness.
+pub async fn seed(
+    settings: &AgentSettings,
+    imds: &ImdsSettings,
+) -> Result<(Seed, SeedSource), state::StateError> {
+    let path = settings.layout.seed();
+    let persisted = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .and_then(|n| Seed::new(n).ok());
+    let instance = match persisted {
+        Some(_) => None,
+        None => instance_id(imds).await,
+    };
+    seed::load_or_create(&path, instance.as_deref(), Path::new(MACHINE_ID))
+}
+
+fn valid_host_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The id this host's reports carry: the instance id, else a hash of the machine id,
+/// else random; persisted in `state/host-id`.
+pub async fn host_id(
+    settings: &AgentSettings,
+    imds: &ImdsSettings,
+) -> Result<String, state::StateError> {
+    let path = settings.host_id_file();
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && valid_host_id(text.trim())
+    {
+        return Ok(text.trim().to_owned());
+    }
+    let id = match instance_id(imds).await {
+        Some(id) if valid_host_id(&id) => id,
+        _ => match std::fs::read_to_string(MACHINE_ID)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+        {
+            Some(mid) => {
+                let digest = Sha256::new()
+                    .chain_update(HOST_ID_SALT)
+                    .chain_update(mid.trim().as_bytes())
+                    .finalize();
+                format!("m-{}", hex::encode(&digest[..8]))
+            }
+            None => {
+                let mut buf = [0u8; 8];
+                let _ = release_manifest::host::random_bytes(&mut buf);
+                format!("r-{}", hex::encode(buf))
+            }
+        },
+    };
+    state::write_atomic(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}

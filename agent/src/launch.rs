@@ -1,0 +1,246 @@
+//! Launching the updater (SPEC §7): `<root>/bin/updater`, else `current/bin/updater`.
+//!
+//! - Under systemd it runs through `systemd-run --unit molt-update-<id> --collect`, in a
+//!   transient unit outside the agent's cgroup, so stopping the agent's unit never kills
+//!   the update that is stopping it.
+//! - In direct mode it runs detached (setsid), with its output appended to
+//!   `state/updater.log`. It never inherits the agent's stdout or stderr.
+//!
+//! Every launch is recorded in `state/last-launch.json`, including a launch that failed.
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use release_manifest::host::config::ServiceKind;
+use release_manifest::host::state::{self, STATE_VERSION};
+use serde::{Deserialize, Serialize};
+
+use crate::settings::AgentSettings;
+
+/// What the agent launched the updater for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchKind {
+    /// A scheduled update: `updater --target-version latest`.
+    Update,
+    /// `updater recover`, for an update the journal shows unfinished.
+    Recover,
+}
+
+/// One launch, as recorded in `state/last-launch.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    pub version: u32,
+    pub id: String,
+    pub kind: LaunchKind,
+    pub at: Timestamp,
+    /// Why the schedule fired (scheduled, missed, boot), for updates.
+    pub reason: Option<String>,
+    pub program: Option<PathBuf>,
+    pub args: Vec<String>,
+    /// The transient unit (systemd) or the pid (direct).
+    pub unit: Option<String>,
+    pub pid: Option<u32>,
+    /// Set when the launch itself failed.
+    pub error: Option<String>,
+}
+
+/// The updater to run: the standalone `<root>/bin/updater`, else the current version's.
+pub fn updater_program(settings: &AgentSettings) -> Option<PathBuf> {
+    let layout = &settings.layout;
+    [
+        layout.updater_bin(),
+        layout.current_link().join("bin").join("updater"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+fn launch_id(now: Timestamp) -> String {
+    let mut rand = [0u8; 3];
+    let _ = release_manifest::host::random_bytes(&mut rand);
+    format!(
+        "{}-{:02x}{:02x}{:02x}",
+        now.strftime("%Y%m%dT%H%M%SZ"),
+        rand[0],
+        rand[1],
+        rand[2]
+    )
+}
+
+/// The environment the updater needs: the root and the config the agent runs with.
+fn updater_env(settings: &AgentSettings) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "MOLT_ROOT".to_owned(),
+        settings.layout.root().display().to_string(),
+    )];
+    if settings.config_exists {
+        env.push((
+            "MOLT_CONFIG".to_owned(),
+            settings.config_path.display().to_string(),
+        ));
+    }
+    env
+}
+
+/// Launches the updater and records the launch. Never fails: a failure to launch is
+/// logged and recorded, and the agent keeps serving.
+pub fn launch(settings: &AgentSettings, kind: LaunchKind, reason: Option<String>) -> Launch {
+    let at = Timestamp::now();
+    let id = launch_id(at);
+    let args: Vec<String> = match kind {
+        LaunchKind::Update => vec!["--target-version".into(), "latest".into()],
+        LaunchKind::Recover => vec!["recover".into()],
+    };
+    let mut record = Launch {
+        version: STATE_VERSION,
+        id: id.clone(),
+        kind,
+        at,
+        reason,
+        program: updater_program(settings),
+        args: args.clone(),
+        unit: None,
+        pid: None,
+        error: None,
+    };
+    let result = match &record.program {
+        None => Err(format!(
+            "no updater to launch: neither {} nor {} exists; reinstall with the install script",
+            settings.layout.updater_bin().display(),
+            settings.layout.current_link().join("bin/updater").display()
+        )),
+        Some(program) => match settings.service {
+            ServiceKind::Systemd => {
+                let unit = format!("molt-update-{id}");
+                systemd_run(settings, &unit, program, &args).map(|()| {
+                    record.unit = Some(unit);
+                })
+            }
+            ServiceKind::Direct => spawn_detached(settings, program, &args).map(|pid| {
+                record.pid = Some(pid);
+            }),
+        },
+    };
+    match result {
+        Ok(()) => tracing::info!(
+            "launched `updater {}` ({})",
+            args.join(" "),
+            record
+                .unit
+                .clone()
+                .or(record.pid.map(|p| format!("pid {p}")))
+                .unwrap_or_default()
+        ),
+        Err(e) => {
+            tracing::error!("cannot launch the updater: {e}");
+            record.error = Some(e);
+        }
+    }
+    if let Err(e) = state::write_json(&settings.last_launch(), &record) {
+        tracing::warn!("cannot record the launch: {e}");
+    }
+    record
+}
+
+/// `systemd-run --unit <unit> --collect`: a transient service outside the agent's cgroup.
+fn systemd_run(
+    settings: &AgentSettings,
+    unit: &str,
+    program: &std::path::Path,
+    args: &[String],
+) -> Result<(), String> {
+    let mut cmd = Command::new("systemd-run");
+    cmd.arg(format!("--unit={unit}"))
+        .arg("--collect")
+        .arg("--quiet")
+        .arg("--description=molt update");
+    for (k, v) in updater_env(settings) {
+        cmd.arg(format!("--setenv={k}={v}"));
+    }
+    cmd.arg("--").arg(program).args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run systemd-run: {e}"))?;
+    let out = wait_output(child, Duration::from_secs(30))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(format!(
+            "systemd-run --unit={unit} failed ({}): {}",
+            out.status,
+            stderr.trim()
+        ))
+    }
+}
+
+/// Waits for a short-lived helper, killing it after `limit`.
+fn wait_output(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> Result<std::process::Output, String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => {
+                return child
+                    .wait_with_output()
+                    .map_err(|e| format!("cannot read systemd-run's output: {e}"));
+            }
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "systemd-run did not finish within {} s",
+                    limit.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for systemd-run: {e}")),
+        }
+    }
+}
+
+/// Direct mode: a new session, stdin from /dev/null, output appended to
+/// `state/updater.log`. A thread reaps the child so it never lingers as a zombie.
+fn spawn_detached(
+    settings: &AgentSettings,
+    program: &std::path::Path,
+    args: &[String],
+) -> Result<u32, String> {
+    let log_path = settings.updater_log();
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(updater_env(settings))
+        .env_remove("MOLT_HEALTH_NONCE")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    release_manifest::host::process::detach(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let pid = child.id();
+    std::thread::spawn(move || match child.wait() {
+        Ok(status) => tracing::info!("the updater (pid {pid}) finished: {status}"),
+        Err(e) => tracing::warn!("cannot wait for the updater (pid {pid}): {e}"),
+    });
+    Ok(pid)
+}

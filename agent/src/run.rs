@@ -1,0 +1,314 @@
+//! `agent run`: the service (SPEC §7).
+//!
+//! 1. Read the config; a bad one stops here, before anything is written.
+//! 2. Write `state/health.json` (ready) at once, before any slow probe such as IMDS.
+//! 3. If the journal shows an unfinished update and no updater holds the lock, launch
+//!    `updater recover`.
+//! 4. Run the association: sleep until the next due run, launch the updater, record it,
+//!    and keep serving until the updater stops this agent.
+//! 5. Report new history records to the results sink, if one is configured.
+//!
+//! SIGTERM and SIGINT stop it cleanly; SIGHUP reloads the config (a bad new config is
+//! logged and the running one kept).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use release_manifest::Region;
+use release_manifest::aws::{self, ImdsSettings};
+use release_manifest::host::lock;
+use release_manifest::host::state::{self, Health, HealthStatus, STATE_VERSION};
+use release_manifest::rollout::Seed;
+use release_manifest::s3::{S3Location, S3Signer};
+use release_manifest::schedule::{self, Due, Reason, ScheduleState};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::launch::{self, LaunchKind};
+use crate::settings::AgentSettings;
+use crate::{hold, identity};
+
+/// The longest the agent sleeps at once: wall-clock time can jump (suspend, NTP), so the
+/// due time is checked again at least this often.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot write {path}: {detail}")]
+    Health { path: PathBuf, detail: String },
+    #[error("cannot install the signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+fn imds(settings: &AgentSettings) -> ImdsSettings {
+    ImdsSettings {
+        v1_fallback: settings.config.imds_v1_fallback,
+    }
+}
+
+fn write_health(
+    settings: &AgentSettings,
+    nonce: &str,
+    started_at: Timestamp,
+    status: HealthStatus,
+) -> Result<(), RunError> {
+    let path = settings.layout.health();
+    let version = release_manifest::BUILD_VERSION
+        .parse()
+        .map_err(|e| RunError::Health {
+            path: path.clone(),
+            detail: format!("this build's version does not parse: {e}"),
+        })?;
+    state::write_json(
+        &path,
+        &Health {
+            schema: STATE_VERSION,
+            version,
+            pid: std::process::id(),
+            nonce: nonce.to_owned(),
+            started_at,
+            status,
+        },
+    )
+    .map_err(|e| RunError::Health {
+        path,
+        detail: e.to_string(),
+    })
+}
+
+/// The sink, the signer and the identity that reports need, set up on first use.
+struct Reporter {
+    sink: S3Location,
+    ready: Option<(Region, S3Signer, String)>,
+    client: reqwest::Client,
+    next_try: Timestamp,
+    failures: u32,
+}
+
+impl Reporter {
+    fn new(settings: &AgentSettings) -> Option<Reporter> {
+        let text = settings.report.as_deref()?;
+        match text.parse::<S3Location>() {
+            Ok(sink) => Some(Reporter {
+                sink,
+                ready: None,
+                client: reqwest::Client::new(),
+                next_try: Timestamp::UNIX_EPOCH,
+                failures: 0,
+            }),
+            Err(e) => {
+                tracing::error!("reporting is off: `report = {text:?}` is not usable: {e}");
+                None
+            }
+        }
+    }
+
+    async fn prepare(&mut self, settings: &AgentSettings) -> Result<(), String> {
+        if self.ready.is_some() {
+            return Ok(());
+        }
+        let configured = settings
+            .config
+            .region
+            .clone()
+            .map(|r| (r, aws::RegionSource::Config));
+        let (region, _) =
+            aws::resolve_region(configured, |k| std::env::var(k).ok(), &imds(settings))
+                .await
+                .map_err(|e| e.to_string())?;
+        let provider = aws::credentials_provider(&region).await;
+        let host = identity::host_id(settings, &imds(settings))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.ready = Some((region.clone(), S3Signer::new(provider, region), host));
+        Ok(())
+    }
+
+    /// Sends what is pending, backing off (up to an hour) while the sink fails.
+    async fn poll(&mut self, settings: &AgentSettings, seed: Seed) {
+        let now = Timestamp::now();
+        if now < self.next_try {
+            return;
+        }
+        let result = match self.prepare(settings).await {
+            Ok(()) => match &self.ready {
+                Some((region, signer, host)) => {
+                    crate::report::send_pending(
+                        settings,
+                        &self.sink,
+                        signer,
+                        &self.client,
+                        region,
+                        host,
+                        seed,
+                    )
+                    .await
+                }
+                None => Ok(0),
+            },
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => self.failures = 0,
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let wait = Duration::from_secs(30u64.saturating_mul(1 << self.failures.min(7)))
+                    .min(Duration::from_secs(3600));
+                tracing::warn!(
+                    "reporting to {} failed ({e}); retrying in {} s",
+                    self.sink,
+                    wait.as_secs()
+                );
+                self.next_try = now + wait;
+            }
+        }
+    }
+}
+
+/// Launches `updater recover` when the journal shows an unfinished update that no
+/// running updater is working on.
+fn recover_if_needed(settings: &AgentSettings) {
+    let layout = &settings.layout;
+    if !layout.journal().exists() {
+        return;
+    }
+    if lock::update_in_progress(&layout.lock()) {
+        tracing::info!("an update is in progress; it finishes its own journal");
+        return;
+    }
+    tracing::warn!(
+        "{} shows an unfinished update; launching `updater recover`",
+        layout.journal().display()
+    );
+    launch::launch(settings, LaunchKind::Recover, None);
+}
+
+/// What the scheduled run does when it is due.
+fn fire(settings: &AgentSettings, due: &Due) {
+    if let Some(h) = hold::current(settings) {
+        tracing::info!("scheduled update skipped: this host is on hold ({h})");
+        return;
+    }
+    if lock::update_in_progress(&settings.layout.lock()) {
+        tracing::info!("scheduled update skipped: an update is already in progress");
+        return;
+    }
+    tracing::info!("scheduled update is due ({})", due.reason);
+    launch::launch(settings, LaunchKind::Update, Some(due.reason.to_string()));
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(
+    mut settings: AgentSettings,
+    reload: impl Fn() -> Result<AgentSettings, String>,
+) -> Result<(), RunError> {
+    let started_at = Timestamp::now();
+    let nonce = std::env::var("MOLT_HEALTH_NONCE").unwrap_or_default();
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    write_health(&settings, &nonce, started_at, HealthStatus::Ready)?;
+    tracing::info!(
+        "molt agent {} ready (pid {}, root {})",
+        release_manifest::BUILD_VERSION,
+        std::process::id(),
+        settings.layout.root().display()
+    );
+    recover_if_needed(&settings);
+
+    let seed = match identity::seed(&settings, &imds(&settings)).await {
+        Ok((seed, source)) => {
+            tracing::info!("rollout seed {seed} ({source:?})");
+            seed
+        }
+        Err(e) => {
+            // Without a persisted seed the host still updates, from a seed of 0 (the
+            // first wave): better than never updating.
+            tracing::error!("cannot keep this host's rollout seed: {e}");
+            Seed::wrapping(0)
+        }
+    };
+    let sched_path = settings.schedule_state();
+    let mut sched = ScheduleState::load_or_init(&sched_path, started_at).unwrap_or_else(|e| {
+        tracing::warn!("{e}; starting the schedule afresh");
+        ScheduleState::new(started_at)
+    });
+    let mut boot_done = false;
+    let mut reporter = Reporter::new(&settings);
+    let mut next_report = Timestamp::now();
+    let mut announced: Option<Timestamp> = None;
+
+    loop {
+        let now = Timestamp::now();
+        let offset = schedule::jitter_offset(seed, settings.plan.jitter);
+        let Some(due) =
+            schedule::next_run(&settings.plan, offset, &sched, started_at, boot_done, now)
+        else {
+            // No slot left in the calendar (a cron for a date that never comes again).
+            tracing::warn!("the schedule has no next run; only signals are served");
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = hup.recv() => {
+                    match reload() {
+                        Ok(new) => { reporter = Reporter::new(&new); settings = new; }
+                        Err(e) => tracing::error!("SIGHUP: the new config is not usable, keeping the running one: {e}"),
+                    }
+                    continue;
+                }
+            }
+        };
+        if due.at <= now {
+            fire(&settings, &due);
+            if due.reason == Reason::Boot {
+                boot_done = true;
+            }
+            sched.record_run(now, due.reason);
+            if let Err(e) = sched.save(&sched_path) {
+                tracing::warn!("cannot record the run in {}: {e}", sched_path.display());
+            }
+            continue;
+        }
+        if announced != Some(due.at) {
+            tracing::info!("next update check at {} ({})", due.at, due.reason);
+            announced = Some(due.at);
+        }
+        if let Some(r) = reporter.as_mut()
+            && now >= next_report
+        {
+            r.poll(&settings, seed).await;
+            next_report = Timestamp::now() + settings.poll;
+        }
+        let mut wait = due
+            .at
+            .duration_since(now)
+            .try_into()
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        if reporter.is_some() {
+            let until_report: Duration = next_report
+                .duration_since(Timestamp::now())
+                .try_into()
+                .unwrap_or(Duration::ZERO);
+            wait = wait.min(until_report);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = hup.recv() => {
+                match reload() {
+                    Ok(new) => {
+                        tracing::info!("SIGHUP: reloaded {}", new.config_path.display());
+                        reporter = Reporter::new(&new);
+                        settings = new;
+                        announced = None;
+                    }
+                    Err(e) => tracing::error!("SIGHUP: the new config is not usable, keeping the running one: {e}"),
+                }
+            }
+        }
+    }
+    write_health(&settings, &nonce, started_at, HealthStatus::Stopping)?;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Bootstraps molt on a host from a region's repository.
+#
+# Nothing unverified ever runs: the first updater comes from a local file the operator
+# provides, or from a URL together with the sha256 the operator got from the release
+# (`release-manifest verify --json` lists every target's sha256). That updater then does
+# the first install through TUF, from the trusted root given here.
+#
+#   install.sh --region us-east-1 --source 'https://{bucket}.s3.{region}.{domain}/' \
+#              --bucket 'acme-molt-{region}' --trusted-root root.json \
+#              --updater-url URL --updater-sha256 HEX
+#
+# The updater may be the molt-updater package (.tar.gz; its bin/updater is used) or a
+# bare binary. Run with --help for every option.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: install.sh --region REGION --source TEMPLATE --trusted-root FILE
+                  (--updater-file FILE [--updater-sha256 HEX] | --updater-url URL --updater-sha256 HEX)
+                  [--bucket TEMPLATE] [--root DIR] [--config FILE] [--service systemd|direct]
+                  [--systemd-dir DIR] [--target-version V] [--schedule EXPR]
+
+  --region          the host's region (written to the config)
+  --source          the repository URL template, e.g. https://{bucket}.s3.{region}.{domain}/
+  --bucket          the bucket name template, e.g. acme-molt-{region}
+  --trusted-root    the root.json this host trusts (copied into the config's directory)
+  --updater-file    a local molt-updater package (.tar.gz) or updater binary
+  --updater-url     where to download it; --updater-sha256 is then required
+  --updater-sha256  the expected sha256 of the file or download
+  --root            install root (default /opt/molt)
+  --config          config file to write if absent (default /etc/molt/agent.toml)
+  --service         systemd (default when systemd runs) or direct
+  --systemd-dir     where unit files go (default /etc/systemd/system)
+  --target-version  the first version to install (default latest)
+  --schedule        the agent's schedule (default: the agent's, rate(14 days))
+USAGE
+}
+
+die() {
+  echo "install.sh: error: $1" >&2
+  [ $# -gt 1 ] && echo "install.sh: hint: $2" >&2
+  exit 1
+}
+
+region='' source='' bucket='' trusted_root='' updater_file='' updater_url='' updater_sha=''
+root=/opt/molt config=/etc/molt/agent.toml service='' systemd_dir=/etc/systemd/system
+target=latest schedule=''
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --region) region=${2:?}; shift 2 ;;
+    --source) source=${2:?}; shift 2 ;;
+    --bucket) bucket=${2:?}; shift 2 ;;
+    --trusted-root) trusted_root=${2:?}; shift 2 ;;
+    --updater-file) updater_file=${2:?}; shift 2 ;;
+    --updater-url) updater_url=${2:?}; shift 2 ;;
+    --updater-sha256) updater_sha=${2:?}; shift 2 ;;
+    --root) root=${2:?}; shift 2 ;;
+    --config) config=${2:?}; shift 2 ;;
+    --service) service=${2:?}; shift 2 ;;
+    --systemd-dir) systemd_dir=${2:?}; shift 2 ;;
+    --target-version) target=${2:?}; shift 2 ;;
+    --schedule) schedule=${2:?}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option $1" ;;
+  esac
+done
+
+[ -n "$region" ] || die "--region is required" "pass the host's region, e.g. --region us-east-1"
+[ -n "$source" ] || die "--source is required" "pass the repository URL template"
+[ -n "$trusted_root" ] || die "--trusted-root is required" "pass the root.json from the release keys"
+[ -f "$trusted_root" ] || die "the trusted root $trusted_root does not exist"
+if [ -n "$updater_url" ] && [ -n "$updater_file" ]; then
+  die "give --updater-file or --updater-url, not both"
+fi
+[ -n "$updater_url$updater_file" ] || die "no updater given" "pass --updater-file FILE, or --updater-url URL with --updater-sha256 HEX"
+if [ -n "$updater_url" ] && [ -z "$updater_sha" ]; then
+  die "--updater-url needs --updater-sha256" "take the sha256 from the release (release-manifest verify --json); nothing unverified runs"
+fi
+if [ -n "$updater_sha" ] && ! [[ "$updater_sha" =~ ^[0-9a-fA-F]{64}$ ]]; then
+  die "--updater-sha256 must be 64 hex digits, got '$updater_sha'"
+fi
+if [ -z "$service" ]; then
+  if [ -d /run/systemd/system ]; then service=systemd; else service=direct; fi
+fi
+case "$service" in systemd | direct) ;; *) die "--service must be systemd or direct, got '$service'" ;; esac
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/molt-install.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# 1. The first updater, verified before it runs.
+fetched="$work/fetched"
+if [ -n "$updater_url" ]; then
+  echo "downloading $updater_url"
+  if command -v curl >/dev/null; then
+    curl -fsSL --proto '=https,http,file' -o "$fetched" "$updater_url" || die "cannot download $updater_url"
+  elif command -v wget >/dev/null; then
+    wget -q -O "$fetched" "$updater_url" || die "cannot download $updater_url"
+  else
+    die "neither curl nor wget is installed" "install one, or pass --updater-file"
+  fi
+else
+  cp "$updater_file" "$fetched" || die "cannot read $updater_file"
+fi
+if [ -n "$updater_sha" ]; then
+  actual=$(sha256sum "$fetched" | cut -d' ' -f1)
+  want=$(printf '%s' "$updater_sha" | tr 'A-F' 'a-f')
+  if [ "$actual" != "$want" ]; then
+    die "the updater's sha256 is $actual, expected $want; nothing was installed" \
+      "the download is corrupt or tampered with: fetch it again from the release, and check the sha256 you were given"
+  fi
+  echo "updater sha256 verified: $actual"
+fi
+updater="$work/updater"
+if gzip -t "$fetched" 2>/dev/null; then
+  mkdir "$work/pkg"
+  tar -xzf "$fetched" -C "$work/pkg" --no-same-owner bin/updater ||
+    die "the package holds no bin/updater" "pass the molt-updater package or the updater binary"
+  mv "$work/pkg/bin/updater" "$updater"
+else
+  mv "$fetched" "$updater"
+fi
+chmod 0755 "$updater"
+"$updater" --version >/dev/null 2>&1 || die "the updater does not run on this host" "check that it was built for this platform"
+
+# 2. The config, unless the host already has one.
+config_dir=$(dirname "$config")
+mkdir -p "$config_dir"
+cp "$trusted_root" "$config_dir/root.json"
+chmod 0644 "$config_dir/root.json"
+if [ -e "$config" ]; then
+  echo "keeping the existing config $config"
+else
+  {
+    echo "# molt's host config; docs/operations.md lists every key."
+    echo "root = \"$root\""
+    echo "region = \"$region\""
+    echo "source = \"$source\""
+    [ -n "$bucket" ] && echo "bucket = \"$bucket\""
+    echo "trusted_root = \"$config_dir/root.json\""
+    echo
+    echo "[updater]"
+    echo "service = \"$service\""
+    echo
+    echo "[agent]"
+    [ -n "$schedule" ] && echo "schedule = \"$schedule\""
+    true
+  } >"$config.tmp"
+  mv "$config.tmp" "$config"
+  echo "wrote $config"
+fi
+
+# 3. The service files (systemd), before the first install starts the agent through them.
+if [ "$service" = systemd ]; then
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  units="$here/../agent/deploy"
+  [ -d "$units" ] || units="$here/deploy"
+  [ -f "$units/molt-agent.service" ] || die "cannot find the unit files next to install.sh"
+  mkdir -p "$systemd_dir"
+  for unit in molt-agent.service molt-recover.service molt-recover.timer; do
+    sed -e "s#/opt/molt#$root#g" -e "s#/etc/molt/agent.toml#$config#g" "$units/$unit" >"$systemd_dir/$unit"
+  done
+  systemctl daemon-reload
+fi
+
+# 4. The first install, through TUF. It also places $root/bin/updater.
+echo "installing molt ($target) into $root"
+MOLT_CONFIG="$config" "$updater" --root "$root" --target-version "$target" ||
+  die "the first install failed (see above); nothing runs from $root yet" \
+    "fix what the updater names, then run install.sh again"
+
+if [ "$service" = systemd ]; then
+  systemctl enable molt-agent.service molt-recover.timer
+  systemctl start molt-recover.timer
+fi
+echo "installed; the agent runs from $root/current"
+"$root/current/bin/agent" --config "$config" status || true

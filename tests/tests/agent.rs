@@ -1,0 +1,466 @@
+//! The real agent binary: config errors, the association launching the real updater,
+//! hold, signals, recovery at start-up, systemd-run, status and diagnose.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use molt_tests::fixture::{TestRepo, pid_alive, stamped_build, wait_for, workspace_bin};
+use release_manifest::host::HostLayout;
+use release_manifest::host::state::{self, Health, HealthStatus};
+
+/// An install root and config for a real agent started by the test.
+struct AgentHost {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl AgentHost {
+    fn new() -> AgentHost {
+        AgentHost {
+            dir: tempfile::tempdir().unwrap(),
+            children: Vec::new(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn layout(&self) -> HostLayout {
+        HostLayout::new(self.root())
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(
+            self.config(),
+            format!("root = \"{}\"\n{text}", self.root().display()),
+        )
+        .unwrap();
+    }
+
+    /// `agent <args>` with this host's config and a clean AWS environment.
+    fn agent(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env("MOLT_CONFIG", self.config())
+            .env_remove("MOLT_ROOT")
+            .env_remove("MOLT_HEALTH_NONCE")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.dir.path().join("no-credentials"),
+            )
+            .env("AWS_CONFIG_FILE", self.dir.path().join("no-config"))
+            .env("MOLT_LOG", "info");
+        c
+    }
+
+    /// Starts `agent run`, its output in `agent.log`.
+    fn start(&mut self, program: &Path, env: &[(&str, &str)]) -> u32 {
+        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
+        let mut c = self.agent(program);
+        c.arg("run")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = c.spawn().unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn health(&self) -> Option<Health> {
+        state::read_json(&self.layout().health()).ok().flatten()
+    }
+
+    fn wait_ready(&self, pid: u32) -> Health {
+        wait_for(Duration::from_secs(10), || {
+            self.health()
+                .filter(|h| h.pid == pid && h.status == HealthStatus::Ready)
+        })
+        .unwrap_or_else(|| panic!("agent {pid} never became ready; log:\n{}", self.log()))
+    }
+
+    fn status_json(&self, program: &Path) -> serde_json::Value {
+        let out = self
+            .agent(program)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for AgentHost {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // agents the updater started (direct mode) leave a pid file
+        if let Some(pid) = std::fs::read_to_string(self.layout().agent_pid())
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        {
+            molt_tests::fixture::kill(pid);
+        }
+    }
+}
+
+fn sigterm(pid: u32) {
+    let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::TERM).unwrap();
+}
+
+fn sighup(pid: u32) {
+    let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::HUP).unwrap();
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn config_errors_name_the_key_and_line_and_start_nothing() {
+    let agent = workspace_bin("agent");
+    let cases = [
+        ("[agent]\nschedul = \"rate(1 day)\"\n", "schedul", "line 3"),
+        ("[agent]\njitter = \"5 parsecs\"\n", "jitter", "line 3"),
+        (
+            "[agent]\nschedule = \"cron(61 * * * *)\"\n",
+            "schedule",
+            "line 3",
+        ),
+        (
+            "[agent]\nschedule = \"rate(0 days)\"\n",
+            "schedule",
+            "line 3",
+        ),
+        ("regoin = \"us-east-1\"\n", "regoin", "line 2"),
+    ];
+    for (text, key, line) in cases {
+        let host = AgentHost::new();
+        host.write_config(text);
+        let out = host.agent(&agent).arg("run").output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(key) && err.contains(line), "{text}: {err}");
+        assert!(err.contains("hint:"), "{err}");
+        assert!(
+            !host.layout().health().exists(),
+            "no agent may start on {text}"
+        );
+    }
+    // an explicit config that does not exist
+    let host = AgentHost::new();
+    let out = host.agent(&agent).arg("run").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn health_first_sigterm_stops_and_sighup_reloads() {
+    let agent = workspace_bin("agent");
+    let mut host = AgentHost::new();
+    host.write_config("region = \"us-east-1\"\n[agent]\nschedule = \"rate(14 days)\"\n");
+    let pid = host.start(&agent, &[("MOLT_HEALTH_NONCE", "n-123")]);
+    let h = host.wait_ready(pid);
+    assert_eq!(h.nonce, "n-123");
+    assert_eq!(h.version.to_string(), release_manifest::BUILD_VERSION);
+
+    // a good new config is taken
+    host.write_config("region = \"us-east-1\"\n[agent]\nschedule = \"cron(0 3 * * *)\"\n");
+    sighup(pid);
+    assert!(
+        wait_for(Duration::from_secs(5), || host
+            .log()
+            .contains("SIGHUP: reloaded")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        host.log()
+    );
+    // a bad one is refused, and the agent keeps running
+    host.write_config("[agent]\nschedule = \"every tuesday\"\n");
+    sighup(pid);
+    assert!(
+        wait_for(Duration::from_secs(5), || host
+            .log()
+            .contains("keeping the running one")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        host.log()
+    );
+    assert!(pid_alive(pid));
+
+    sigterm(pid);
+    let child = host.children.iter_mut().find(|c| c.id() == pid).unwrap();
+    let status = wait_for(Duration::from_secs(5), || child.try_wait().unwrap())
+        .expect("agent exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert_eq!(host.health().unwrap().status, HealthStatus::Stopping);
+}
+
+/// A fake updater that records each launch (arguments and environment) and exits.
+fn recording_updater(dir: &Path) -> PathBuf {
+    let path = dir.join("bin").join("updater");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let log = dir.join("launches.log");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'updater 0.0.1'; exit 0; }}\necho \"$* root=$MOLT_ROOT config=$MOLT_CONFIG nonce=${{MOLT_HEALTH_NONCE:-none}}\" >> '{}'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn launches(host: &AgentHost) -> Vec<String> {
+    std::fs::read_to_string(host.root().join("launches.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn schedule_launches_the_updater_detached_and_hold_stops_it() {
+    let agent = workspace_bin("agent");
+    let mut host = AgentHost::new();
+    recording_updater(&host.root());
+    host.write_config(
+        "region = \"us-east-1\"\n[updater]\nservice = \"direct\"\n[agent]\nschedule = \"rate(1 second)\"\njitter = \"0s\"\n",
+    );
+    let pid = host.start(&agent, &[("MOLT_HEALTH_NONCE", "secret-nonce")]);
+    host.wait_ready(pid);
+    let first = wait_for(Duration::from_secs(10), || launches(&host).first().cloned())
+        .unwrap_or_else(|| panic!("no launch; log:\n{}", host.log()));
+    assert!(first.starts_with("--target-version latest"), "{first}");
+    assert!(
+        first.contains(&format!("root={}", host.root().display())),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("config={}", host.config().display())),
+        "{first}"
+    );
+    assert!(
+        first.contains("nonce=none"),
+        "the agent's nonce must not leak: {first}"
+    );
+    let launch: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.root().join("state/last-launch.json")).unwrap())
+            .unwrap();
+    assert_eq!(launch["kind"], "update");
+    assert!(launch["pid"].as_u64().is_some());
+    assert!(launch["error"].is_null());
+
+    // `agent hold`: no more launches; status says so
+    let out = host
+        .agent(&agent)
+        .arg("hold")
+        .args(["--reason", "change freeze"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::thread::sleep(Duration::from_millis(1500));
+    let held_at = launches(&host).len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        launches(&host).len(),
+        held_at,
+        "a held host launches nothing"
+    );
+    assert!(host.log().contains("on hold"), "{}", host.log());
+    let status = host.status_json(&agent);
+    assert_eq!(status["hold"]["by"], "command");
+    assert_eq!(status["hold"]["reason"], "change freeze");
+
+    let out = host.agent(&agent).arg("unhold").output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        wait_for(Duration::from_secs(10), || (launches(&host).len()
+            > held_at)
+            .then_some(()))
+        .is_some(),
+        "unhold lets the schedule run again"
+    );
+}
+
+#[test]
+fn hold_in_the_config_holds() {
+    let agent = workspace_bin("agent");
+    let mut host = AgentHost::new();
+    recording_updater(&host.root());
+    host.write_config(
+        "region = \"us-east-1\"\n[updater]\nservice = \"direct\"\n[agent]\nschedule = \"rate(1 second)\"\njitter = \"0s\"\nhold = true\n",
+    );
+    let pid = host.start(&agent, &[]);
+    host.wait_ready(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(launches(&host).is_empty(), "{:?}", launches(&host));
+    let out = host.agent(&agent).arg("unhold").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hold = true"));
+}
+
+#[test]
+fn unfinished_journal_at_start_launches_recover() {
+    let agent = workspace_bin("agent");
+    let mut host = AgentHost::new();
+    recording_updater(&host.root());
+    host.write_config("region = \"us-east-1\"\n[updater]\nservice = \"direct\"\n");
+    let journal = serde_json::json!({
+        "version": 1, "id": "j-1", "from": "1.0.0", "to": "2.0.0", "step": "switched",
+        "started_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    });
+    std::fs::create_dir_all(host.root().join("state")).unwrap();
+    std::fs::write(host.root().join("state/journal.json"), journal.to_string()).unwrap();
+    let pid = host.start(&agent, &[]);
+    host.wait_ready(pid);
+    let first = wait_for(Duration::from_secs(10), || launches(&host).first().cloned())
+        .unwrap_or_else(|| panic!("no launch; log:\n{}", host.log()));
+    assert!(first.starts_with("recover"), "{first}");
+}
+
+#[test]
+fn systemd_mode_launches_through_systemd_run() {
+    let agent = workspace_bin("agent");
+    let mut host = AgentHost::new();
+    let updater = recording_updater(&host.root());
+    let fake_bin = host.dir.path().join("fake-bin");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    let calls = host.dir.path().join("systemd-run.log");
+    std::fs::write(
+        fake_bin.join("systemd-run"),
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", calls.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        fake_bin.join("systemd-run"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    host.write_config(
+        "region = \"us-east-1\"\n[updater]\nservice = \"systemd\"\n[agent]\nschedule = \"rate(1 second)\"\njitter = \"0s\"\n",
+    );
+    let path = format!(
+        "{}:{}",
+        fake_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let pid = host.start(&agent, &[("PATH", &path)]);
+    host.wait_ready(pid);
+    let call = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&calls)
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_owned))
+    })
+    .unwrap_or_else(|| panic!("systemd-run never ran; log:\n{}", host.log()));
+    assert!(call.contains("--unit=molt-update-"), "{call}");
+    assert!(call.contains("--collect"), "{call}");
+    assert!(
+        call.contains(&format!("--setenv=MOLT_ROOT={}", host.root().display())),
+        "{call}"
+    );
+    assert!(
+        call.contains(&format!("-- {} --target-version latest", updater.display())),
+        "{call}"
+    );
+    let launch: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.root().join("state/last-launch.json")).unwrap())
+            .unwrap();
+    assert!(launch["unit"].as_str().unwrap().starts_with("molt-update-"));
+}
+
+/// The real thing: a real agent (v1) on a one-second schedule launches the real updater,
+/// which moves the host to a real agent v2; `agent status --json` then shows v2 and the
+/// history record.
+#[test]
+fn agent_updates_itself_from_v1_to_v2() {
+    let v1 = stamped_build("1.0.0");
+    let v2 = stamped_build("2.0.0");
+    let repo = TestRepo::new("us-east-1");
+    repo.publish_programs("1.0.0", &v1.join("agent"), &v1.join("updater"));
+    let host = AgentHost::new();
+    host.write_config(&format!(
+        "region = \"us-east-1\"\nsource = \"{}\"\ntrusted_root = \"{}\"\n\
+         [updater]\nservice = \"direct\"\nsoak = \"500ms\"\nhealth_timeout = \"20s\"\n\
+         [agent]\nschedule = \"rate(1 second)\"\njitter = \"0s\"\n",
+        repo.url(),
+        repo.trusted_root().display()
+    ));
+    // first install of v1 through the updater; it starts the v1 agent (direct mode)
+    let out = host
+        .agent(&v1.join("updater"))
+        .args(["--target-version", "1.0.0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layout = host.layout();
+    assert_eq!(layout.current_version().unwrap().to_string(), "1.0.0");
+    let agent_v1 = layout.current_link().join("bin/agent");
+    let status = host.status_json(&agent_v1);
+    assert_eq!(status["installed"], "1.0.0");
+
+    repo.publish_programs("2.0.0", &v2.join("agent"), &v2.join("updater"));
+    let record = wait_for(Duration::from_secs(90), || {
+        state::read_history(&layout.history())
+            .ok()?
+            .into_iter()
+            .find(|r| r.to.to_string() == "2.0.0")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the agent never moved to 2.0.0; updater log:\n{}",
+            std::fs::read_to_string(layout.state_dir().join("updater.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(record.result, state::Outcome::Success, "{record:?}");
+    assert_eq!(layout.current_version().unwrap().to_string(), "2.0.0");
+
+    let agent_v2 = layout.current_link().join("bin/agent");
+    let status = host.status_json(&agent_v2);
+    assert_eq!(status["agent_version"], "2.0.0");
+    assert_eq!(status["installed"], "2.0.0");
+    assert_eq!(status["running"]["version"], "2.0.0");
+    assert_eq!(status["running"]["alive"], true);
+    assert_eq!(status["last_update"]["to"], "2.0.0");
+    assert_eq!(status["last_update"]["from"], "1.0.0");
+    assert_eq!(status["last_update"]["result"], "success");
+    assert_eq!(status["region"]["region"], "us-east-1");
+    assert_eq!(status["region"]["source"], "config");
+    assert_eq!(status["trust"]["root_version"], 1);
+    assert_eq!(status["wave"]["latest"], "2.0.0");
+    // the self-update moved the standalone updater too
+    let out = Command::new(layout.updater_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "updater 2.0.0");
+}

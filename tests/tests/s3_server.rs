@@ -1,0 +1,419 @@
+//! molt's S3 client code (`release_manifest::s3`) against a real S3-compatible server
+//! (`molt-s3`: s3s + s3s-fs) on 127.0.0.1, and the server's access policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use molt_tests::s3::{REGION, S3Server};
+use release_manifest::Region;
+use release_manifest::s3::{
+    self, S3Endpoint, S3Error, S3Location, S3Signer, get_object, list_objects, put_new_object,
+    put_object,
+};
+use reqwest::StatusCode;
+
+const MIB: u64 = 1 << 20;
+
+/// A client that goes straight to 127.0.0.1, whatever proxy the environment names.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn region() -> Region {
+    REGION.parse().unwrap()
+}
+
+fn endpoint(server: &S3Server) -> S3Endpoint {
+    S3Endpoint::path_style(&server.endpoint(), "the test server").unwrap()
+}
+
+fn signer(server: &S3Server) -> S3Signer {
+    S3Signer::new(server.credentials_provider(), region())
+}
+
+fn signer_with(access_key: &str, secret_key: &str) -> S3Signer {
+    let creds = Credentials::new(access_key, secret_key, None, None, "test");
+    S3Signer::new(SharedCredentialsProvider::new(creds), region())
+}
+
+#[tokio::test]
+async fn signed_put_then_anonymous_get_returns_the_same_bytes() {
+    let server = S3Server::start();
+    server.create_bucket("molt-public");
+    let e = endpoint(&server);
+    let client = client();
+    let body: Vec<u8> = (0..3 * MIB as usize + 17)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let url = e
+        .object_url("molt-public", "repo/targets/a b+c&d.tar.gz")
+        .unwrap();
+
+    put_object(
+        &client,
+        &signer(&server),
+        url.clone(),
+        body.clone(),
+        "application/gzip",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read(server.object_path("molt-public", "repo/targets/a b+c&d.tar.gz")).unwrap(),
+        body
+    );
+
+    // Anonymous, through our code and through a plain HTTP GET.
+    let got = get_object(&client, None, url.clone(), 4 * MIB)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the bytes read back differ");
+    let plain = client.get(url.clone()).send().await.unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
+    assert_eq!(plain.bytes().await.unwrap(), body);
+
+    // The size limit is enforced.
+    let e = get_object(&client, None, url, MIB).await.unwrap_err();
+    assert!(matches!(e, S3Error::TooLarge { limit: MIB, .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn anonymous_writes_are_refused() {
+    let server = S3Server::start();
+    server.create_bucket("molt-public");
+    let url = endpoint(&server)
+        .object_url("molt-public", "x.json")
+        .unwrap();
+    let response = client().put(url).body(b"{}".to_vec()).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+    assert!(!server.object_path("molt-public", "x.json").exists());
+}
+
+#[tokio::test]
+async fn private_buckets_refuse_anonymous_reads_but_serve_signed_ones() {
+    let server = S3Server::start();
+    server.create_bucket("private-repo");
+    let e = endpoint(&server);
+    let client = client();
+    let url = e
+        .object_url("private-repo", "metadata/timestamp.json")
+        .unwrap();
+    put_object(
+        &client,
+        &signer(&server),
+        url.clone(),
+        b"{\"v\":1}".to_vec(),
+        "application/json",
+    )
+    .await
+    .unwrap();
+
+    let refused = get_object(&client, None, url.clone(), MIB)
+        .await
+        .unwrap_err();
+    match &refused {
+        S3Error::AccessDenied { code, hint, .. } => {
+            assert_eq!(code, "AccessDenied");
+            assert!(hint.contains("credentials"), "{hint}");
+        }
+        other => panic!("expected AccessDenied, got {other:?}"),
+    }
+    let location: S3Location = "s3://private-repo/metadata".parse().unwrap();
+    let listing = list_objects(&client, None, &e, &location, 100)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(listing, S3Error::AccessDenied { .. }),
+        "{listing:?}"
+    );
+
+    let got = get_object(&client, Some(&signer(&server)), url, MIB)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"{\"v\":1}");
+    let keys = list_objects(&client, Some(&signer(&server)), &e, &location, 100)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec!["metadata/timestamp.json"]);
+}
+
+#[tokio::test]
+async fn a_wrong_secret_or_an_unknown_key_is_refused() {
+    let server = S3Server::start();
+    server.create_bucket("molt-public");
+    let url = endpoint(&server)
+        .object_url("molt-public", "x.json")
+        .unwrap();
+    let client = client();
+
+    let wrong = signer_with(server.access_key(), "not-the-secret");
+    let e = put_object(
+        &client,
+        &wrong,
+        url.clone(),
+        b"{}".to_vec(),
+        "application/json",
+    )
+    .await
+    .unwrap_err();
+    match &e {
+        S3Error::AccessDenied { code, hint, .. } => {
+            assert_eq!(code, "SignatureDoesNotMatch");
+            assert!(hint.contains("secret key"), "{hint}");
+        }
+        other => panic!("expected AccessDenied, got {other:?}"),
+    }
+    assert!(!e.to_string().contains("not-the-secret"), "{e}");
+
+    let unknown = signer_with("AKIAUNKNOWNKEY000000", server.secret_key());
+    let e = put_object(&client, &unknown, url, b"{}".to_vec(), "application/json")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, S3Error::AccessDenied { .. }), "{e:?}");
+    assert!(!server.object_path("molt-public", "x.json").exists());
+}
+
+#[tokio::test]
+async fn if_none_match_put_refuses_to_overwrite() {
+    let server = S3Server::start();
+    server.create_bucket("molt-reports");
+    let url = endpoint(&server)
+        .object_url("molt-reports", "us-east-1/1.2.0/host-1/r1.json")
+        .unwrap();
+    let client = client();
+    let signer = signer(&server);
+
+    put_new_object(
+        &client,
+        &signer,
+        url.clone(),
+        b"first".to_vec(),
+        "application/json",
+    )
+    .await
+    .unwrap();
+    let e = put_new_object(
+        &client,
+        &signer,
+        url.clone(),
+        b"second".to_vec(),
+        "application/json",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, S3Error::AlreadyExists { .. }), "{e:?}");
+    let path = server.object_path("molt-reports", "us-east-1/1.2.0/host-1/r1.json");
+    assert_eq!(std::fs::read(&path).unwrap(), b"first");
+
+    // A plain PUT replaces.
+    put_object(&client, &signer, url, b"third".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"third");
+}
+
+#[tokio::test]
+async fn conditional_and_ranged_reads() {
+    let server = S3Server::start();
+    server.create_bucket("molt-public");
+    let url = endpoint(&server)
+        .object_url("molt-public", "file.bin")
+        .unwrap();
+    let client = client();
+    put_object(
+        &client,
+        &signer(&server),
+        url.clone(),
+        b"0123456789".to_vec(),
+        "application/octet-stream",
+    )
+    .await
+    .unwrap();
+
+    let first = client.get(url.clone()).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+
+    let again = client
+        .get(url.clone())
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    let other = client
+        .get(url.clone())
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+
+    let head = client
+        .head(url.clone())
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::NOT_MODIFIED);
+
+    let wrong_match = client
+        .get(url.clone())
+        .header("if-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_match.status(), StatusCode::PRECONDITION_FAILED);
+
+    let ranged = client
+        .get(url.clone())
+        .header("range", "bytes=3-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.headers()["content-range"], "bytes 3-9/10");
+    assert_eq!(ranged.bytes().await.unwrap(), &b"3456789"[..]);
+}
+
+#[tokio::test]
+async fn missing_objects_and_buckets_are_told_apart() {
+    let server = S3Server::start();
+    server.create_bucket("molt-public");
+    let e = endpoint(&server);
+    let client = client();
+    let signer = signer(&server);
+
+    let missing = e.object_url("molt-public", "nothing-here.json").unwrap();
+    let err = get_object(&client, Some(&signer), missing, MIB)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+
+    let no_bucket = e.object_url("molt-nowhere", "x.json").unwrap();
+    let err = get_object(&client, Some(&signer), no_bucket.clone(), MIB)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, S3Error::NoSuchBucket { .. }), "{err:?}");
+    let err = put_object(
+        &client,
+        &signer,
+        no_bucket,
+        b"{}".to_vec(),
+        "application/json",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, S3Error::NoSuchBucket { .. }), "{err:?}");
+    assert!(!err.is_not_found());
+    assert!(err.to_string().contains("molt-nowhere"), "{err}");
+    assert!(!server.root().join("molt-nowhere").exists());
+}
+
+#[tokio::test]
+async fn listing_a_prefix_follows_continuation_tokens() {
+    let server = S3Server::start();
+    server.create_bucket("molt-reports");
+    let e = endpoint(&server);
+    let client = client();
+    let signer = signer(&server);
+
+    // Written through S3, with keys that need encoding.
+    let mut expected = Vec::new();
+    for name in ["a b.json", "c+d.json", "e&f.json", "ü.json"] {
+        let key = format!("reports/us-east-1/{name}");
+        let url = e.object_url("molt-reports", &key).unwrap();
+        put_object(&client, &signer, url, b"{}".to_vec(), "application/json")
+            .await
+            .unwrap();
+        expected.push(key);
+    }
+    // More than one page (s3s-fs answers 1000 keys a page), written straight to disk.
+    let many = server
+        .create_bucket("molt-reports")
+        .join("reports/us-west-2");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..1100 {
+        std::fs::write(many.join(format!("{i:05}.json")), b"{}").unwrap();
+        expected.push(format!("reports/us-west-2/{i:05}.json"));
+    }
+    // Outside the prefix.
+    let url = e.object_url("molt-reports", "other/x.json").unwrap();
+    put_object(&client, &signer, url, b"{}".to_vec(), "application/json")
+        .await
+        .unwrap();
+    let url = e.object_url("molt-reports", "reportsx.json").unwrap();
+    put_object(&client, &signer, url, b"{}".to_vec(), "application/json")
+        .await
+        .unwrap();
+    expected.sort();
+
+    let location: S3Location = "s3://molt-reports/reports".parse().unwrap();
+    let mut keys = list_objects(&client, Some(&signer), &e, &location, 10_000)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(keys, expected);
+
+    // Anonymous listing of a public bucket works too.
+    let anonymous = list_objects(&client, None, &e, &location, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(anonymous.len(), expected.len());
+
+    // The cap is an error, not a silent cut.
+    let capped = list_objects(&client, Some(&signer), &e, &location, 500)
+        .await
+        .unwrap_err();
+    assert!(matches!(capped, S3Error::BadListing { .. }), "{capped:?}");
+
+    // A prefix that matches nothing is an empty list; a missing bucket is an error.
+    let empty: S3Location = "s3://molt-reports/nothing".parse().unwrap();
+    assert!(
+        list_objects(&client, Some(&signer), &e, &empty, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let nowhere: S3Location = "s3://molt-nowhere/reports".parse().unwrap();
+    let err = list_objects(&client, Some(&signer), &e, &nowhere, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, S3Error::NoSuchBucket { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_environment_names_the_endpoint() {
+    let server = S3Server::start();
+    server.create_bucket("molt-public");
+    let env = server.env_for_credentials();
+    let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let location: S3Location = "s3://molt-public/repo/".parse().unwrap();
+    let base = location.base_url(&region(), &lookup).unwrap();
+    assert_eq!(
+        base.as_str(),
+        format!("{}/molt-public/repo/", server.endpoint())
+    );
+    let url = location
+        .object_url(&location.key("VERSION"), &region(), &lookup)
+        .unwrap();
+    put_object(
+        &client(),
+        &signer(&server),
+        url,
+        b"1.0.0\n".to_vec(),
+        "text/plain",
+    )
+    .await
+    .unwrap();
+    let joined = base.join("VERSION").unwrap();
+    let got = s3::get_object(&client(), None, joined, MIB).await.unwrap();
+    assert_eq!(&got[..], b"1.0.0\n");
+}
