@@ -253,6 +253,14 @@ pub enum TransferError {
         /// The status code.
         status: u16,
     },
+    /// The bucket refused a signed request because of its credentials.
+    #[error(
+        "the bucket refused the signed request ({code}): the AWS credentials are wrong, expired or not allowed to read it"
+    )]
+    CredentialsRefused {
+        /// S3's error code, e.g. `SignatureDoesNotMatch`.
+        code: String,
+    },
     /// The server answered 416 to `Range: bytes=<offset>-`, or the local file is shorter
     /// than the offset.
     #[error("range not satisfiable: asked for bytes from {offset}{}", match .total {
@@ -573,6 +581,9 @@ impl MoltTransport {
             // 206 to a request without Range is as wrong as any other surprise.
             (StatusCode::PARTIAL_CONTENT, None) => return Err(status_error(status, &shown)),
             (status, _) if status.is_success() => None,
+            (StatusCode::FORBIDDEN, _) if self.signer.is_some() => {
+                return Err(signed_refusal(response, &shown).await);
+            }
             (status, _) => return Err(status_error(status, &shown)),
         };
 
@@ -661,6 +672,37 @@ impl Transport for MoltTransport {
                 display_url(&url),
             )),
         }
+    }
+}
+
+/// S3's answer to a signed request it refused. A missing key reads as 403 AccessDenied
+/// when the caller may not list the bucket, so that stays "not found" (TUF probes for
+/// files that may not exist); a refused signature or key is an error of its own that
+/// names S3's code, so the operator fixes the credentials instead of the repository.
+async fn signed_refusal(response: reqwest::Response, shown: &str) -> TransportError {
+    const CREDENTIAL_CODES: [&str; 5] = [
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+    ];
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 16 * 1024 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    match crate::s3::xml::first(&text, "Code") {
+        Some(code) if CREDENTIAL_CODES.contains(&code) => {
+            let code = crate::s3::xml::sanitize(code, 64);
+            tracing::debug!(url = %shown, %code, "the bucket refused the signed request");
+            other(shown, TransferError::CredentialsRefused { code })
+        }
+        _ => status_error(StatusCode::FORBIDDEN, shown),
     }
 }
 

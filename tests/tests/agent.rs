@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use molt_tests::fixture::{TestRepo, pid_alive, stamped_build, wait_for, workspace_bin};
+use molt_tests::imds::{ImdsConfig, ImdsRole, ImdsServer};
+use molt_tests::s3::S3Server;
 use release_manifest::host::HostLayout;
 use release_manifest::host::state::{self, Health, HealthStatus};
 
@@ -240,6 +242,16 @@ fn recording_updater(dir: &Path) -> PathBuf {
     path
 }
 
+/// `state/last-launch.json`, which the agent writes once the launch has returned (the
+/// launched program may have run before that).
+fn last_launch(host: &AgentHost) -> serde_json::Value {
+    wait_for(Duration::from_secs(5), || {
+        let bytes = std::fs::read(host.root().join("state/last-launch.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    })
+    .expect("the agent records its launch")
+}
+
 fn launches(host: &AgentHost) -> Vec<String> {
     std::fs::read_to_string(host.root().join("launches.log"))
         .unwrap_or_default()
@@ -273,9 +285,7 @@ fn schedule_launches_the_updater_detached_and_hold_stops_it() {
         first.contains("nonce=none"),
         "the agent's nonce must not leak: {first}"
     );
-    let launch: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.root().join("state/last-launch.json")).unwrap())
-            .unwrap();
+    let launch = last_launch(&host);
     assert_eq!(launch["kind"], "update");
     assert!(launch["pid"].as_u64().is_some());
     assert!(launch["error"].is_null());
@@ -392,10 +402,9 @@ fn systemd_mode_launches_through_systemd_run() {
         call.contains(&format!("-- {} --target-version latest", updater.display())),
         "{call}"
     );
-    let launch: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.root().join("state/last-launch.json")).unwrap())
-            .unwrap();
+    let launch = last_launch(&host);
     assert!(launch["unit"].as_str().unwrap().starts_with("molt-update-"));
+    assert!(launch["error"].is_null(), "{launch}");
 }
 
 /// The real thing: a real agent (v1) on a one-second schedule launches the real updater,
@@ -407,11 +416,14 @@ fn agent_updates_itself_from_v1_to_v2() {
     let v2 = stamped_build("2.0.0");
     let repo = TestRepo::new("us-east-1");
     repo.publish_programs("1.0.0", &v1.join("agent"), &v1.join("updater"));
+    let s3 = S3Server::start();
+    s3.create_bucket("molt-reports");
     let host = AgentHost::new();
     host.write_config(&format!(
         "region = \"us-east-1\"\nsource = \"{}\"\ntrusted_root = \"{}\"\n\
          [updater]\nservice = \"direct\"\nsoak = \"500ms\"\nhealth_timeout = \"20s\"\n\
-         [agent]\nschedule = \"rate(1 second)\"\njitter = \"0s\"\n",
+         [agent]\nschedule = \"rate(1 second)\"\njitter = \"0s\"\n\
+         report = \"s3://molt-reports/fleet/\"\npoll = \"1s\"\n",
         repo.url(),
         repo.trusted_root().display()
     ));
@@ -419,6 +431,7 @@ fn agent_updates_itself_from_v1_to_v2() {
     let out = host
         .agent(&v1.join("updater"))
         .args(["--target-version", "1.0.0"])
+        .envs(s3.env_for_credentials())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -457,10 +470,111 @@ fn agent_updates_itself_from_v1_to_v2() {
     assert_eq!(status["region"]["source"], "config");
     assert_eq!(status["trust"]["root_version"], 1);
     assert_eq!(status["wave"]["latest"], "2.0.0");
+    // the v2 agent reported the record to the results sink, once, under its region,
+    // version and host id
+    let host_id = std::fs::read_to_string(layout.state_dir().join("host-id")).unwrap();
+    let key = format!(
+        "fleet/us-east-1/2.0.0/{}/{}.json",
+        host_id.trim(),
+        record.id
+    );
+    let object = s3.object_path("molt-reports", &key);
+    wait_for(Duration::from_secs(20), || object.exists().then_some(())).unwrap_or_else(|| {
+        panic!(
+            "no report at {key}; agent log:\n{}",
+            std::fs::read_to_string(layout.agent_log()).unwrap_or_default()
+        )
+    });
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&object).unwrap()).unwrap();
+    assert_eq!(report["host"], host_id.trim());
+    assert_eq!(report["region"], "us-east-1");
+    assert_eq!(report["agent_version"], "2.0.0");
+    assert_eq!(report["record"]["to"], "2.0.0");
+    assert_eq!(report["record"]["result"], "success");
     // the self-update moved the standalone updater too
     let out = Command::new(layout.updater_bin())
         .arg("--version")
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "updater 2.0.0");
+}
+
+#[test]
+fn status_takes_region_and_credentials_from_imds() {
+    let agent = workspace_bin("agent");
+    let imds = ImdsServer::start(
+        ImdsConfig::new("eu-west-1", "i-0123456789abcdef0").with_role(ImdsRole {
+            name: "molt-host".into(),
+            access_key_id: "ASIAIMDSEXAMPLE".into(),
+            secret_access_key: "imds-secret-not-shown".into(),
+            token: "imds-token".into(),
+        }),
+    )
+    .unwrap();
+    let host = AgentHost::new();
+    host.write_config("[agent]\nschedule = \"rate(1 day)\"\n");
+    let (k, v) = imds.env();
+    let out = host
+        .agent(&agent)
+        .args(["status", "--json"])
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env(k, v)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("imds-secret-not-shown"), "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["region"]["region"], "eu-west-1", "{text}");
+    assert_eq!(status["region"]["source"], "imds");
+    assert_eq!(status["credentials"], "instance_profile", "{text}");
+
+    // the environment beats IMDS for both
+    let out = host
+        .agent(&agent)
+        .args(["status", "--json"])
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env(k, imds.endpoint())
+        .env("AWS_REGION", "ap-southeast-2")
+        .env("AWS_ACCESS_KEY_ID", "AKIAENVEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "env-secret")
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["region"]["region"], "ap-southeast-2");
+    assert_eq!(status["region"]["source"], "environment");
+    assert_eq!(status["credentials"], "environment");
+}
+
+#[test]
+fn diagnose_names_the_fix_when_imds_is_unreachable() {
+    let agent = workspace_bin("agent");
+    // a port nothing listens on
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let host = AgentHost::new();
+    host.write_config("[agent]\nschedule = \"rate(1 day)\"\n");
+    let out = host
+        .agent(&agent)
+        .arg("diagnose")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let region_line = text
+        .lines()
+        .skip_while(|l| !l.contains("region"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        region_line.contains("[FAIL]") && region_line.contains("IMDS unreachable"),
+        "{text}"
+    );
+    assert!(region_line.contains("set `region`"), "{text}");
+    assert!(text.contains("[FAIL] install"), "{text}");
 }
