@@ -578,3 +578,63 @@ fn diagnose_names_the_fix_when_imds_is_unreachable() {
     assert!(region_line.contains("set `region`"), "{text}");
     assert!(text.contains("[FAIL] install"), "{text}");
 }
+
+#[test]
+fn missed_runs_run_once_at_start_and_boot_runs_after_their_delay() {
+    let agent = workspace_bin("agent");
+    // The host was off for 30 days across two slots of rate(14 days): one run at start.
+    let mut host = AgentHost::new();
+    recording_updater(&host.root());
+    host.write_config(
+        "region = \"us-east-1\"\n[updater]\nservice = \"direct\"\n[agent]\nschedule = \"rate(14 days)\"\njitter = \"0s\"\n",
+    );
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 30);
+    let sched = serde_json::json!({
+        "version": 1, "first_seen": long_ago.to_string(), "last_run": long_ago.to_string()
+    });
+    std::fs::create_dir_all(host.root().join("state")).unwrap();
+    std::fs::write(host.root().join("state/schedule.json"), sched.to_string()).unwrap();
+    let pid = host.start(&agent, &[]);
+    host.wait_ready(pid);
+    wait_for(Duration::from_secs(10), || {
+        (!launches(&host).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no catch-up run; log:\n{}", host.log()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(launches(&host).len(), 1, "one run, not one per missed slot");
+    assert_eq!(last_launch(&host)["reason"], "missed");
+    let status = host.status_json(&agent);
+    let next: jiff::Timestamp = status["schedule"]["next_run"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // the next slot of the original cadence (anchored at first start), not another catch-up
+    let now = jiff::Timestamp::now();
+    assert!(
+        next > now + jiff::SignedDuration::from_hours(24)
+            && next <= now + jiff::SignedDuration::from_hours(24 * 14),
+        "{next}"
+    );
+
+    // A fresh host with on_boot: one run a second after start, then the schedule.
+    let mut host = AgentHost::new();
+    recording_updater(&host.root());
+    host.write_config(
+        "region = \"us-east-1\"\n[updater]\nservice = \"direct\"\n[agent]\nschedule = \"rate(14 days)\"\non_boot = true\non_boot_delay = \"1s\"\n",
+    );
+    let pid = host.start(&agent, &[]);
+    host.wait_ready(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        launches(&host).is_empty(),
+        "the boot run waits for its delay"
+    );
+    wait_for(Duration::from_secs(10), || {
+        (!launches(&host).is_empty()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no boot run; log:\n{}", host.log()));
+    assert_eq!(last_launch(&host)["reason"], "boot");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(launches(&host).len(), 1);
+}

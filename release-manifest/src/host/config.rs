@@ -253,7 +253,8 @@ impl Config {
     }
 
     /// Applies `MOLT_ROOT`, `MOLT_REGION`, `MOLT_SOURCE`, `MOLT_BUCKET`, `MOLT_DOMAIN`,
-    /// `MOLT_TRUSTED_ROOT` and `MOLT_PLATFORM` from `lookup` (the environment).
+    /// `MOLT_TRUSTED_ROOT`, `MOLT_PLATFORM`, and the agent's `MOLT_SCHEDULE`, `MOLT_HOLD`
+    /// and `MOLT_REPORT` from `lookup` (the environment).
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -285,6 +286,24 @@ impl Config {
         }
         if let Some(v) = lookup("MOLT_TRUSTED_ROOT") {
             self.trusted_root = Some(PathBuf::from(v));
+        }
+        if let Some(v) = lookup("MOLT_SCHEDULE") {
+            self.agent.schedule =
+                Some(v.parse().map_err(|e: crate::schedule::ScheduleError| {
+                    err("MOLT_SCHEDULE", &v, e.to_string())
+                })?);
+        }
+        if let Some(v) = lookup("MOLT_HOLD") {
+            self.agent.hold = match v.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => {
+                    return Err(err("MOLT_HOLD", &v, "expected true or false".to_owned()));
+                }
+            };
+        }
+        if let Some(v) = lookup("MOLT_REPORT") {
+            self.agent.report = Some(v);
         }
         if let Some(v) = lookup("MOLT_PLATFORM") {
             self.platform = Some(v.parse().map_err(|e: crate::platform::PlatformError| {
@@ -487,6 +506,23 @@ poll = "5m"
         .unwrap();
         assert_eq!(c.region.unwrap().as_str(), "eu-west-1");
         assert_eq!(c.root.unwrap(), PathBuf::from("/srv/molt"));
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "MOLT_SCHEDULE" => Some("rate(2 hours)".into()),
+            "MOLT_HOLD" => Some("true".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.agent.schedule.unwrap().to_string(), "rate(2 hours)");
+        assert!(c.agent.hold);
+        let err = Config::default()
+            .apply_env(|k| (k == "MOLT_SCHEDULE").then(|| "rate(3 fortnights)".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("MOLT_SCHEDULE"), "{err}");
+        let err = Config::default()
+            .apply_env(|k| (k == "MOLT_HOLD").then(|| "maybe".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("MOLT_HOLD"), "{err}");
         let mut c = Config::default();
         let err = c
             .apply_env(|k| (k == "MOLT_REGION").then(|| "Mars".into()))
