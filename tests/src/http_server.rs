@@ -28,7 +28,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,9 +39,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+
+use crate::background::Background;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 /// The size of the body frames the server sends.
 const CHUNK: usize = 16 * 1024;
@@ -53,9 +53,6 @@ const FLUSH_PAUSE: Duration = Duration::from_millis(20);
 
 /// The request log keeps at most this many entries (the counters keep counting).
 const LOG_LIMIT: usize = 10_000;
-
-/// How long dropping the server waits for the runtime's blocking file reads.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 type Body = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -323,61 +320,39 @@ impl Shared {
 /// A running file server; see the [module documentation](self). Stops when dropped.
 #[derive(Debug)]
 pub struct FileServer {
-    addr: SocketAddr,
+    server: Background,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl FileServer {
     /// Serves the directory `root` on `127.0.0.1` at an ephemeral port.
     pub fn start(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref().canonicalize()?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = {
-            let _context = runtime.enter();
-            tokio::net::TcpListener::from_std(listener)?
-        };
         let shared = Arc::new(Shared {
             root,
             faults: Faults::new(),
             stats: Mutex::default(),
         });
-        let (shutdown, stop) = oneshot::channel();
         let serving = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("molt-test-http-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(accept_loop(listener, serving, stop));
-                // Drops the connection tasks (stalls included).
-                runtime.shutdown_timeout(SHUTDOWN_GRACE);
-            })?;
-        Ok(Self {
-            addr,
-            shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = Background::start("http", move |stream| {
+            serve_connection(stream, Arc::clone(&serving))
+        })?;
+        Ok(Self { server, shared })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:<port>/`.
     pub fn base_url(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("http://{}/", self.server.addr())
     }
 
     /// The URL of `path` (relative to the served directory, with or without a leading `/`).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, normalize(path))
+        format!("http://{}{}", self.server.addr(), normalize(path))
     }
 
     /// The served directory (canonical).
@@ -408,36 +383,6 @@ impl FileServer {
     /// The requests so far, oldest first (the first 10,000).
     pub fn request_log(&self) -> Vec<RequestRecord> {
         self.shared.stats().log.clone()
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                // E.g. out of file descriptors: back off instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-        }
     }
 }
 

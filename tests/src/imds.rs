@@ -25,10 +25,7 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -38,8 +35,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+
+use crate::background::Background;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 /// The variable aws-config reads the IMDS endpoint from.
 pub const ENDPOINT_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
@@ -51,9 +49,6 @@ const CREDENTIALS_PREFIX: &str = "/latest/meta-data/iam/security-credentials/";
 
 /// The request log keeps at most this many entries (the counter keeps counting).
 const LOG_LIMIT: usize = 10_000;
-
-/// How long dropping the server waits for its connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// An instance profile's role and the credentials IMDS hands out for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,48 +133,27 @@ impl Shared {
 /// A running IMDS; see the [module documentation](self). Stops when dropped.
 #[derive(Debug)]
 pub struct ImdsServer {
-    addr: SocketAddr,
+    server: Background,
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ImdsServer {
     /// Serves `config` on `127.0.0.1` at an ephemeral port.
     pub fn start(config: ImdsConfig) -> io::Result<Self> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = {
-            let _context = runtime.enter();
-            tokio::net::TcpListener::from_std(listener)?
-        };
         let shared = Arc::new(Shared {
             config,
             state: Mutex::default(),
         });
-        let (shutdown, stop) = oneshot::channel();
         let serving = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("molt-test-imds-{}", addr.port()))
-            .spawn(move || {
-                runtime.block_on(accept_loop(listener, serving, stop));
-                runtime.shutdown_timeout(SHUTDOWN_GRACE);
-            })?;
-        Ok(Self {
-            addr,
-            shared,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = Background::start("imds", move |stream| {
+            serve_connection(stream, Arc::clone(&serving))
+        })?;
+        Ok(Self { server, shared })
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// The environment variable that points aws-config (and molt) at this server.
@@ -195,36 +169,6 @@ impl ImdsServer {
     /// The requests so far, oldest first (the first 10,000).
     pub fn request_log(&self) -> Vec<ImdsRequest> {
         self.shared.state().log.clone()
-    }
-}
-
-impl Drop for ImdsServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                // E.g. out of file descriptors: back off instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-        }
     }
 }
 
@@ -373,9 +317,9 @@ mod tests {
 
     /// One raw request; the whole answer, read until the server closes.
     fn raw(server: &ImdsServer, request: &str) -> String {
-        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        let mut stream = std::net::TcpStream::connect(server.server.addr()).unwrap();
         stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
         stream.write_all(request.as_bytes()).unwrap();
         let mut answer = String::new();
