@@ -261,7 +261,9 @@ pub fn wave(
                 SkipReason::WaitingForWave { version, at } => (Some(version.clone()), *at),
                 SkipReason::UpToDate => (installed.cloned(), None),
                 SkipReason::AheadOfLatest { latest } => (Some(latest.clone()), None),
-                SkipReason::Quarantined { version } => (Some(version.clone()), None),
+                SkipReason::Quarantined { version } | SkipReason::Halted { version, .. } => {
+                    (Some(version.clone()), None)
+                }
             };
             WaveInfo {
                 latest,

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::artifact::Sha256;
@@ -196,8 +197,25 @@ pub struct VersionEntry {
     pub status: Status,
     #[serde(rename = "Rollout", default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// When this version was first published to this region (molt's rollout guards time
+    /// bake periods from it).
+    #[serde(rename = "Published", default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Timestamp>,
+    /// Set by `release-manifest rollout halt`: no host moves to this version while it is
+    /// halted; hosts already on it stay.
+    #[serde(rename = "Halted", default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<Halt>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// A halted rollout: when, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Halt {
+    #[serde(rename = "At")]
+    pub at: Timestamp,
+    #[serde(rename = "Reason")]
+    pub reason: String,
 }
 
 fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Sha256>, D::Error> {

@@ -158,6 +158,8 @@ pub enum SkipReason {
     },
     /// A newer version exists, but it failed its health check on this host before.
     Quarantined { version: Version },
+    /// A newer version exists, but its rollout is halted in this region.
+    Halted { version: Version, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -204,6 +206,11 @@ impl fmt::Display for Skip {
                 "{} {version} failed its health check on this host before and is quarantined; staying on {cur} (use --force to retry it)",
                 self.package
             ),
+            SkipReason::Halted { version, reason } => write!(
+                f,
+                "{} {version} is halted in this region ({reason}); staying on {cur}",
+                self.package
+            ),
         }
     }
 }
@@ -232,6 +239,12 @@ pub enum Refusal {
     },
     #[error("{package} target version {version} is Inactive and is not offered for installation")]
     Inactive { package: String, version: Version },
+    #[error("the rollout of {package} {version} is halted in this region ({reason})")]
+    Halted {
+        package: String,
+        version: Version,
+        reason: String,
+    },
     #[error(
         "{package} target version {version} was recalled (Deprecated) and is not offered for installation"
     )]
@@ -275,6 +288,9 @@ impl Refusal {
                 "list the versions with `release-manifest verify` or pick one that is published",
             ),
             Refusal::Quarantined { .. } => Some("pass --force to retry a quarantined version"),
+            Refusal::Halted { .. } => Some(
+                "the release engineers halted this rollout; wait for `release-manifest rollout resume`, or pass --force to install it anyway",
+            ),
             Refusal::AboveMaxVersion { .. } | Refusal::Recalled { .. } => {
                 Some("this version was withdrawn fleet-wide; pick a lower Active version")
             }
@@ -388,6 +404,13 @@ fn check_offer<'m>(
             });
         }
     }
+    if let Some(h) = offer.entry.halted.as_ref().filter(|_| !req.force) {
+        return Err(Refusal::Halted {
+            package,
+            version: version.clone(),
+            reason: h.reason.clone(),
+        });
+    }
     if let Some(max) = manifest.max_version.as_ref().filter(|m| version > *m) {
         return Err(Refusal::AboveMaxVersion {
             package,
@@ -451,6 +474,13 @@ fn resolve_moving(
             held_back.get_or_insert(SkipReason::Quarantined { version: v.clone() });
             continue;
         }
+        if let Some(h) = &offer.entry.halted {
+            held_back.get_or_insert(SkipReason::Halted {
+                version: v.clone(),
+                reason: h.reason.clone(),
+            });
+            continue;
+        }
         if waves_apply
             && let Some(rollout) = &offer.entry.rollout
             && !rollout.is_eligible(req.seed, req.now)
@@ -467,15 +497,15 @@ fn resolve_moving(
     if chosen.is_none() && req.current.is_none() {
         // First install and every candidate waits for a wave: take the highest one that is
         // not quarantined anyway.
-        chosen = candidates
-            .iter()
-            .find(|o| !req.quarantined.contains(&o.entry.version) || req.force);
+        chosen = candidates.iter().find(|o| {
+            o.entry.halted.is_none() && (!req.quarantined.contains(&o.entry.version) || req.force)
+        });
     }
     let pending = |held_back: Option<SkipReason>, current: &Version| {
         held_back.filter(|h| match h {
-            SkipReason::Quarantined { version } | SkipReason::WaitingForWave { version, .. } => {
-                version > current
-            }
+            SkipReason::Quarantined { version }
+            | SkipReason::WaitingForWave { version, .. }
+            | SkipReason::Halted { version, .. } => version > current,
             _ => false,
         })
     };

@@ -64,6 +64,8 @@ fn build(entries: Vec<Entry>) -> Manifest {
                 size: Some(1000),
                 status: e.status.clone(),
                 rollout: e.rollout.clone(),
+                published: None,
+                halted: None,
                 extra: Default::default(),
             })
             .collect();
@@ -147,6 +149,7 @@ fn summarize(r: &Result<Decision, Refusal>) -> String {
                 format!("skip waiting_for_wave {version}")
             }
             SkipReason::Quarantined { version } => format!("skip quarantined {version}"),
+            SkipReason::Halted { version, .. } => format!("skip halted {version}"),
         },
         Err(refusal) => {
             let tag = serde_json::to_value(refusal).unwrap()["refusal"]
@@ -423,6 +426,71 @@ fn messages_match_the_spec() {
     assert_eq!(
         err.to_string(),
         "molt-agent target version 1.1.0 is unsupported on current platform (darwin-arm64)"
+    );
+}
+
+#[test]
+fn halted_versions_are_not_offered_and_hosts_on_them_stay() {
+    let mut m = build(vec![
+        e("1.0.0", Status::Active),
+        e("1.1.0", Status::Active),
+        e("2.0.0", Status::Active),
+    ]);
+    for f in &mut m.packages[0].files {
+        for entry in &mut f.available_versions {
+            if entry.version == v("2.0.0") {
+                entry.halted = Some(crate::manifest::Halt {
+                    at: t0(),
+                    reason: "error rate in us-east-1".into(),
+                });
+            }
+        }
+    }
+    let none = Flags::default();
+    let force = Flags {
+        force: true,
+        ..Flags::default()
+    };
+    let rows = [
+        // latest skips the halted version and takes the best one left
+        (Some("1.0.0"), "latest", &none, "install 1.1.0 upgrade"),
+        (Some("1.1.0"), "latest", &none, "skip halted 2.0.0"),
+        // hosts already on it stay
+        (Some("2.0.0"), "latest", &none, "skip ahead_of_latest 1.1.0"),
+        // a first install never takes a halted version
+        (None, "latest", &none, "install 1.1.0 first_install"),
+        // an explicit target is refused, unless forced
+        (Some("1.1.0"), "2.0.0", &none, "refuse halted"),
+        (Some("1.1.0"), "2.0.0", &force, "install 2.0.0 upgrade"),
+    ];
+    for (current, target, flags, want) in rows {
+        assert_eq!(
+            run(&m, current, target, flags),
+            want,
+            "{current:?} → {target}"
+        );
+    }
+    let skip = resolve(
+        &m,
+        &Request {
+            package: "molt-agent",
+            platform: Platform::LinuxAmd64,
+            current: Some(&v("1.1.0")),
+            target: &Target::Latest,
+            allow_downgrade: false,
+            force: false,
+            ignore_waves: false,
+            quarantined: &BTreeSet::new(),
+            now: t0(),
+            seed: Seed::new(1).unwrap(),
+        },
+    );
+    let Ok(Decision::Skip(skip)) = skip else {
+        panic!("{skip:?}")
+    };
+    assert_eq!(
+        skip.to_string(),
+        "molt-agent 2.0.0 is halted in this region (error rate in us-east-1); staying on 1.1.0"
     );
 }
 

@@ -615,6 +615,8 @@ pub async fn add(
                 size: Some(bytes.len() as u64),
                 status: opts.status.clone(),
                 rollout: opts.rollout.clone(),
+                published: Some(now),
+                halted: None,
                 extra: Default::default(),
             };
             upsert(manifest, package.as_str(), &file_name, entry)?;
@@ -661,7 +663,8 @@ fn upsert(
         .find(|v| v.version == entry.version)
     {
         Some(existing) if existing.checksum == entry.checksum => {
-            // The same bytes again: keep the entry, take the new status and rollout.
+            // The same bytes again: keep the entry (and when it was first published), take
+            // the new status and rollout.
             existing.status = entry.status;
             existing.rollout = entry.rollout;
             Ok(())
