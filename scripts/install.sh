@@ -48,23 +48,38 @@ root=/opt/molt config=/etc/molt/agent.toml service='' systemd_dir=/etc/systemd/s
 target=latest schedule=''
 while [ $# -gt 0 ]; do
   case "$1" in
-    --region) region=${2:?}; shift 2 ;;
-    --source) source=${2:?}; shift 2 ;;
-    --bucket) bucket=${2:?}; shift 2 ;;
-    --trusted-root) trusted_root=${2:?}; shift 2 ;;
-    --updater-file) updater_file=${2:?}; shift 2 ;;
-    --updater-url) updater_url=${2:?}; shift 2 ;;
-    --updater-sha256) updater_sha=${2:?}; shift 2 ;;
-    --root) root=${2:?}; shift 2 ;;
-    --config) config=${2:?}; shift 2 ;;
-    --service) service=${2:?}; shift 2 ;;
-    --systemd-dir) systemd_dir=${2:?}; shift 2 ;;
-    --target-version) target=${2:?}; shift 2 ;;
-    --schedule) schedule=${2:?}; shift 2 ;;
+    --region | --source | --bucket | --trusted-root | --updater-file | --updater-url | \
+      --updater-sha256 | --root | --config | --service | --systemd-dir | --target-version | --schedule)
+      if [ $# -lt 2 ] || [ -z "$2" ]; then
+        die "$1 needs a value" "run install.sh --help for every option"
+      fi
+      ;;
+  esac
+  case "$1" in
+    --region) region=$2; shift 2 ;;
+    --source) source=$2; shift 2 ;;
+    --bucket) bucket=$2; shift 2 ;;
+    --trusted-root) trusted_root=$2; shift 2 ;;
+    --updater-file) updater_file=$2; shift 2 ;;
+    --updater-url) updater_url=$2; shift 2 ;;
+    --updater-sha256) updater_sha=$2; shift 2 ;;
+    --root) root=$2; shift 2 ;;
+    --config) config=$2; shift 2 ;;
+    --service) service=$2; shift 2 ;;
+    --systemd-dir) systemd_dir=$2; shift 2 ;;
+    --target-version) target=$2; shift 2 ;;
+    --schedule) schedule=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option $1" ;;
   esac
 done
+
+# The root and the config are written into the config and the unit files, which are read
+# from other working directories (systemd's is /): make them absolute.
+absolute() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+root=$(absolute "$root")
+config=$(absolute "$config")
+systemd_dir=$(absolute "$systemd_dir")
 
 [ -n "$region" ] || die "--region is required" "pass the host's region, e.g. --region us-east-1"
 [ -n "$source" ] || die "--source is required" "pass the repository URL template"
@@ -84,6 +99,12 @@ if [ -z "$service" ]; then
   if [ -d /run/systemd/system ]; then service=systemd; else service=direct; fi
 fi
 case "$service" in systemd | direct) ;; *) die "--service must be systemd or direct, got '$service'" ;; esac
+if [ "$service" = systemd ]; then
+  case "$root$config" in
+    *[[:space:]]*) die "the root and the config path cannot contain whitespace in systemd mode" \
+      "unit files split their commands and environment on whitespace; choose other paths" ;;
+  esac
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/molt-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -121,29 +142,46 @@ else
   mv "$fetched" "$updater"
 fi
 chmod 0755 "$updater"
-"$updater" --version >/dev/null 2>&1 || die "the updater does not run on this host" "check that it was built for this platform"
+status=0
+"$updater" --version >/dev/null 2>&1 || status=$?
+if [ "$status" -eq 126 ]; then
+  die "cannot execute $updater" \
+    "the filesystem of $work may be mounted noexec: set TMPDIR to a directory that allows execution"
+elif [ "$status" -ne 0 ]; then
+  die "the updater does not run on this host" "check that it was built for this platform"
+fi
 
 # 2. The config, unless the host already has one.
 config_dir=$(dirname "$config")
 mkdir -p "$config_dir"
-cp "$trusted_root" "$config_dir/root.json"
+# (The operator may pass the very file that is already there.)
+if ! [ "$trusted_root" -ef "$config_dir/root.json" ]; then
+  cp "$trusted_root" "$config_dir/root.json"
+fi
 chmod 0644 "$config_dir/root.json"
+# A TOML basic string: backslashes and quotes escaped.
+toml() {
+  local s=${1//\\/\\\\}
+  s=${s//\"/\\\"}
+  printf '"%s"' "$s"
+}
 if [ -e "$config" ]; then
-  echo "keeping the existing config $config"
+  echo "keeping the existing config $config: its region, source, bucket, schedule and service" \
+    "apply, not the options given here (edit it, or remove it to have it written again)"
 else
   {
     echo "# molt's host config; docs/operations.md lists every key."
-    echo "root = \"$root\""
-    echo "region = \"$region\""
-    echo "source = \"$source\""
-    [ -n "$bucket" ] && echo "bucket = \"$bucket\""
-    echo "trusted_root = \"$config_dir/root.json\""
+    echo "root = $(toml "$root")"
+    echo "region = $(toml "$region")"
+    echo "source = $(toml "$source")"
+    [ -n "$bucket" ] && echo "bucket = $(toml "$bucket")"
+    echo "trusted_root = $(toml "$config_dir/root.json")"
     echo
     echo "[updater]"
-    echo "service = \"$service\""
+    echo "service = $(toml "$service")"
     echo
     echo "[agent]"
-    [ -n "$schedule" ] && echo "schedule = \"$schedule\""
+    [ -n "$schedule" ] && echo "schedule = $(toml "$schedule")"
     true
   } >"$config.tmp"
   mv "$config.tmp" "$config"
@@ -157,8 +195,13 @@ if [ "$service" = systemd ]; then
   [ -d "$units" ] || units="$here/deploy"
   [ -f "$units/molt-agent.service" ] || die "cannot find the unit files next to install.sh"
   mkdir -p "$systemd_dir"
+  # The replacements with sed's special characters (#, & and \) escaped; the root first,
+  # so that a config under /opt/molt is not rewritten again.
+  sed_root=$(printf '%s' "$root" | sed 's/[#&\\]/\\&/g')
+  sed_config=$(printf '%s' "$config" | sed 's/[#&\\]/\\&/g')
   for unit in molt-agent.service molt-recover.service molt-recover.timer; do
-    sed -e "s#/opt/molt#$root#g" -e "s#/etc/molt/agent.toml#$config#g" "$units/$unit" >"$systemd_dir/$unit"
+    sed -e "s#/opt/molt#$sed_root#g" -e "s#/etc/molt/agent.toml#$sed_config#g" \
+      "$units/$unit" >"$systemd_dir/$unit"
   done
   systemctl daemon-reload
 fi

@@ -54,6 +54,26 @@ pub fn report_key(sink: &S3Location, region: &Region, host: &str, r: &HistoryRec
     )
 }
 
+/// Whether any history record waits to be reported. Cheap (two small files), so the
+/// agent builds no HTTP client and no credentials chain while there is nothing to send.
+pub fn pending(settings: &AgentSettings) -> bool {
+    let Ok(records) = state::read_history(&settings.layout.history()) else {
+        return false;
+    };
+    if records.is_empty() {
+        return false;
+    }
+    let reported: Reported = state::read_json(&settings.report_state())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    records
+        .iter()
+        .rev()
+        .take(REMEMBER)
+        .any(|r| !reported.ids.contains(&r.id))
+}
+
 /// Uploads the history records not reported yet. Returns how many were sent.
 #[allow(clippy::too_many_arguments)]
 pub async fn send_pending(

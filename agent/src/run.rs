@@ -76,11 +76,11 @@ fn write_health(
     })
 }
 
-/// The sink, the signer and the identity that reports need, set up on first use.
+/// The sink, and the signer, HTTP client and identity that reports need: built only when
+/// a record waits, and dropped once it is sent, so an idle agent holds none of them.
 struct Reporter {
     sink: S3Location,
-    ready: Option<(Region, S3Signer, String)>,
-    client: reqwest::Client,
+    ready: Option<(Region, S3Signer, String, reqwest::Client)>,
     next_try: Timestamp,
     failures: u32,
 }
@@ -92,7 +92,6 @@ impl Reporter {
             Ok(sink) => Some(Reporter {
                 sink,
                 ready: None,
-                client: reqwest::Client::new(),
                 next_try: Timestamp::UNIX_EPOCH,
                 failures: 0,
             }),
@@ -120,27 +119,30 @@ impl Reporter {
         let host = identity::host_id(settings, &imds(settings))
             .await
             .map_err(|e| e.to_string())?;
-        self.ready = Some((region.clone(), S3Signer::new(provider, region), host));
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        self.ready = Some((
+            region.clone(),
+            S3Signer::new(provider, region),
+            host,
+            client,
+        ));
         Ok(())
     }
 
     /// Sends what is pending, backing off (up to an hour) while the sink fails.
     async fn poll(&mut self, settings: &AgentSettings, seed: Seed) {
         let now = Timestamp::now();
-        if now < self.next_try {
+        if now < self.next_try || !crate::report::pending(settings) {
             return;
         }
         let result = match self.prepare(settings).await {
             Ok(()) => match &self.ready {
-                Some((region, signer, host)) => {
+                Some((region, signer, host, client)) => {
                     crate::report::send_pending(
-                        settings,
-                        &self.sink,
-                        signer,
-                        &self.client,
-                        region,
-                        host,
-                        seed,
+                        settings, &self.sink, signer, client, region, host, seed,
                     )
                     .await
                 }
@@ -149,7 +151,10 @@ impl Reporter {
             Err(e) => Err(e),
         };
         match result {
-            Ok(_) => self.failures = 0,
+            Ok(_) => {
+                self.failures = 0;
+                self.ready = None;
+            }
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);
                 let wait = Duration::from_secs(30u64.saturating_mul(1 << self.failures.min(7)))
