@@ -8,6 +8,8 @@
 //! - [`package`] and [`extract`]: reproducible archives and the safe extractor.
 //! - [`aws`]: region, IMDS and credentials through aws-config; [`s3`]: SigV4 for private buckets.
 //! - [`schedule`]: the agent's association (rate or cron, jitter, maintenance window).
+//! - [`store`]: where the publisher writes a region's repository (a directory, or S3 through
+//!   aws-sdk-s3 with the `s3` feature), with conditional writes.
 
 pub mod artifact;
 pub mod aws;
@@ -17,12 +19,15 @@ pub mod extract;
 pub mod host;
 pub mod manifest;
 pub mod package;
+pub mod plan;
 pub mod platform;
+pub mod publish;
 pub mod region;
 pub mod resolve;
 pub mod rollout;
 pub mod s3;
 pub mod schedule;
+pub mod store;
 pub mod transport;
 pub mod tuf;
 pub mod version;

@@ -149,6 +149,14 @@ impl Rollout {
         self.start
     }
 
+    /// The same waves, starting `by` later (a resumed rollout continues where it stopped).
+    pub fn delayed(&self, by: jiff::SignedDuration) -> Rollout {
+        Rollout {
+            start: self.start.checked_add(by).unwrap_or(self.start),
+            waves: self.waves.clone(),
+        }
+    }
+
     pub fn waves(&self) -> &[Wave] {
         &self.waves
     }

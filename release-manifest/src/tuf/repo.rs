@@ -151,7 +151,7 @@ fn place_immutable(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
 }
 
 /// A new target, staged in memory.
-struct NewTarget {
+pub(crate) struct NewTarget {
     name: TargetName,
     bytes: Vec<u8>,
 }
@@ -492,7 +492,40 @@ async fn edit<F>(
 where
     F: FnOnce(&mut Manifest, &mut Vec<NewTarget>) -> Result<(), RepoError>,
 {
-    edit_with_root(repo, keys, exp, now, None, change).await
+    edit_with_root(repo, keys, exp, now, None, [0; 3], change).await
+}
+
+/// Changes the manifest only (status, halt, ceiling), re-signing with role versions at
+/// least `floor` (see [`edit_above`]).
+pub async fn edit_manifest_above<F>(
+    repo: &Path,
+    keys: &KeyDir,
+    exp: &Expirations,
+    now: Timestamp,
+    floor: [u64; 3],
+    change: F,
+) -> Result<EditReport, RepoError>
+where
+    F: FnOnce(&mut Manifest) -> Result<(), RepoError>,
+{
+    edit_with_root(repo, keys, exp, now, None, floor, |m, _| change(m)).await
+}
+
+/// [`edit`] with the new targets, snapshot and timestamp versions at least `floor`. The
+/// publisher passes one above every version present in the bucket, so an edit never
+/// reuses the version of an object that an interrupted publish left behind.
+pub(crate) async fn edit_above<F>(
+    repo: &Path,
+    keys: &KeyDir,
+    exp: &Expirations,
+    now: Timestamp,
+    floor: [u64; 3],
+    change: F,
+) -> Result<EditReport, RepoError>
+where
+    F: FnOnce(&mut Manifest, &mut Vec<NewTarget>) -> Result<(), RepoError>,
+{
+    edit_with_root(repo, keys, exp, now, None, floor, change).await
 }
 
 /// [`edit`], signing under `new_root` (a root not yet in the repository) when given.
@@ -502,6 +535,7 @@ async fn edit_with_root<F>(
     exp: &Expirations,
     now: Timestamp,
     new_root: Option<&Path>,
+    floor: [u64; 3],
     change: F,
 ) -> Result<EditReport, RepoError>
 where
@@ -511,10 +545,20 @@ where
     let mut manifest = read_manifest(&repository).await?;
     let mut new_targets = Vec::new();
     change(&mut manifest, &mut new_targets)?;
+    let at_least = |v: NonZeroU64, floor: u64| NonZeroU64::new(floor).map_or(v, |f| v.max(f));
     let versions = [
-        next(repository.targets().signed.version, "targets")?,
-        next(repository.snapshot().signed.version, "snapshot")?,
-        next(repository.timestamp().signed.version, "timestamp")?,
+        at_least(
+            next(repository.targets().signed.version, "targets")?,
+            floor[0],
+        ),
+        at_least(
+            next(repository.snapshot().signed.version, "snapshot")?,
+            floor[1],
+        ),
+        at_least(
+            next(repository.timestamp().signed.version, "timestamp")?,
+            floor[2],
+        ),
     ];
     let root_path = match new_root {
         Some(p) => p.to_owned(),
@@ -575,6 +619,19 @@ pub async fn add(
     exp: &Expirations,
     now: Timestamp,
 ) -> Result<EditReport, RepoError> {
+    add_above(repo, dist, opts, keys, exp, now, [0; 3]).await
+}
+
+/// [`add`] with new role versions at least `floor` (see [`edit_above`]).
+pub async fn add_above(
+    repo: &Path,
+    dist: &Path,
+    opts: &AddOptions,
+    keys: &KeyDir,
+    exp: &Expirations,
+    now: Timestamp,
+    floor: [u64; 3],
+) -> Result<EditReport, RepoError> {
     let mut found: Vec<(PackageName, String, Vec<u8>)> = Vec::new();
     for package in PackageName::ALL {
         let dir = dist.join(package.as_str()).join(opts.version.to_string());
@@ -602,7 +659,7 @@ pub async fn add(
             version: opts.version.clone(),
         });
     }
-    edit(repo, keys, exp, now, |manifest, new_targets| {
+    edit_above(repo, keys, exp, now, floor, |manifest, new_targets| {
         for (package, file_name, bytes) in found {
             let sha = Sha256::digest(&bytes);
             let target_name = format!("{package}/{}/{file_name}", opts.version);
@@ -961,6 +1018,7 @@ pub async fn rotate_root(
             exp,
             now,
             Some(&new_keys.dir.join("root.json")),
+            [0; 3],
             |_, _| Ok(()),
         )
         .await?;

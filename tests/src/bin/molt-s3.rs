@@ -155,7 +155,11 @@ async fn serve(options: Options) -> Result<(), String> {
         .canonicalize()
         .map_err(|e| format!("--root {}: {e}", options.root.display()))?;
     let fs = FileSystem::new(&root).map_err(|e| format!("--root {}: {e:?}", root.display()))?;
-    let mut builder = S3ServiceBuilder::new(Store { fs, root });
+    let mut builder = S3ServiceBuilder::new(Store {
+        fs,
+        root,
+        writing: std::sync::Mutex::default(),
+    });
     builder.set_auth(SimpleAuth::from_single(
         options.access_key,
         options.secret_key,
@@ -229,12 +233,20 @@ impl S3Access for Policy {
     }
 }
 
+/// A lock per object (bucket, key) being written.
+type WriteLocks =
+    std::collections::HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>;
+
 /// s3s-fs's file system, with conditional reads and larger read chunks on top.
 #[derive(Debug)]
 struct Store {
     fs: FileSystem,
     /// The canonical root, as s3s-fs resolves it.
     root: PathBuf,
+    /// One lock per object being written. s3s-fs checks a PUT's conditions, then writes:
+    /// without the lock two racing `If-None-Match: *` PUTs would both succeed, where S3
+    /// lets exactly one win.
+    writing: std::sync::Mutex<WriteLocks>,
 }
 
 impl Store {
@@ -407,7 +419,6 @@ store_impl! {
 
     // s3s-fs creates the directories a write needs, bucket included; S3 answers NoSuchBucket.
     in_existing_bucket {
-        put_object(PutObjectInput) -> PutObjectOutput;
         copy_object(CopyObjectInput) -> CopyObjectOutput;
         create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
     }
@@ -431,6 +442,33 @@ store_impl! {
         self.faster_body(&bucket, &key, range.as_ref(), &mut response.output)
             .await;
         Ok(response)
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.bucket_exists(&req.input.bucket)?;
+        let id = (req.input.bucket.clone(), req.input.key.clone());
+        let lock = {
+            let mut writing = self
+                .writing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::sync::Arc::clone(writing.entry(id.clone()).or_default())
+        };
+        let result = {
+            let _held = lock.lock().await;
+            self.fs.put_object(req).await
+        };
+        let mut writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if std::sync::Arc::strong_count(&lock) <= 2 {
+            writing.remove(&id);
+        }
+        result
     }
 
     async fn head_object(

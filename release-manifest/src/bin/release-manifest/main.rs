@@ -4,6 +4,7 @@ mod common;
 mod edit;
 mod keys;
 mod package;
+mod publish;
 mod refresh;
 mod repo;
 mod resolve;
@@ -58,6 +59,11 @@ enum Command {
     Root(root::Command),
     /// Verify a region's repository as a host would, reading every target.
     Verify(verify::Args),
+    /// Publish a release to regions' buckets (or a wave of the rollout plan).
+    Publish(publish::PublishArgs),
+    /// Follow, advance, halt, resume or recall a release across regions.
+    #[command(subcommand)]
+    Rollout(publish::RolloutCommand),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +82,8 @@ fn main() -> ExitCode {
         Command::CheckExpiry(a) => refresh::check_expiry(a),
         Command::Root(c) => root::run(c),
         Command::Verify(a) => verify::run(a),
+        Command::Publish(a) => publish::publish(a),
+        Command::Rollout(c) => publish::rollout(c),
     };
     match result {
         Ok(code) => exit_code(code),

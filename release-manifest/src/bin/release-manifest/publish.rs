@@ -1,0 +1,756 @@
+//! `publish` and `rollout status|advance|halt|resume|recall`: regions' repositories in
+//! their buckets (or directories), following `ci/rollout.toml` (SPEC §8).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use futures::StreamExt as _;
+use jiff::Timestamp;
+use release_manifest::cli::{Failure, exit};
+use release_manifest::manifest::{Manifest, Status};
+use release_manifest::plan::{self, Plan, RegionFacts, ReportCounts};
+use release_manifest::publish::{self, Options, Reader, RegionReport, RegionStore, edits};
+use release_manifest::region::Region;
+use release_manifest::s3::{S3Endpoint, S3Location, S3Signer};
+use release_manifest::store::fs::FsStore;
+use release_manifest::store::s3::{S3Store, S3StoreConfig};
+use release_manifest::store::{ObjectStore, bucket_for};
+use release_manifest::tuf::keys::KeyDir;
+use release_manifest::tuf::repo::{self, AddOptions};
+use release_manifest::{Version, aws};
+use serde::Serialize;
+
+use crate::common::{ExpiryArgs, open_keys, runtime};
+
+/// Where the plan's repositories are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// The rollout plan.
+    #[arg(long, default_value = "ci/rollout.toml")]
+    pub plan: PathBuf,
+    /// Use directories `<DIR>/<bucket>/<prefix>` instead of S3 (tests, demos, mirrors).
+    #[arg(long, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// An S3-compatible endpoint (path-style); overrides the plan's `endpoint_url`.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// These regions (comma-separated), with no wave guards.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "wave",
+        required_unless_present = "wave"
+    )]
+    regions: Vec<Region>,
+    /// Wave N of the plan (1-based), after its guards pass.
+    #[arg(long)]
+    wave: Option<usize>,
+    /// The directory `release-manifest package --out` wrote.
+    #[arg(long)]
+    dist: PathBuf,
+    #[arg(long)]
+    version: Version,
+    /// The keys directory (targets, snapshot and timestamp keys; no root key).
+    #[arg(long)]
+    keys: PathBuf,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+    /// Show the diff per region and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace immutable objects that exist with other bytes.
+    #[arg(long)]
+    allow_clobber: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutCommand {
+    /// Per region: versions, status, halts, wave, when published and the next allowed advance.
+    Status {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// The version whose progress to show (default: the newest published anywhere).
+        #[arg(long)]
+        version: Option<Version>,
+        /// The root of trust to verify the regions with (the keys directory's root.json).
+        #[arg(long)]
+        trusted_root: PathBuf,
+    },
+    /// Publish the version to the next wave, if the guards allow it.
+    Advance {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        version: Version,
+        #[arg(long)]
+        dist: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Halt the version everywhere it is published: no more hosts move to it.
+    Halt {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        version: Version,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Undo a halt; the in-region waves continue where they stopped.
+    Resume {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        version: Version,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Recall the version: Deprecated, and MaxVersion below it, everywhere it is published.
+    Recall {
+        #[command(flatten)]
+        plan: PlanArgs,
+        version: Version,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+}
+
+fn fail(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::new(exit::FAILED, e)
+}
+
+fn load_plan(args: &PlanArgs) -> Result<Plan, Failure> {
+    Plan::load(&args.plan).map_err(|e| {
+        fail(e).with_hint("see ci/rollout.toml and docs/operations.md for the plan's keys")
+    })
+}
+
+/// The store and reader of one region.
+pub async fn region_store(
+    plan: &Plan,
+    args: &PlanArgs,
+    region: &Region,
+) -> Result<RegionStore, Failure> {
+    let bucket = bucket_for(&plan.bucket, region).map_err(|e| {
+        let hint = e.hint();
+        let f = fail(e);
+        match hint {
+            Some(h) => f.with_hint(h),
+            None => f,
+        }
+    })?;
+    if let Some(dir) = &args.directory {
+        let path = dir.join(&bucket).join(plan.prefix.trim_matches('/'));
+        let url = release_manifest::transport::Url::from_directory_path(
+            std::path::absolute(&path).map_err(fail)?,
+        )
+        .map_err(|()| fail(anyhow!("{} cannot be a file URL", path.display())))?;
+        return Ok(RegionStore {
+            region: region.clone(),
+            store: Arc::new(FsStore::new(path)),
+            reader: Reader { url, signer: None },
+        });
+    }
+    let endpoint = args
+        .endpoint_url
+        .clone()
+        .or_else(|| plan.endpoint_url.clone());
+    let mut config = S3StoreConfig::new(bucket.clone(), region.clone());
+    config.prefix = plan.prefix.clone();
+    config.endpoint_url = endpoint.clone();
+    let store = S3Store::new(config).await.map_err(fail)?;
+    let location = S3Location::new(&bucket, &plan.prefix).map_err(fail)?;
+    let url = S3Endpoint::resolve(endpoint.as_deref(), region, None, |k| std::env::var(k).ok())
+        .and_then(|e| e.prefix_url(&location))
+        .map_err(fail)?;
+    let signer = S3Signer::new(aws::credentials_provider(region).await, region.clone());
+    Ok(RegionStore {
+        region: region.clone(),
+        store: Arc::new(store),
+        reader: Reader {
+            url,
+            signer: Some(signer),
+        },
+    })
+}
+
+fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options, Failure> {
+    let root = keys.dir.join("root.json");
+    let trusted_root = std::fs::read(&root).map_err(|e| {
+        fail(anyhow!(
+            "cannot read the trusted root {}: {e}",
+            root.display()
+        ))
+    })?;
+    Ok(Options {
+        dry_run,
+        allow_clobber,
+        attempts: 4,
+        trusted_root,
+    })
+}
+
+/// One region's line in the result table.
+#[derive(Debug, Serialize)]
+struct Row {
+    region: Region,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<RegionReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+fn print_rows(rows: &[Row], json: bool) -> Result<i32, Failure> {
+    if json {
+        crate::print_json(&rows)?;
+    } else {
+        println!(
+            "{:<16} {:<8} {:<18} {:>8}  detail",
+            "region", "result", "versions t/s/ts", "uploads"
+        );
+        for r in rows {
+            match (&r.report, &r.error) {
+                (Some(rep), _) => println!(
+                    "{:<16} {:<8} {:<18} {:>8}  {}",
+                    r.region,
+                    if rep.dry_run { "dry-run" } else { "ok" },
+                    format!(
+                        "{}/{}/{}",
+                        rep.versions[0], rep.versions[1], rep.versions[2]
+                    ),
+                    rep.uploaded,
+                    rep.changes
+                        .iter()
+                        .map(|c| format!("{:?} {}", c.action, c.key))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                (None, e) => {
+                    println!(
+                        "{:<16} {:<8} {:<18} {:>8}  {}",
+                        r.region,
+                        "FAILED",
+                        "-",
+                        "-",
+                        e.clone().unwrap_or_default()
+                    );
+                    if let Some(h) = &r.hint {
+                        println!("{:<16} {:<8} {:<18} {:>8}  hint: {h}", "", "", "", "");
+                    }
+                }
+            }
+        }
+    }
+    Ok(if rows.iter().all(|r| r.ok) {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+/// Runs `edit` on every region, `concurrency` at a time.
+async fn fan_out<F, Fut>(plan: &Plan, args: &PlanArgs, regions: &[Region], edit: F) -> Vec<Row>
+where
+    F: Fn(RegionStore) -> Fut,
+    Fut: std::future::Future<Output = Result<RegionReport, publish::PublishError>>,
+{
+    let jobs = regions.iter().map(|region| {
+        let edit = &edit;
+        async move {
+            let rs = match region_store(plan, args, region).await {
+                Ok(rs) => rs,
+                Err(f) => {
+                    return Row {
+                        region: region.clone(),
+                        ok: false,
+                        report: None,
+                        error: Some(format!("{:#}", f.error)),
+                        hint: f.hint,
+                    };
+                }
+            };
+            match edit(rs).await {
+                Ok(report) => Row {
+                    region: region.clone(),
+                    ok: true,
+                    report: Some(report),
+                    error: None,
+                    hint: None,
+                },
+                Err(e) => Row {
+                    region: region.clone(),
+                    ok: false,
+                    report: None,
+                    hint: e.hint(),
+                    error: Some(format!("{:#}", anyhow::Error::new(e))),
+                },
+            }
+        }
+    });
+    let mut rows: Vec<Row> = futures::stream::iter(jobs)
+        .buffer_unordered(plan.concurrency)
+        .collect()
+        .await;
+    rows.sort_by(|a, b| a.region.cmp(&b.region));
+    rows
+}
+
+/// A region's manifest, read and verified as a host would, or why it cannot be.
+async fn read_region(
+    plan: &Plan,
+    args: &PlanArgs,
+    region: &Region,
+    trusted_root: &[u8],
+) -> Result<Manifest, String> {
+    let rs = region_store(plan, args, region)
+        .await
+        .map_err(|e| format!("{:#}", e.error))?;
+    let opts = Options {
+        dry_run: true,
+        allow_clobber: false,
+        attempts: 3,
+        trusted_root: trusted_root.to_vec(),
+    };
+    publish::read_back(&rs, &opts, &[])
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What a region's manifest says about `version`.
+fn facts_from(
+    region: &Region,
+    manifest: &Result<Manifest, String>,
+    version: &Version,
+) -> RegionFacts {
+    let mut f = RegionFacts {
+        region: region.clone(),
+        published: None,
+        status: None,
+        halted: None,
+        verified: Ok(()),
+    };
+    match manifest {
+        Ok(m) => {
+            let entry = m
+                .packages
+                .iter()
+                .flat_map(|p| p.files.iter())
+                .flat_map(|fe| fe.available_versions.iter())
+                .find(|e| &e.version == version);
+            if let Some(e) = entry {
+                f.published = e.published.or(Some(Timestamp::UNIX_EPOCH));
+                f.status = Some(e.status.as_str().to_owned());
+                f.halted = e.halted.as_ref().map(|h| h.reason.clone());
+            }
+        }
+        Err(e) => f.verified = Err(e.clone()),
+    }
+    f
+}
+
+/// Every region of the plan, read once.
+async fn read_all(
+    plan: &Plan,
+    args: &PlanArgs,
+    trusted_root: &[u8],
+) -> Vec<(Region, Result<Manifest, String>)> {
+    let jobs = plan.regions().into_iter().map(|region| async move {
+        let m = read_region(plan, args, &region, trusted_root).await;
+        (region, m)
+    });
+    futures::stream::iter(jobs)
+        .buffered(plan.concurrency)
+        .collect()
+        .await
+}
+
+async fn all_facts(
+    plan: &Plan,
+    args: &PlanArgs,
+    version: &Version,
+    trusted_root: &[u8],
+) -> Vec<RegionFacts> {
+    read_all(plan, args, trusted_root)
+        .await
+        .iter()
+        .map(|(r, m)| facts_from(r, m, version))
+        .collect()
+}
+
+/// Counts hosts' reports for `version` in `regions` from the plan's results sink.
+async fn report_counts(
+    plan: &Plan,
+    args: &PlanArgs,
+    regions: &[Region],
+    version: &Version,
+) -> Result<ReportCounts, Failure> {
+    let Some(sink) = &plan.reports else {
+        return Ok(ReportCounts::default());
+    };
+    let location: S3Location = sink.parse().map_err(fail)?;
+    let mut counts = ReportCounts::default();
+    for region in regions {
+        let store: Arc<dyn ObjectStore> = match &args.directory {
+            Some(dir) => Arc::new(FsStore::new(
+                dir.join(location.bucket())
+                    .join(location.prefix().trim_matches('/')),
+            )),
+            None => {
+                let mut config = S3StoreConfig::new(location.bucket(), region.clone());
+                config.prefix = location.prefix().to_owned();
+                config.endpoint_url = args
+                    .endpoint_url
+                    .clone()
+                    .or_else(|| plan.endpoint_url.clone());
+                Arc::new(S3Store::new(config).await.map_err(fail)?)
+            }
+        };
+        let prefix = format!("{region}/{version}/");
+        let keys = store.list(&prefix).await.map_err(|e| {
+            fail(e).with_hint(
+                "the plan's `reports` sink must be readable (s3:ListBucket, s3:GetObject)",
+            )
+        })?;
+        for key in keys.iter().filter(|k| k.ends_with(".json")) {
+            let Some(obj) = store.get(key).await.map_err(fail)? else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&obj.bytes) else {
+                tracing::warn!("skipping the unreadable report {key}");
+                continue;
+            };
+            counts.total += 1;
+            if v["record"]["result"].as_str() != Some("success") {
+                counts.failed += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The guards of wave `wave` for `version`; an error listing every refusal.
+async fn guard_wave(
+    plan: &Plan,
+    args: &PlanArgs,
+    wave: usize,
+    version: &Version,
+    trusted_root: &[u8],
+) -> Result<(), Failure> {
+    let all = all_facts(plan, args, version, trusted_root).await;
+    let earlier: Vec<Region> = plan
+        .waves
+        .iter()
+        .take(wave.saturating_sub(1))
+        .flat_map(|w| w.regions.clone())
+        .collect();
+    let reports = report_counts(plan, args, &earlier, version).await?;
+    let refused = plan::check_wave(
+        plan,
+        wave,
+        &version.to_string(),
+        &all,
+        reports,
+        Timestamp::now(),
+    );
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let list = refused
+        .iter()
+        .map(|r| format!("  - {r}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Err(Failure::new(
+        exit::REFUSED,
+        anyhow!("wave {wave} of {version} may not go out yet:\n{list}"),
+    )
+    .with_hint("wait for the bake time, fix or resume what is named, then run it again"))
+}
+
+/// A packaged release and what signs it.
+struct Release<'a> {
+    dist: &'a std::path::Path,
+    version: &'a Version,
+    keys: &'a KeyDir,
+    expiry: &'a ExpiryArgs,
+    opts: &'a Options,
+}
+
+async fn publish_regions(
+    plan: &Plan,
+    args: &PlanArgs,
+    regions: &[Region],
+    wave_index: Option<usize>,
+    release: &Release<'_>,
+) -> Vec<Row> {
+    let exp = release.expiry.expirations();
+    fan_out(plan, args, regions, |rs| {
+        let rollout_wave = wave_index
+            .or_else(|| plan.wave_of(&rs.region))
+            .and_then(|i| plan.waves.get(i));
+        async move {
+            let now = Timestamp::now();
+            let rollout = match rollout_wave.map(|w| w.in_region(now)) {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    return Err(publish::PublishError::Edit(repo::RepoError::Invalid(
+                        e.to_string(),
+                    )));
+                }
+                None => None,
+            };
+            let add = AddOptions {
+                version: release.version.clone(),
+                status: Status::Active,
+                rollout,
+            };
+            publish::update_region(&rs, release.opts, |dir, floor| async move {
+                repo::add_above(&dir, release.dist, &add, release.keys, &exp, now, floor).await
+            })
+            .await
+        }
+    })
+    .await
+}
+
+pub fn publish(a: PublishArgs) -> Result<i32, Failure> {
+    let plan = load_plan(&a.plan)?;
+    let keys = open_keys(&a.keys)?;
+    let opts = options(&keys, a.dry_run, a.allow_clobber)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (regions, wave_index) = match a.wave {
+            Some(n) => {
+                if n == 0 || n > plan.waves.len() {
+                    return Err(Failure::new(
+                        exit::USAGE,
+                        anyhow!("the plan has waves 1 to {}, not {n}", plan.waves.len()),
+                    ));
+                }
+                if !a.dry_run {
+                    guard_wave(&plan, &a.plan, n, &a.version, &opts.trusted_root).await?;
+                }
+                (plan.waves[n - 1].regions.clone(), Some(n - 1))
+            }
+            None => (a.regions.clone(), None),
+        };
+        let release = Release {
+            dist: &a.dist,
+            version: &a.version,
+            keys: &keys,
+            expiry: &a.expiry,
+            opts: &opts,
+        };
+        let rows = publish_regions(&plan, &a.plan, &regions, wave_index, &release).await;
+        print_rows(&rows, a.plan.json)
+    })
+}
+
+fn edit_everywhere(
+    args: &PlanArgs,
+    keys: &std::path::Path,
+    expiry: &ExpiryArgs,
+    version: &Version,
+    change: impl Fn(&mut Manifest, Timestamp) -> Result<(), repo::RepoError> + Copy,
+) -> Result<i32, Failure> {
+    let plan = load_plan(args)?;
+    let keys = open_keys(keys)?;
+    let opts = options(&keys, false, false)?;
+    let exp = expiry.expirations();
+    runtime()?.block_on(async {
+        let mut published = Vec::new();
+        for f in all_facts(&plan, args, version, &opts.trusted_root).await {
+            let region = f.region.clone();
+            if f.published.is_some() {
+                published.push(region);
+            } else if let Err(e) = f.verified {
+                return Err(fail(anyhow!("{region} cannot be read: {e}")).with_hint("fix the region first; a halt or recall must reach every region that has the version"));
+            }
+        }
+        if published.is_empty() {
+            return Err(fail(anyhow!("{version} is published in no region of the plan")));
+        }
+        let rows = fan_out(&plan, args, &published, |rs| {
+            let (keys, exp, opts) = (&keys, exp, &opts);
+            async move {
+                let now = Timestamp::now();
+                publish::update_region(&rs, opts, |dir, floor| async move {
+                    repo::edit_manifest_above(&dir, keys, &exp, now, floor, |m| change(m, now)).await
+                })
+                .await
+            }
+        })
+        .await;
+        print_rows(&rows, args.json)
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    region: Region,
+    wave: Option<usize>,
+    versions: Vec<String>,
+    #[serde(flatten)]
+    facts: RegionFacts,
+    next_allowed: Option<Timestamp>,
+}
+
+pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
+    match c {
+        RolloutCommand::Status {
+            plan: args,
+            version,
+            trusted_root,
+        } => {
+            let plan = load_plan(&args)?;
+            let trusted = std::fs::read(&trusted_root).map_err(|e| {
+                fail(anyhow!(
+                    "cannot read the trusted root {}: {e}",
+                    trusted_root.display()
+                ))
+            })?;
+            runtime()?.block_on(async {
+                let manifests = read_all(&plan, &args, &trusted).await;
+                let newest = manifests
+                    .iter()
+                    .filter_map(|(_, m)| m.as_ref().ok())
+                    .flat_map(|m| m.packages.iter().flat_map(|p| p.files.iter()))
+                    .flat_map(|fe| fe.available_versions.iter())
+                    .map(|e| e.version.clone())
+                    .max();
+                let Some(version) = version.or(newest) else {
+                    return Err(fail(anyhow!("no version is published in any region of the plan")));
+                };
+                let all: Vec<RegionFacts> = manifests.iter().map(|(r, m)| facts_from(r, m, &version)).collect();
+                let mut rows = Vec::new();
+                for ((region, m), f) in manifests.iter().zip(all.iter()) {
+                    let wave = plan.wave_of(region).map(|i| i + 1);
+                    let mut versions = std::collections::BTreeMap::new();
+                    for e in m.iter().flat_map(|m| m.packages.iter()).filter(|p| p.name == "molt-agent").flat_map(|p| p.files.iter()).flat_map(|fe| fe.available_versions.iter()) {
+                        let halted = if e.halted.is_some() { ", halted" } else { "" };
+                        versions.insert(e.version.clone(), format!("{} {}{halted}", e.version, e.status.as_str()));
+                    }
+                    rows.push(StatusRow {
+                        region: region.clone(),
+                        wave,
+                        versions: versions.into_values().collect(),
+                        facts: f.clone(),
+                        next_allowed: wave.and_then(|w| plan::next_allowed(&plan, w, &all)),
+                    });
+                }
+                let next = plan::next_wave(&plan, &all);
+                if args.json {
+                    crate::print_json(&serde_json::json!({ "version": version.to_string(), "next_wave": next, "regions": rows }))?;
+                } else {
+                    println!("rollout of {version}; next wave: {}", next.map_or_else(|| "none (every wave has it)".into(), |w| w.to_string()));
+                    for r in &rows {
+                        println!(
+                            "{:<16} wave {:<3} {:<28} {}{}{}",
+                            r.region,
+                            r.wave.map_or_else(|| "-".into(), |w| w.to_string()),
+                            r.facts.published.map_or_else(|| "not published".into(), |t| format!("published {}", t.strftime("%Y-%m-%dT%H:%MZ"))),
+                            r.facts.halted.as_ref().map_or_else(String::new, |h| format!("HALTED ({h}) ")),
+                            r.versions.join("; "),
+                            match (&r.facts.verified, r.next_allowed) {
+                                (Err(e), _) => format!("  UNVERIFIED: {e}"),
+                                (Ok(()), Some(t)) => format!("  next wave allowed from {}", t.strftime("%Y-%m-%dT%H:%MZ")),
+                                _ => String::new(),
+                            }
+                        );
+                    }
+                }
+                Ok(exit::OK)
+            })
+        }
+        RolloutCommand::Advance {
+            plan: args,
+            version,
+            dist,
+            keys,
+            expiry,
+            dry_run,
+        } => {
+            let plan = load_plan(&args)?;
+            let keys = open_keys(&keys)?;
+            let opts = options(&keys, dry_run, false)?;
+            runtime()?.block_on(async {
+                let all = all_facts(&plan, &args, &version, &opts.trusted_root).await;
+                let Some(wave) = plan::next_wave(&plan, &all) else {
+                    println!("every wave already has {version}");
+                    return Ok(exit::OK);
+                };
+                guard_wave(&plan, &args, wave, &version, &opts.trusted_root).await?;
+                let regions = plan.waves[wave - 1].regions.clone();
+                let release = Release {
+                    dist: &dist,
+                    version: &version,
+                    keys: &keys,
+                    expiry: &expiry,
+                    opts: &opts,
+                };
+                let rows = publish_regions(&plan, &args, &regions, Some(wave - 1), &release).await;
+                print_rows(&rows, args.json)
+            })
+        }
+        RolloutCommand::Halt {
+            plan,
+            version,
+            reason,
+            keys,
+            expiry,
+        } => {
+            let reason = reason.as_str();
+            let v = version.clone();
+            edit_everywhere(&plan, &keys, &expiry, &version, |m, now| {
+                edits::halt(m, &v, reason, now)
+            })
+        }
+        RolloutCommand::Resume {
+            plan,
+            version,
+            keys,
+            expiry,
+        } => {
+            let v = version.clone();
+            edit_everywhere(&plan, &keys, &expiry, &version, |m, now| {
+                edits::resume(m, &v, now)
+            })
+        }
+        RolloutCommand::Recall {
+            plan,
+            version,
+            keys,
+            expiry,
+        } => {
+            let v = version.clone();
+            edit_everywhere(&plan, &keys, &expiry, &version, |m, _| {
+                edits::recall(m, &v).map(drop)
+            })
+        }
+    }
+}
