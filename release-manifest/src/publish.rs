@@ -100,6 +100,8 @@ pub struct RegionReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    #[error("{store} already holds a repository for {region}")]
+    Exists { region: Region, store: String },
     #[error("{store} holds no repository for {region} (no metadata/timestamp.json)")]
     NoRepository { region: Region, store: String },
     #[error("cannot read {key} from {store}")]
@@ -142,8 +144,11 @@ impl PublishError {
     pub fn hint(&self) -> Option<String> {
         match self {
             PublishError::NoRepository { region, .. } => Some(format!(
-                "create it with `release-manifest repo init --region {region}` and upload it, or check the bucket template and prefix"
+                "create it with `release-manifest repo init --region {region} --out DIR`, then `release-manifest repo upload --region {region} --repo DIR`; or check the bucket template and prefix"
             )),
+            PublishError::Exists { .. } => Some(
+                "a region is created once; publish to it with `release-manifest publish`".into(),
+            ),
             PublishError::Pull { source, .. } | PublishError::Upload { source, .. } => source.hint(),
             PublishError::Clobber { .. } => Some(
                 "bump the version and package again; --allow-clobber replaces it (only for a release no host has fetched)".into(),
@@ -343,6 +348,23 @@ fn rank(key: &str) -> u8 {
     }
 }
 
+/// Test hook: `MOLT_TEST_KILL_AFTER_PUTS=<n>` makes the publisher SIGKILL itself right
+/// after its n-th successful upload (across all regions), so tests can stop it between
+/// any two writes. Unset, it costs one environment lookup per upload.
+fn kill_point() {
+    static PUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let done = PUTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    if std::env::var("MOLT_TEST_KILL_AFTER_PUTS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(done)
+    {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::process::abort();
+    }
+}
+
 async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -467,7 +489,10 @@ where
         })
         .await;
         match result {
-            Ok(()) => out.uploaded += 1,
+            Ok(()) => {
+                out.uploaded += 1;
+                kill_point();
+            }
             Err(StoreError::PreconditionFailed { .. }) if c.action == Action::Create => {
                 // Someone created it since the guard: fine only with the very same bytes.
                 let now = store.get(&c.key).await.ok().flatten();
@@ -635,4 +660,60 @@ pub mod edits {
         }
         Ok(below)
     }
+}
+
+/// Uploads a repository made locally (`repo init`) into a store that holds none yet:
+/// every object created only if absent, `timestamp.json` last. Refuses a store that
+/// already has a repository.
+pub async fn upload_new(
+    rs: &RegionStore,
+    dir: &Path,
+    opts: &Options,
+) -> Result<usize, PublishError> {
+    let store = rs.store.as_ref();
+    let shown = store.describe();
+    let existing = store
+        .head(TIMESTAMP)
+        .await
+        .map_err(|source| PublishError::Pull {
+            key: TIMESTAMP.into(),
+            store: shown.clone(),
+            source: Box::new(source),
+        })?;
+    if existing.is_some() {
+        return Err(PublishError::Exists {
+            region: rs.region.clone(),
+            store: shown,
+        });
+    }
+    let mut keys = Vec::new();
+    walk(dir, dir, &mut keys)?;
+    keys.sort_by_key(|k| (rank(k), k.clone()));
+    let mut uploaded = 0;
+    for key in keys {
+        let path = dir.join(&key);
+        let bytes = std::fs::read(&path).map_err(|source| PublishError::Scratch {
+            path: path.clone(),
+            source,
+        })?;
+        let result = with_retries(opts.attempts, || {
+            store.put(&key, bytes.clone(), Condition::IfNoneMatch)
+        })
+        .await;
+        match result {
+            Ok(()) => uploaded += 1,
+            Err(StoreError::PreconditionFailed { .. }) => {
+                return Err(PublishError::Raced { key, store: shown });
+            }
+            Err(source) => {
+                return Err(PublishError::Upload {
+                    key,
+                    store: shown,
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    read_back(rs, opts, &[]).await?;
+    Ok(uploaded)
 }

@@ -754,3 +754,33 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
         }
     }
 }
+
+/// `repo upload`.
+pub fn upload(
+    args: PlanArgs,
+    region: &Region,
+    repo_dir: &std::path::Path,
+    keys: &std::path::Path,
+) -> Result<i32, Failure> {
+    let plan = load_plan(&args)?;
+    let keys = open_keys(keys)?;
+    let opts = options(&keys, false, false)?;
+    runtime()?.block_on(async {
+        let rs = region_store(&plan, &args, region).await?;
+        let n = publish::upload_new(&rs, repo_dir, &opts)
+            .await
+            .map_err(|e| {
+                let hint = e.hint();
+                let f = fail(e);
+                match hint {
+                    Some(h) => f.with_hint(h),
+                    None => f,
+                }
+            })?;
+        println!(
+            "uploaded {n} objects to {} and read them back",
+            rs.store.describe()
+        );
+        Ok(exit::OK)
+    })
+}

@@ -11,6 +11,24 @@ use crate::common::{ExpiryArgs, open_keys, repo_failure, runtime};
 pub enum Command {
     /// Create a region's signed repository with an empty manifest (needs the root keys).
     Init(InitArgs),
+    /// Upload a repository made with `repo init` into its region's bucket (or directory),
+    /// which must hold none yet.
+    Upload(UploadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    plan: crate::publish::PlanArgs,
+    /// The region.
+    #[arg(long)]
+    region: Region,
+    /// The repository `repo init --out` wrote.
+    #[arg(long)]
+    repo: PathBuf,
+    /// The keys directory (its root.json verifies the upload).
+    #[arg(long)]
+    keys: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,7 +50,12 @@ pub struct InitArgs {
 }
 
 pub fn run(cmd: Command) -> Result<i32, Failure> {
-    let Command::Init(args) = cmd;
+    let args = match cmd {
+        Command::Init(args) => args,
+        Command::Upload(args) => {
+            return crate::publish::upload(args.plan, &args.region, &args.repo, &args.keys);
+        }
+    };
     let keys = open_keys(&args.keys)?;
     let report = runtime()?
         .block_on(release_manifest::tuf::repo::init(

@@ -1,0 +1,532 @@
+//! Publishing to per-region buckets on the real local S3 server with the real
+//! `release-manifest` binary (aws-sdk-s3 inside): region lag, a publisher killed at
+//! random points, readers during a publish, clobbers and races, and the rollout guards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use molt_tests::fixture::{TestHost, TestRepo, workspace_bin};
+use molt_tests::s3::S3Server;
+use release_manifest::Platform;
+
+const REGIONS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
+
+/// Keys, a plan, packaged releases, and three regions' repositories in their buckets.
+struct Fleet {
+    s3: S3Server,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn new(bake: &str) -> Fleet {
+        let s3 = S3Server::start();
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet { s3, dir };
+        for r in REGIONS {
+            fleet.s3.create_bucket(&format!("acme-molt-{r}"));
+        }
+        fleet.s3.create_bucket("acme-molt-reports");
+        fleet.write_plan(bake, "");
+        fleet.ok(fleet
+            .tool()
+            .args(["keys", "generate", "--out"])
+            .arg(fleet.keys()));
+        for r in REGIONS {
+            let local = fleet.dir.path().join(format!("init-{r}"));
+            fleet.ok(fleet
+                .tool()
+                .args(["repo", "init", "--region", r, "--keys"])
+                .arg(fleet.keys())
+                .arg("--out")
+                .arg(&local));
+            fleet.ok(fleet
+                .plan_cmd(&["repo", "upload", "--region", r])
+                .arg("--repo")
+                .arg(&local));
+        }
+        fleet
+    }
+
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    fn plan(&self) -> PathBuf {
+        self.dir.path().join("rollout.toml")
+    }
+
+    fn write_plan(&self, bake: &str, extra: &str) {
+        std::fs::write(
+            self.plan(),
+            format!(
+                "bucket = \"acme-molt-{{region}}\"\nendpoint_url = \"{}\"\nreports = \"s3://acme-molt-reports/molt/\"\nfailure_threshold = 0.2\nconcurrency = 3\n{extra}\n\
+                 [[wave]]\nname = \"canary\"\nregions = [\"us-east-1\"]\nbake = \"{bake}\"\n\
+                 [[wave]]\nregions = [\"us-west-2\", \"eu-west-1\"]\nbake = \"{bake}\"\n",
+                self.s3.endpoint()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn tool(&self) -> Command {
+        let mut c = Command::new(workspace_bin("release-manifest"));
+        c.envs(self.s3.env_for_credentials())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("MOLT_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `release-manifest <args> --plan <plan> --keys <keys>` where the command takes them.
+    fn plan_cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.tool();
+        c.args(args)
+            .arg("--plan")
+            .arg(self.plan())
+            .arg("--keys")
+            .arg(self.keys());
+        c
+    }
+
+    fn ok(&self, c: &mut Command) -> Output {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{c:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Packages `version` (the test agent and the real updater) into its own dist.
+    fn dist(&self, version: &str) -> PathBuf {
+        let dist = self.dir.path().join(format!("dist-{version}"));
+        if !dist.exists() {
+            self.ok(self
+                .tool()
+                .args(["package", "--version", version, "--platform"])
+                .arg(platform().to_string())
+                .arg("--agent")
+                .arg(workspace_bin("test-agent"))
+                .arg("--updater")
+                .arg(workspace_bin("updater"))
+                .arg("--out")
+                .arg(&dist));
+        }
+        dist
+    }
+
+    fn publish(&self, version: &str, scope: &[&str]) -> Command {
+        let mut c = self.plan_cmd(&["publish", "--version", version]);
+        c.arg("--dist").arg(self.dist(version)).args(scope);
+        c
+    }
+
+    fn url(&self, region: &str) -> String {
+        format!("{}/acme-molt-{region}/", self.s3.endpoint())
+    }
+
+    fn verify(&self, region: &str) -> Output {
+        self.tool()
+            .args([
+                "verify",
+                &self.url(region),
+                "--region",
+                region,
+                "--trusted-root",
+            ])
+            .arg(self.keys().join("root.json"))
+            .output()
+            .unwrap()
+    }
+
+    /// What a fresh host in `region` would install for `latest`.
+    fn resolves_to(&self, region: &str) -> String {
+        let repo_like = TestRepo::new(region);
+        let mut host = TestHost::new(&repo_like);
+        host.source = self.url(region);
+        host.trusted_root = self.keys().join("root.json");
+        let out = host.update("latest", &["--dry-run", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["plan"]["to"]
+            .as_str()
+            .or(v["to"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+fn platform() -> Platform {
+    Platform::detect().unwrap_or(Platform::LinuxAmd64)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn region_lag_wave_one_first() {
+    let f = Fleet::new("1h");
+    f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1,us-west-2,eu-west-1"]));
+    f.ok(&mut f.publish("2.0.0", &["--wave", "1"]));
+    for r in REGIONS {
+        let v = f.verify(r);
+        assert!(v.status.success(), "{r}: {}", text(&v));
+    }
+    assert_eq!(f.resolves_to("us-east-1"), "2.0.0");
+    assert_eq!(f.resolves_to("us-west-2"), "1.0.0");
+    assert_eq!(f.resolves_to("eu-west-1"), "1.0.0");
+    // wave 2 waits for wave 1's bake
+    let out = f.publish("2.0.0", &["--wave", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("bakes until"), "{}", text(&out));
+    // a region without a repository is an error naming the fix, not an empty bucket
+    f.s3.create_bucket("acme-molt-ap-south-1");
+    let out = f
+        .publish("2.0.0", &["--regions", "ap-south-1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("repo init"), "{}", text(&out));
+    assert!(
+        !f.s3
+            .object_path("acme-molt-ap-south-1", "metadata/timestamp.json")
+            .exists()
+    );
+}
+
+#[test]
+fn a_killed_publisher_leaves_every_region_verifiable_and_a_rerun_completes() {
+    let f = Fleet::new("0s");
+    f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1,us-west-2,eu-west-1"]));
+    let all = ["--regions", "us-east-1,us-west-2,eu-west-1"];
+    // how long a whole publish takes, to spread the kills over it
+    let started = Instant::now();
+    f.ok(&mut f.publish("1.5.0", &all));
+    let span = started.elapsed().as_millis().max(50) as u64;
+    let mut seed = 0x9e37_79b9_u64;
+    // Kills that landed mid-publish: new objects in a bucket, its timestamp unchanged.
+    let mut mid_publish = 0;
+    let bucket_state = |r: &str| {
+        let b = f.s3.object_path(&format!("acme-molt-{r}"), "metadata");
+        let t = f.s3.object_path(&format!("acme-molt-{r}"), "targets");
+        let count = |d: &Path| std::fs::read_dir(d).map(|d| d.count()).unwrap_or(0);
+        let ts = std::fs::read(b.join("timestamp.json")).unwrap_or_default();
+        (count(&b) + count(&t), ts)
+    };
+    for round in 0..20 {
+        let before: Vec<_> = REGIONS.iter().map(|r| bucket_state(r)).collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Even rounds: SIGKILL from outside at a random instant. Odd rounds: the publisher
+        // kills itself right after a random upload (1 to 18; a publish of a new version
+        // to three regions makes about 6 per region), so every gap between two writes is
+        // hit, timestamp.json's included.
+        let at = Duration::from_millis(seed % (span * 2));
+        let mut cmd = f.publish("2.0.0", &all);
+        if round % 2 == 1 {
+            cmd.env("MOLT_TEST_KILL_AFTER_PUTS", (1 + seed % 18).to_string());
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if round % 2 == 0 {
+            std::thread::sleep(at);
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        for (r, (files, ts)) in REGIONS.iter().zip(before) {
+            let (files_now, ts_now) = bucket_state(r);
+            if files_now > files && ts_now == ts {
+                mid_publish += 1;
+            }
+            let v = f.verify(r);
+            assert!(
+                v.status.success(),
+                "round {round} (kill at {at:?}), {r}: {}",
+                text(&v)
+            );
+        }
+    }
+    assert!(
+        mid_publish >= 2,
+        "only {mid_publish} kills landed between the first upload and timestamp.json (publish takes {span} ms)"
+    );
+    f.ok(&mut f.publish("2.0.0", &all));
+    for r in REGIONS {
+        assert_eq!(f.resolves_to(r), "2.0.0", "{r}");
+    }
+}
+
+#[test]
+fn readers_never_see_an_unverifiable_region_during_publishes() {
+    let f = Fleet::new("0s");
+    f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1"]));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let tool = workspace_bin("release-manifest");
+        let url = f.url("us-east-1");
+        let root = f.keys().join("root.json");
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new(&tool)
+                    .args(["verify", &url, "--region", "us-east-1", "--trusted-root"])
+                    .arg(&root)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "a reader saw: {}", text(&out));
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for v in ["2.0.0", "2.1.0", "2.2.0"] {
+        f.ok(&mut f.publish(v, &["--regions", "us-east-1"]));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the reader saw a broken region");
+    assert!(reads >= 3, "only {reads} reads during the publishes");
+}
+
+#[test]
+fn clobbers_are_refused_and_racing_publishers_lose_nothing() {
+    let f = Fleet::new("0s");
+    f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1"]));
+    // the same release again is a no-op
+    let again = f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1"]));
+    assert!(text(&again).contains("us-east-1"), "{}", text(&again));
+    // other bytes under the same version are refused
+    let other = f.dir.path().join("dist-other");
+    f.ok(f
+        .tool()
+        .args(["package", "--version", "1.0.0", "--platform"])
+        .arg(platform().to_string())
+        .arg("--agent")
+        .arg(workspace_bin("updater"))
+        .arg("--updater")
+        .arg(workspace_bin("test-agent"))
+        .arg("--out")
+        .arg(&other));
+    let out = f
+        .plan_cmd(&["publish", "--version", "1.0.0", "--regions", "us-east-1"])
+        .arg("--dist")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("already published with other bytes")
+            || text(&out).contains("immutable"),
+        "{}",
+        text(&out)
+    );
+    assert!(f.verify("us-east-1").status.success());
+
+    // racing publishers: every one that says it succeeded has its version in the region
+    for (a, b) in [("3.0.0", "3.1.0"), ("3.2.0", "3.3.0"), ("3.4.0", "3.5.0")] {
+        let pa = f
+            .publish(a, &["--regions", "us-east-1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pb = f
+            .publish(b, &["--regions", "us-east-1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (oa, ob) = (
+            pa.wait_with_output().unwrap(),
+            pb.wait_with_output().unwrap(),
+        );
+        let status = f
+            .tool()
+            .args(["rollout", "status", "--json", "--plan"])
+            .arg(f.plan())
+            .arg("--trusted-root")
+            .arg(f.keys().join("root.json"))
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let east = json["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["region"] == "us-east-1")
+            .unwrap()
+            .clone();
+        let versions = east["versions"].to_string();
+        for (v, o) in [(a, &oa), (b, &ob)] {
+            if o.status.success() {
+                assert!(
+                    versions.contains(v),
+                    "{v} reported success but is lost: {versions}"
+                );
+            } else {
+                assert!(text(o).contains("another publisher"), "{v}: {}", text(o));
+            }
+        }
+        assert!(
+            oa.status.success() || ob.status.success(),
+            "both refused:\n{}\n{}",
+            text(&oa),
+            text(&ob)
+        );
+        assert!(f.verify("us-east-1").status.success());
+    }
+}
+
+#[test]
+fn rollout_guards_halt_resume_and_recall() {
+    let f = Fleet::new("3s");
+    f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1,us-west-2,eu-west-1"]));
+    f.ok(&mut f.publish("2.0.0", &["--wave", "1"]));
+    let advance = |f: &Fleet| {
+        f.plan_cmd(&["rollout", "advance", "--version", "2.0.0"])
+            .arg("--dist")
+            .arg(f.dist("2.0.0"))
+            .output()
+            .unwrap()
+    };
+    // before the bake time
+    let out = advance(&f);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("bakes until"), "{}", text(&out));
+    // halted
+    f.ok(&mut f.plan_cmd(&[
+        "rollout",
+        "halt",
+        "--version",
+        "2.0.0",
+        "--reason",
+        "error spike",
+    ]));
+    assert_eq!(
+        f.resolves_to("us-east-1"),
+        "1.0.0",
+        "a halted version is offered to no new host"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let out = advance(&f);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("halted"), "{}", text(&out));
+    f.ok(&mut f.plan_cmd(&["rollout", "resume", "--version", "2.0.0"]));
+    // failure reports from wave 1 over the threshold refuse too
+    let report = |host: &str, result: &str| {
+        let key = format!("molt/us-east-1/2.0.0/{host}/r-{host}.json");
+        let path = f.s3.object_path("acme-molt-reports", &key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            serde_json::json!({"record": {"result": result}}).to_string(),
+        )
+        .unwrap();
+    };
+    report("h1", "success");
+    report("h2", "rolled_back");
+    let out = advance(&f);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("over the plan's threshold"),
+        "{}",
+        text(&out)
+    );
+    for h in ["h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10"] {
+        report(h, "success");
+    }
+    // baked, resumed, 1 failure in 10: wave 2 goes
+    let out = advance(&f);
+    assert!(out.status.success(), "{}", text(&out));
+    for r in REGIONS {
+        assert_eq!(f.resolves_to(r), "2.0.0", "{r}");
+    }
+
+    // recall: a host on 2.0.0 moves back to 1.0.0
+    let mut host = TestHost::new(&TestRepo::new("eu-west-1"));
+    host.source = f.url("eu-west-1");
+    host.trusted_root = f.keys().join("root.json");
+    let out = host.update("2.0.0", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.ok(&mut f.plan_cmd(&["rollout", "recall", "2.0.0"]));
+    let out = host.update("latest", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host.assert_healthy().to_string(), "1.0.0");
+    let status = f
+        .tool()
+        .args([
+            "rollout",
+            "status",
+            "--version",
+            "2.0.0",
+            "--json",
+            "--plan",
+        ])
+        .arg(f.plan())
+        .arg("--trusted-root")
+        .arg(f.keys().join("root.json"))
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    for r in json["regions"].as_array().unwrap() {
+        assert_eq!(r["status"], "Deprecated", "{r}");
+    }
+}
+
+#[test]
+fn the_fs_backend_publishes_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("buckets");
+    let f = Fleet::new("0s");
+    std::fs::create_dir_all(root.join("acme-molt-us-east-1")).unwrap();
+    let local = f.dir.path().join("init-fs");
+    f.ok(f
+        .tool()
+        .args(["repo", "init", "--region", "us-east-1", "--keys"])
+        .arg(f.keys())
+        .arg("--out")
+        .arg(&local));
+    f.ok(f
+        .plan_cmd(&["repo", "upload", "--region", "us-east-1"])
+        .arg("--repo")
+        .arg(&local)
+        .arg("--directory")
+        .arg(&root));
+    f.ok(f
+        .publish("1.0.0", &["--regions", "us-east-1"])
+        .arg("--directory")
+        .arg(&root));
+    let url = format!("file://{}/", root.join("acme-molt-us-east-1").display());
+    let out = f
+        .tool()
+        .args(["verify", &url, "--region", "us-east-1", "--trusted-root"])
+        .arg(f.keys().join("root.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
