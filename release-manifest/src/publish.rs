@@ -717,3 +717,20 @@ pub async fn upload_new(
     read_back(rs, opts, &[]).await?;
     Ok(uploaded)
 }
+
+/// The expiry of each role of a region's repository as it is in its store (read without
+/// enforcing expiry, so an expired region still reports).
+pub async fn remote_expiry(
+    rs: &RegionStore,
+    within: Duration,
+    now: jiff::Timestamp,
+) -> Result<Vec<crate::tuf::repo::RoleExpiry>, PublishError> {
+    let pulled = pull(rs).await?;
+    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let dir = scratch.path().join("repo");
+    write_scratch(&dir, &pulled.objects)?;
+    Ok(crate::tuf::repo::check_expiry(&dir, within, now).await?)
+}

@@ -530,3 +530,45 @@ fn the_fs_backend_publishes_the_same_way() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn refresh_and_check_expiry_work_on_the_buckets() {
+    let f = Fleet::new("0s");
+    f.ok(f
+        .publish("1.0.0", &["--regions", "us-east-1,us-west-2"])
+        .args(["--timestamp-expires", "2s"]));
+    std::thread::sleep(Duration::from_secs(3));
+    let check = |f: &Fleet| {
+        f.tool()
+            .args([
+                "check-expiry",
+                "--within",
+                "1h",
+                "--regions",
+                "us-east-1,us-west-2",
+                "--plan",
+            ])
+            .arg(f.plan())
+            .output()
+            .unwrap()
+    };
+    let out = check(&f);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("timestamp"), "{}", text(&out));
+    assert!(
+        !f.verify("us-east-1").status.success(),
+        "an expired timestamp must not verify"
+    );
+    // refresh needs no root key
+    std::fs::remove_dir_all(f.keys().join("root")).unwrap();
+    f.ok(f
+        .plan_cmd(&["refresh", "--regions", "us-east-1,us-west-2"])
+        .args(["--timestamp-expires", "1day"]));
+    let out = check(&f);
+    assert!(out.status.success(), "{}", text(&out));
+    for r in ["us-east-1", "us-west-2"] {
+        assert!(f.verify(r).status.success(), "{r}");
+    }
+    // and a publish after it still needs no root key
+    f.ok(&mut f.publish("1.1.0", &["--regions", "us-east-1"]));
+}

@@ -821,6 +821,8 @@ pub async fn set_stable(
 /// What `refresh` wrote.
 #[derive(Clone, Debug, Serialize)]
 pub struct RefreshReport {
+    /// Unchanged by a refresh.
+    pub targets_version: u64,
     pub snapshot_version: u64,
     pub snapshot_expires: Timestamp,
     pub timestamp_version: u64,
@@ -836,10 +838,23 @@ pub async fn refresh(
     exp: &Expirations,
     now: Timestamp,
 ) -> Result<RefreshReport, RepoError> {
+    refresh_above(repo, keys, exp, now, [0; 3]).await
+}
+
+/// [`refresh`] with the new snapshot version at least `floor[1]` (see [`edit_above`]).
+pub async fn refresh_above(
+    repo: &Path,
+    keys: &KeyDir,
+    exp: &Expirations,
+    now: Timestamp,
+    floor: [u64; 3],
+) -> Result<RefreshReport, RepoError> {
     let repository = load_local(repo).await?;
     let root = repository.root().signed.clone();
     let old = repository.snapshot().signed.clone();
     let snapshot_version = next(old.version, "snapshot")?;
+    let snapshot_version =
+        NonZeroU64::new(floor[1]).map_or(snapshot_version, |f| snapshot_version.max(f));
     let snapshot_expires = expires(now, exp.snapshot, "snapshot")?;
     let mut snapshot = Snapshot::new(SPEC_VERSION.to_owned(), snapshot_version, snapshot_expires);
     snapshot.meta = old.meta.clone();
@@ -879,6 +894,7 @@ pub async fn refresh(
     )?;
     write_atomic(&metadata.join("timestamp.json"), signed_timestamp.buffer())?;
     Ok(RefreshReport {
+        targets_version: repository.targets().signed.version.get(),
         snapshot_version: snapshot_version.get(),
         snapshot_expires,
         timestamp_version: timestamp_version.get(),

@@ -784,3 +784,123 @@ pub fn upload(
         Ok(exit::OK)
     })
 }
+
+fn selected(plan: &Plan, regions: &[Region]) -> Vec<Region> {
+    if regions.is_empty() {
+        plan.regions()
+    } else {
+        regions.to_vec()
+    }
+}
+
+/// `refresh --plan`: re-sign snapshot and timestamp in each region's bucket.
+pub fn refresh_regions(
+    args: &PlanArgs,
+    regions: &[Region],
+    keys: &std::path::Path,
+    expiry: &ExpiryArgs,
+) -> Result<i32, Failure> {
+    let plan = load_plan(args)?;
+    let keys = open_keys(keys)?;
+    let opts = options(&keys, false, false)?;
+    let exp = expiry.expirations();
+    let regions = selected(&plan, regions);
+    runtime()?.block_on(async {
+        let rows = fan_out(&plan, args, &regions, |rs| {
+            let (keys, opts) = (&keys, &opts);
+            async move {
+                let now = Timestamp::now();
+                publish::update_region(&rs, opts, |dir, floor| async move {
+                    let r = repo::refresh_above(&dir, keys, &exp, now, floor).await?;
+                    Ok(repo::EditReport {
+                        targets_version: r.targets_version,
+                        snapshot_version: r.snapshot_version,
+                        timestamp_version: r.timestamp_version,
+                        added: Vec::new(),
+                    })
+                })
+                .await
+            }
+        })
+        .await;
+        print_rows(&rows, args.json)
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct ExpiryRow {
+    region: Region,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<Vec<repo::RoleExpiry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `check-expiry --plan`: exit 1 when a role of any region expires within `within`, or a
+/// region cannot be read.
+pub fn check_expiry_regions(
+    args: &PlanArgs,
+    regions: &[Region],
+    within: std::time::Duration,
+) -> Result<i32, Failure> {
+    let plan = load_plan(args)?;
+    let regions = selected(&plan, regions);
+    runtime()?.block_on(async {
+        let now = Timestamp::now();
+        let mut rows = Vec::new();
+        for region in &regions {
+            let row = match region_store(&plan, args, region).await {
+                Err(f) => ExpiryRow {
+                    region: region.clone(),
+                    roles: None,
+                    error: Some(format!("{:#}", f.error)),
+                },
+                Ok(rs) => match publish::remote_expiry(&rs, within, now).await {
+                    Ok(roles) => ExpiryRow {
+                        region: region.clone(),
+                        roles: Some(roles),
+                        error: None,
+                    },
+                    Err(e) => ExpiryRow {
+                        region: region.clone(),
+                        roles: None,
+                        error: Some(format!("{:#}", anyhow::Error::new(e))),
+                    },
+                },
+            };
+            rows.push(row);
+        }
+        let bad: Vec<String> = rows
+            .iter()
+            .filter_map(|r| match (&r.roles, &r.error) {
+                (_, Some(e)) => Some(format!("{}: {e}", r.region)),
+                (Some(roles), None) => {
+                    let soon: Vec<&str> = roles.iter().filter(|x| x.expires_soon).map(|x| x.role.as_str()).collect();
+                    (!soon.is_empty()).then(|| format!("{}: {} expire(s) within {}", r.region, soon.join(", "), humantime::format_duration(within)))
+                }
+                _ => None,
+            })
+            .collect();
+        if args.json {
+            crate::print_json(&rows)?;
+        } else {
+            for r in &rows {
+                match (&r.roles, &r.error) {
+                    (Some(roles), None) => {
+                        for x in roles {
+                            let mark = if x.expires_soon { "EXPIRES SOON" } else { "ok" };
+                            println!("{:<16} {:<10} version {:<5} expires {}  {mark}", r.region, x.role, x.version, x.expires);
+                        }
+                    }
+                    (_, e) => println!("{:<16} FAILED: {}", r.region, e.clone().unwrap_or_default()),
+                }
+            }
+        }
+        if bad.is_empty() {
+            return Ok(exit::OK);
+        }
+        Err(Failure::new(exit::FAILED, anyhow!("{}", bad.join("; "))).with_hint(
+            "run `release-manifest refresh --plan …` (timestamp, snapshot), re-sign targets with a publish, or `root rotate`; an expired timestamp stops every host's updates",
+        ))
+    })
+}

@@ -3,43 +3,64 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use release_manifest::Region;
 use release_manifest::cli::{Failure, exit};
 use release_manifest::tuf::repo;
 
-use crate::common::{open_keys, repo_failure, runtime};
+use crate::common::{ExpiryArgs, open_keys, repo_failure, runtime};
+use crate::publish::PlanArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct RefreshArgs {
-    /// The repository and keys (snapshot and timestamp keys suffice).
+    /// A local repository; without it, the plan's regions in their buckets.
+    #[arg(long)]
+    repo: Option<PathBuf>,
     #[command(flatten)]
-    target: crate::edit::Target,
+    plan: PlanArgs,
+    /// Only these regions of the plan (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    regions: Vec<Region>,
+    /// The keys directory (the online keys suffice).
+    #[arg(long)]
+    keys: PathBuf,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct CheckExpiryArgs {
-    /// The region's repository.
+    /// A local repository; without it, the plan's regions in their buckets.
     #[arg(long)]
-    repo: PathBuf,
+    repo: Option<PathBuf>,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Only these regions of the plan (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    regions: Vec<Region>,
     /// Fail when a role expires within this long (e.g. 12h, 2days).
     #[arg(long, value_parser = humantime::parse_duration)]
     within: Duration,
-    /// Print the roles as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 pub fn refresh(args: RefreshArgs) -> Result<i32, Failure> {
-    let args = args.target;
+    let Some(repo_dir) = &args.repo else {
+        return crate::publish::refresh_regions(
+            &args.plan,
+            &args.regions,
+            &args.keys,
+            &args.expiry,
+        );
+    };
     let keys = open_keys(&args.keys)?;
     let r = runtime()?
         .block_on(repo::refresh(
-            &args.repo,
+            repo_dir,
             &keys,
             &args.expiry.expirations(),
             jiff::Timestamp::now(),
         ))
-        .map_err(|e| repo_failure(e, format!("cannot refresh {}", args.repo.display())))?;
-    if args.json {
+        .map_err(|e| repo_failure(e, format!("cannot refresh {}", repo_dir.display())))?;
+    if args.plan.json {
         crate::print_json(&r)?;
     } else {
         println!(
@@ -55,15 +76,18 @@ pub fn refresh(args: RefreshArgs) -> Result<i32, Failure> {
 }
 
 pub fn check_expiry(args: CheckExpiryArgs) -> Result<i32, Failure> {
+    let Some(repo_dir) = &args.repo else {
+        return crate::publish::check_expiry_regions(&args.plan, &args.regions, args.within);
+    };
     let roles = runtime()?
         .block_on(repo::check_expiry(
-            &args.repo,
+            repo_dir,
             args.within,
             jiff::Timestamp::now(),
         ))
-        .map_err(|e| repo_failure(e, format!("cannot read {}", args.repo.display())))?;
+        .map_err(|e| repo_failure(e, format!("cannot read {}", repo_dir.display())))?;
     let soon: Vec<_> = roles.iter().filter(|r| r.expires_soon).collect();
-    if args.json {
+    if args.plan.json {
         crate::print_json(&roles)?;
     } else {
         for r in &roles {
