@@ -62,6 +62,8 @@ pub struct Options {
     pub attempts: u32,
     /// The root of trust the read-back starts from (`<keys>/root.json`).
     pub trusted_root: Vec<u8>,
+    /// Release notes for the feed: (version, text).
+    pub notes: Option<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -519,8 +521,125 @@ where
         }
     }
 
-    read_back(rs, opts, &report.added).await?;
+    let manifest = read_back(rs, opts, &report.added).await?;
+    // The feed follows the verified state; a feed that fails to update loses nothing (the
+    // next publish rewrites it), so it is a warning, not an error.
+    if let Err(e) = write_feed(rs, &manifest, opts).await {
+        tracing::warn!("cannot update {FEED} in {shown}: {e}");
+    }
     Ok(out)
+}
+
+/// The region's release feed, beside its repository.
+pub const FEED: &str = "feed.json";
+
+/// One version in the feed.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct FeedEntry {
+    pub version: String,
+    pub status: String,
+    #[serde(default)]
+    pub published: Option<jiff::Timestamp>,
+    #[serde(default)]
+    pub halted: Option<String>,
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// `feed.json`: the versions a region offers, newest first, with their dates, status and
+/// release notes, for operators to subscribe to (as SSM users subscribe to release
+/// notes). Informational: hosts never read it; TUF-signed metadata decides.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Feed {
+    pub schema: u32,
+    pub region: String,
+    pub updated: jiff::Timestamp,
+    pub versions: Vec<FeedEntry>,
+}
+
+/// Renders the feed from a verified manifest, keeping the notes the previous feed had and
+/// adding `opts.notes` to the versions this publish added.
+pub fn render_feed(
+    manifest: &Manifest,
+    region: &Region,
+    previous: Option<&Feed>,
+    notes: Option<(&str, &str)>,
+    now: jiff::Timestamp,
+) -> Feed {
+    let mut versions: BTreeMap<crate::version::Version, FeedEntry> = BTreeMap::new();
+    for p in manifest
+        .packages
+        .iter()
+        .filter(|p| p.name == crate::PackageName::Agent.as_str())
+    {
+        for f in &p.files {
+            let platform = crate::PackageName::Agent
+                .platform_of_file(&f.name)
+                .map(|pl| pl.to_string());
+            for e in &f.available_versions {
+                let entry = versions
+                    .entry(e.version.clone())
+                    .or_insert_with(|| FeedEntry {
+                        version: e.version.to_string(),
+                        status: e.status.as_str().to_owned(),
+                        published: e.published,
+                        halted: e.halted.as_ref().map(|h| h.reason.clone()),
+                        platforms: Vec::new(),
+                        notes: previous
+                            .and_then(|p| {
+                                p.versions
+                                    .iter()
+                                    .find(|x| x.version == e.version.to_string())
+                            })
+                            .and_then(|x| x.notes.clone()),
+                    });
+                if let Some(pl) = &platform
+                    && !entry.platforms.contains(pl)
+                {
+                    entry.platforms.push(pl.clone());
+                }
+                if let Some((v, text)) = notes
+                    && v == entry.version
+                {
+                    entry.notes = Some(text.to_owned());
+                }
+            }
+        }
+    }
+    Feed {
+        schema: 1,
+        region: region.to_string(),
+        updated: now,
+        versions: versions.into_values().rev().collect(),
+    }
+}
+
+async fn write_feed(
+    rs: &RegionStore,
+    manifest: &Manifest,
+    opts: &Options,
+) -> Result<(), StoreError> {
+    let store = rs.store.as_ref();
+    let previous: Option<Feed> = store
+        .get(FEED)
+        .await?
+        .and_then(|o| serde_json::from_slice(&o.bytes).ok());
+    let notes = opts.notes.as_ref().map(|(v, t)| (v.as_str(), t.as_str()));
+    let feed = render_feed(
+        manifest,
+        &rs.region,
+        previous.as_ref(),
+        notes,
+        jiff::Timestamp::now(),
+    );
+    let mut bytes = serde_json::to_vec_pretty(&feed).unwrap_or_default();
+    bytes.push(b'\n');
+    with_retries(opts.attempts, || {
+        store.put(FEED, bytes.clone(), Condition::None)
+    })
+    .await
 }
 
 /// Loads the region as a host would and reads every added target through TUF.

@@ -517,10 +517,35 @@ fn the_fs_backend_publishes_the_same_way() {
         .arg(&local)
         .arg("--directory")
         .arg(&root));
+    let notes = f.dir.path().join("notes-1.0.0.md");
+    std::fs::write(&notes, "First release: the agent and its updater.\n").unwrap();
     f.ok(f
         .publish("1.0.0", &["--regions", "us-east-1"])
         .arg("--directory")
+        .arg(&root)
+        .arg("--notes")
+        .arg(&notes));
+    f.ok(f
+        .publish("1.1.0", &["--regions", "us-east-1"])
+        .arg("--directory")
         .arg(&root));
+    // the release feed beside the repository: newest first, dates, status, notes kept
+    let feed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("acme-molt-us-east-1/feed.json")).unwrap())
+            .unwrap();
+    assert_eq!(feed["region"], "us-east-1");
+    let versions = feed["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{feed}");
+    assert_eq!(versions[0]["version"], "1.1.0");
+    assert_eq!(versions[1]["version"], "1.0.0");
+    assert_eq!(versions[1]["status"], "Active");
+    assert!(versions[1]["published"].is_string(), "{feed}");
+    assert_eq!(
+        versions[1]["notes"],
+        "First release: the agent and its updater.\n"
+    );
+    assert!(versions[0]["notes"].is_null());
+    assert_eq!(versions[0]["platforms"][0], platform().to_string());
     let url = format!("file://{}/", root.join("acme-molt-us-east-1").display());
     let out = f
         .tool()

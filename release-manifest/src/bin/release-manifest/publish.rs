@@ -71,6 +71,9 @@ pub struct PublishArgs {
     /// Replace immutable objects that exist with other bytes.
     #[arg(long)]
     allow_clobber: bool,
+    /// Release notes for each region's feed.json (a text or Markdown file).
+    #[arg(long)]
+    notes: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -209,6 +212,7 @@ fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options,
         allow_clobber,
         attempts: 4,
         trusted_root,
+        notes: None,
     })
 }
 
@@ -335,6 +339,7 @@ async fn read_region(
         allow_clobber: false,
         attempts: 3,
         trusted_root: trusted_root.to_vec(),
+        notes: None,
     };
     publish::read_back(&rs, &opts, &[])
         .await
@@ -541,7 +546,16 @@ async fn publish_regions(
 pub fn publish(a: PublishArgs) -> Result<i32, Failure> {
     let plan = load_plan(&a.plan)?;
     let keys = open_keys(&a.keys)?;
-    let opts = options(&keys, a.dry_run, a.allow_clobber)?;
+    let mut opts = options(&keys, a.dry_run, a.allow_clobber)?;
+    if let Some(path) = &a.notes {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(anyhow!(
+                "cannot read the release notes {}: {e}",
+                path.display()
+            ))
+        })?;
+        opts.notes = Some((a.version.to_string(), text));
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let (regions, wave_index) = match a.wave {
