@@ -167,6 +167,16 @@ impl PublishError {
     }
 }
 
+/// Maps a failed read of `key` to [`PublishError::Pull`].
+fn pull_error(key: &str, store: &str) -> impl FnOnce(StoreError) -> PublishError + use<> {
+    let (key, store) = (key.to_owned(), store.to_owned());
+    move |source| PublishError::Pull {
+        key,
+        store,
+        source: Box::new(source),
+    }
+}
+
 fn json_u64(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
     let mut cur = v;
     for p in path {
@@ -212,11 +222,7 @@ async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
     let ts = store
         .get(TIMESTAMP)
         .await
-        .map_err(|source| PublishError::Pull {
-            key: TIMESTAMP.into(),
-            store: shown.clone(),
-            source: Box::new(source),
-        })?;
+        .map_err(pull_error(TIMESTAMP, &shown))?;
     let Some(ts) = ts else {
         return Err(PublishError::NoRepository {
             region: rs.region.clone(),
@@ -271,11 +277,7 @@ async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
     let listed = store
         .list("metadata/")
         .await
-        .map_err(|source| PublishError::Pull {
-            key: "metadata/".into(),
-            store: shown.clone(),
-            source: Box::new(source),
-        })?;
+        .map_err(pull_error("metadata/", &shown))?;
     let mut floor = [0u64; 3];
     for key in listed {
         let name = key.rsplit('/').next().unwrap_or(&key);
@@ -440,11 +442,7 @@ where
     for c in changes.iter_mut().filter(|c| c.action == Action::Create) {
         let existing = with_retries(opts.attempts, || store.get(&c.key))
             .await
-            .map_err(|source| PublishError::Pull {
-                key: c.key.clone(),
-                store: shown.clone(),
-                source: Box::new(source),
-            })?;
+            .map_err(pull_error(&c.key, &shown))?;
         if let Some(existing) = existing {
             if Some(&existing.bytes) == bodies.get(&c.key) {
                 c.action = Action::Same;
@@ -794,11 +792,7 @@ pub async fn upload_new(
     let existing = store
         .head(TIMESTAMP)
         .await
-        .map_err(|source| PublishError::Pull {
-            key: TIMESTAMP.into(),
-            store: shown.clone(),
-            source: Box::new(source),
-        })?;
+        .map_err(pull_error(TIMESTAMP, &shown))?;
     if existing.is_some() {
         return Err(PublishError::Exists {
             region: rs.region.clone(),
