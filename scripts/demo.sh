@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# molt demo, on the embedded default: a local directory, no server, nothing left running.
+# molt demo, on the embedded default: a local directory repository, no server to install,
+# nothing left running.
 #
-# What it shows today: the same source built as v1.0.0 and v2.0.0 (version stamping),
-# packaged reproducibly, listed in a region's manifest, and resolved the way a host
-# would: upgrade, same-version skip, downgrade refused (exit 3) and allowed, and an
-# unsupported platform refused.
+#   1. build the same source as v1.0.0 and v2.0.0 (version stamping), and a broken v3.0.0
+#      (an agent that passes its --version pre-flight but dies at start);
+#   2. sign a region's repository and publish v1 to it, as CI publishes to a bucket;
+#   3. install v1 into a temporary root, which starts the agent with a 3-second schedule;
+#   4. publish v2: the agent launches the updater, which moves it to v2;
+#   5. publish v3: the update fails its health check, is rolled back to v2 and quarantined;
+#   6. `agent status` after each step.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 work=$(mktemp -d "${TMPDIR:-/tmp}/molt-demo.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+work=$(cd "$work" && pwd -P)
+
+# Stop every process started from the demo's directory (the agent, an updater it
+# launched), then remove it.
+cleanup() {
+  local proc args
+  for _ in 1 2; do
+    for proc in /proc/[0-9]*; do
+      mapfile -d '' args 2>/dev/null <"$proc/cmdline" || continue
+      case "${args[*]}" in
+        *"$work"/*) kill -KILL "${proc#/proc/}" 2>/dev/null || true ;;
+      esac
+    done
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -24,7 +44,7 @@ fi
 
 build() { # version
   step "build v$1 (MOLT_BUILD_VERSION=$1)"
-  MOLT_BUILD_VERSION=$1 cargo build --quiet --release -p agent -p updater -p release-manifest
+  MOLT_BUILD_VERSION=$1 cargo build --quiet --release -p agent -p updater
   mkdir -p "$work/bin/$1"
   cp target/release/agent target/release/updater "$work/bin/$1/"
   "$work/bin/$1/agent" --version
@@ -32,52 +52,106 @@ build() { # version
 
 build 1.0.0
 build 2.0.0
-rm_tool="$work/bin/2.0.0/release-manifest"
-cp target/release/release-manifest "$rm_tool"
+step "build the release tool"
+cargo build --quiet -p release-manifest
+rm_tool="$work/bin/release-manifest"
+cp target/debug/release-manifest "$rm_tool"
 
-for v in 1.0.0 2.0.0; do
-  step "package v$v for $platform"
-  "$rm_tool" package --version "$v" --platform "$platform" \
-    --agent "$work/bin/$v/agent" --updater "$work/bin/$v/updater" --out "$work/dist" |
-    tee "$work/package-$v.txt"
-done
+step "a broken v3.0.0: its agent answers --version, then exits at start"
+mkdir -p "$work/bin/3.0.0"
+cat >"$work/bin/3.0.0/agent" <<'SH'
+#!/bin/sh
+if [ "$1" = --version ]; then echo "agent 3.0.0"; exit 0; fi
+echo "agent 3.0.0: broken on purpose for the demo" >&2
+exit 1
+SH
+chmod +x "$work/bin/3.0.0/agent"
+cp "$work/bin/2.0.0/updater" "$work/bin/3.0.0/updater"
 
-step "packaging is reproducible: package v2.0.0 again and compare bytes"
-"$rm_tool" package --version 2.0.0 --platform "$platform" \
-  --agent "$work/bin/2.0.0/agent" --updater "$work/bin/2.0.0/updater" --out "$work/dist-again" >/dev/null
-cmp "$work/dist/molt-agent/2.0.0/molt-agent-$platform.tar.gz" \
-  "$work/dist-again/molt-agent/2.0.0/molt-agent-$platform.tar.gz"
-echo "identical"
+started=$(date +%s)
+step "keys, the rollout plan, and the us-east-1 repository in a local directory"
+"$rm_tool" keys generate --out "$work/keys" >/dev/null
+cat >"$work/rollout.toml" <<'TOML'
+bucket = "demo-molt-{region}"
 
-step "write the region's manifest (us-east-1)"
-entry() { # version status
-  local sha size
-  read -r sha size _ < <(grep " molt-agent/$1/" "$work/package-$1.txt")
-  printf '{"Version":"%s","Checksum":"%s","Size":%s,"Status":"%s"}' "$1" "$sha" "$size" "$2"
+[[wave]]
+name = "everyone"
+regions = ["us-east-1"]
+bake = "0s"
+TOML
+buckets="$work/buckets"
+mkdir -p "$buckets/demo-molt-us-east-1"
+"$rm_tool" repo init --region us-east-1 --keys "$work/keys" --out "$work/init" >/dev/null
+"$rm_tool" repo upload --plan "$work/rollout.toml" --directory "$buckets" \
+  --region us-east-1 --repo "$work/init" --keys "$work/keys"
+
+publish() { # version
+  "$rm_tool" package --version "$1" --platform "$platform" \
+    --agent "$work/bin/$1/agent" --updater "$work/bin/$1/updater" --out "$work/dist-$1" >/dev/null
+  "$rm_tool" publish --plan "$work/rollout.toml" --directory "$buckets" --wave 1 \
+    --dist "$work/dist-$1" --version "$1" --keys "$work/keys"
 }
-cat >"$work/manifest.json" <<JSON
-{"SchemaVersion":"1.0","Region":"us-east-1","Stable":"1.0.0","Packages":[{"Name":"molt-agent","Files":[
- {"Name":"molt-agent-$platform.tar.gz","AvailableVersions":[$(entry 1.0.0 Active),$(entry 2.0.0 Active)]}]}]}
-JSON
-cat "$work/manifest.json"
 
-resolve() {
-  echo "\$ release-manifest resolve $*"
-  set +e
-  "$rm_tool" resolve --manifest "$work/manifest.json" "$@"
-  echo "(exit $?)"
-  set -e
+step "publish v1.0.0"
+publish 1.0.0
+
+root="$work/host"
+config="$work/agent.toml"
+cat >"$config" <<TOML
+root = "$root"
+region = "us-east-1"
+source = "file://$buckets/demo-molt-us-east-1/"
+trusted_root = "$work/keys/root.json"
+
+[updater]
+service = "direct"
+soak = "2s"
+health_timeout = "10s"
+
+[agent]
+schedule = "rate(3 seconds)"
+jitter = "0s"
+TOML
+export MOLT_CONFIG=$config AWS_EC2_METADATA_DISABLED=true
+
+step "install v1.0.0 into $root (the updater's first install starts the agent)"
+"$work/bin/1.0.0/updater" --quiet --target-version latest
+
+status() {
+  echo "\$ agent status"
+  "$root/current/bin/agent" status | sed 's/^/  /'
 }
+status
 
-step "a host on v1.0.0 asks for latest"
-resolve --platform "$platform" --current 1.0.0 --target latest
-step "a host on v2.0.0 asks for latest"
-resolve --platform "$platform" --current 2.0.0 --target latest
-step "a host on v2.0.0 asks for 1.0.0 without --allow-downgrade"
-resolve --platform "$platform" --current 2.0.0 --target 1.0.0
-step "...and with it"
-resolve --platform "$platform" --current 2.0.0 --target 1.0.0 --allow-downgrade
-step "a windows host asks for latest"
-resolve --platform windows-amd64 --current 1.0.0 --target latest
+wait_for() { # description, seconds, command...
+  local what=$1 limit=$2
+  shift 2
+  local deadline=$(($(date +%s) + limit))
+  until "$@"; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "timed out waiting for $what" >&2
+      echo "--- updater log" >&2
+      cat "$root/state/updater.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.5
+  done
+}
+current_is() { [ "$(readlink "$root/current")" = "versions/$1" ]; }
+history_has() { grep -q "\"to\": *\"$1\".*\"result\": *\"$2\"" "$root/state/history.jsonl" 2>/dev/null; }
 
-step "done; the demo left nothing running and removes $work"
+step "publish v2.0.0; the agent's schedule launches the updater, which moves it to v2"
+publish 2.0.0
+wait_for "the agent to move to 2.0.0" 60 history_has 2.0.0 success
+current_is 2.0.0
+status
+
+step "publish the broken v3.0.0; the update fails its health check and rolls back to v2"
+publish 3.0.0
+wait_for "the v3 update to roll back" 60 history_has 3.0.0 rolled_back
+current_is 2.0.0
+status
+echo "\$ updater history"
+"$root/bin/updater" history -n 3 | sed 's/^/  /'
+
+step "done in $(($(date +%s) - started)) s after the build; the demo stops the agent and removes $work"

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use release_manifest::aws::{self, CredentialsSource, ImdsSettings, RegionSource};
-use release_manifest::host::state::{self, Health, HistoryRecord, Quarantine};
+use release_manifest::host::state::{self, Health, HistoryRecord, Outcome, Quarantine};
 use release_manifest::manifest::Manifest;
 use release_manifest::resolve::{self, Decision, SkipReason, Target};
 use release_manifest::rollout::Seed;
@@ -482,12 +482,18 @@ pub fn render(s: &AgentStatus) -> String {
             || "none".into(),
             |r| {
                 format!(
-                    "{} → {}: {:?} at {}{}",
+                    "{} → {}: {} at {}{}",
                     r.from
                         .as_ref()
                         .map_or_else(|| "nothing".into(), ToString::to_string),
                     r.to,
-                    r.result,
+                    match r.result {
+                        Outcome::Success => "success",
+                        Outcome::RolledBack => "rolled back",
+                        Outcome::Failed => "failed",
+                        Outcome::RollbackFailed => "ROLLBACK FAILED",
+                        Outcome::Unknown => "unknown",
+                    },
                     ts(r.finished_at),
                     r.reason
                         .as_ref()
@@ -503,8 +509,11 @@ pub fn render(s: &AgentStatus) -> String {
             || "none".into(),
             |l| {
                 format!(
-                    "{:?} at {}{}",
-                    l.kind,
+                    "{} at {}{}",
+                    match l.kind {
+                        crate::launch::LaunchKind::Update => "update",
+                        crate::launch::LaunchKind::Recover => "recover",
+                    },
                     ts(l.at),
                     l.error
                         .as_ref()

@@ -241,7 +241,7 @@ fn print_rows(rows: &[Row], json: bool) -> Result<i32, Failure> {
             match (&r.report, &r.error) {
                 (Some(rep), _) => println!(
                     "{:<16} {:<8} {:<18} {:>8}  {}",
-                    r.region,
+                    r.region.to_string(),
                     if rep.dry_run { "dry-run" } else { "ok" },
                     format!(
                         "{}/{}/{}",
@@ -257,7 +257,7 @@ fn print_rows(rows: &[Row], json: bool) -> Result<i32, Failure> {
                 (None, e) => {
                     println!(
                         "{:<16} {:<8} {:<18} {:>8}  {}",
-                        r.region,
+                        r.region.to_string(),
                         "FAILED",
                         "-",
                         "-",
@@ -685,7 +685,7 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
                     for r in &rows {
                         println!(
                             "{:<16} wave {:<3} {:<28} {}{}{}",
-                            r.region,
+                            r.region.to_string(),
                             r.wave.map_or_else(|| "-".into(), |w| w.to_string()),
                             r.facts.published.map_or_else(|| "not published".into(), |t| format!("published {}", t.strftime("%Y-%m-%dT%H:%MZ"))),
                             r.facts.halted.as_ref().map_or_else(String::new, |h| format!("HALTED ({h}) ")),
@@ -903,10 +903,10 @@ pub fn check_expiry_regions(
                     (Some(roles), None) => {
                         for x in roles {
                             let mark = if x.expires_soon { "EXPIRES SOON" } else { "ok" };
-                            println!("{:<16} {:<10} version {:<5} expires {}  {mark}", r.region, x.role, x.version, x.expires);
+                            println!("{:<16} {:<10} version {:<5} expires {}  {mark}", r.region.to_string(), x.role, x.version, x.expires);
                         }
                     }
-                    (_, e) => println!("{:<16} FAILED: {}", r.region, e.clone().unwrap_or_default()),
+                    (_, e) => println!("{:<16} FAILED: {}", r.region.to_string(), e.clone().unwrap_or_default()),
                 }
             }
         }
