@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Publishing one release to 16 regions against publishing it to 1 region, on one local
+# S3-compatible server (the tests' molt-s3). Prints the median wall time of RUNS publishes
+# of each kind, run interleaved in the same run, and the ratio 16 regions / 1 region
+# (goal: <= 2 with `concurrency = 16` in the plan; the default `concurrency = 4` is
+# measured too), and the server's requests per publish.
+#
+# Usage: scripts/bench-publish.sh [RUNS]
+#   RUNS  publishes of each kind (default 5)
+#
+# The first build of release-manifest in release mode (aws-sdk-s3) takes several minutes.
+set -euo pipefail
+
+runs=${1:-5}
+case "$runs" in '' | 0 | *[!0-9]*) echo "error: RUNS must be a positive whole number, got '$runs'" >&2; exit 2 ;; esac
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+work=$(mktemp -d "${TMPDIR:-/tmp}/molt-bench.XXXXXX")
+work=$(cd "$work" && pwd -P)
+
+# Release builds abort on panic, so a failed or interrupted run skips the destructor that
+# stops the S3 server: stop every process whose command line names our temporary
+# directory (the server's root is there, and so are the publishers' arguments).
+cleanup() {
+  local proc args
+  for _ in 1 2; do
+    for proc in /proc/[0-9]*; do
+      mapfile -d '' args 2>/dev/null <"$proc/cmdline" || continue
+      case "${args[*]}" in
+        *"$work"/*) kill -KILL "${proc#/proc/}" 2>/dev/null || true ;;
+      esac
+    done
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --quiet --release -p release-manifest -p molt-tests -p updater \
+  --bin release-manifest --bin molt-s3 --bin test-agent --bin updater \
+  --example bench-publish
+# The server logs s3s's routing (one `resolved route op=…` line per request), from which
+# the example counts the requests of each publish.
+TMPDIR="$work" MOLT_S3_LOG="s3s::ops=debug" \
+  "${CARGO_TARGET_DIR:-target}/release/examples/bench-publish" "$runs"
