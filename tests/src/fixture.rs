@@ -275,6 +275,8 @@ impl TestHost {
             .env_remove("MOLT_LOG")
             .env_remove("AWS_REGION")
             .env_remove("AWS_DEFAULT_REGION")
+            // Tests reach nothing but loopback: no IMDS probe for the instance id or region.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("MOLT_TEST_KILL_AT");
         for (k, v) in &self.env {
             c.env(k, v);
