@@ -16,25 +16,9 @@ case "$runs" in '' | 0 | *[!0-9]*) echo "error: RUNS must be a positive whole nu
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
-work=$(mktemp -d "${TMPDIR:-/tmp}/molt-bench.XXXXXX")
-work=$(cd "$work" && pwd -P)
-
-# Release builds abort on panic, so a failed or interrupted run skips the destructor that
-# stops the S3 server: stop every process whose command line names our temporary
-# directory (the server's root is there, and so are the publishers' arguments).
-cleanup() {
-  local proc args
-  for _ in 1 2; do
-    for proc in /proc/[0-9]*; do
-      mapfile -d '' args 2>/dev/null <"$proc/cmdline" || continue
-      case "${args[*]}" in
-        *"$work"/*) kill -KILL "${proc#/proc/}" 2>/dev/null || true ;;
-      esac
-    done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+. "$repo_root/scripts/lib.sh"
+make_work molt-bench
 
 cargo build --quiet --release -p release-manifest -p molt-tests -p updater \
   --bin release-manifest --bin molt-s3 --bin test-agent --bin updater \

@@ -12,26 +12,9 @@ runs=${1:-20}
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
-work=$(mktemp -d "${TMPDIR:-/tmp}/molt-bench.XXXXXX")
-work=$(cd "$work" && pwd -P)
-
-# Release builds abort on panic, so a failed or interrupted run skips the destructors that
-# stop the agents it started: stop every process whose command line names our temporary
-# directory (the agents run from there; an updater works on a host there), twice (an
-# updater may have started an agent while the first pass ran).
-cleanup() {
-  local proc args
-  for _ in 1 2; do
-    for proc in /proc/[0-9]*; do
-      mapfile -d '' args 2>/dev/null <"$proc/cmdline" || continue
-      case "${args[*]}" in
-        *"$work"/*) kill -KILL "${proc#/proc/}" 2>/dev/null || true ;;
-      esac
-    done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+. "$repo_root/scripts/lib.sh"
+make_work molt-bench
 
 cargo build --quiet --release -p updater -p molt-tests \
   --bin updater --bin test-agent --example bench-uptodate

@@ -13,24 +13,9 @@ set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
-work=$(mktemp -d "${TMPDIR:-/tmp}/molt-demo.XXXXXX")
-work=$(cd "$work" && pwd -P)
-
-# Stop every process started from the demo's directory (the agent, an updater it
-# launched), then remove it.
-cleanup() {
-  local proc args
-  for _ in 1 2; do
-    for proc in /proc/[0-9]*; do
-      mapfile -d '' args 2>/dev/null <"$proc/cmdline" || continue
-      case "${args[*]}" in
-        *"$work"/*) kill -KILL "${proc#/proc/}" 2>/dev/null || true ;;
-      esac
-    done
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+. "$repo_root/scripts/lib.sh"
+make_work molt-demo
 
 step() { printf '\n== %s\n' "$*"; }
 
