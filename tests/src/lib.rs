@@ -1,5 +1,6 @@
 //! Test support for molt's end-to-end tests.
 
+pub mod agent_host;
 pub mod background;
 pub mod fixture;
 pub mod hostile;

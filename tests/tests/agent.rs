@@ -3,130 +3,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use molt_tests::agent_host::AgentHost;
 use molt_tests::fixture::{TestRepo, pid_alive, stamped_build, wait_for, workspace_bin};
 use molt_tests::imds::{ImdsConfig, ImdsRole, ImdsServer};
 use molt_tests::s3::S3Server;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{self, Health, HealthStatus};
-
-/// An install root and config for a real agent started by the test.
-struct AgentHost {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
-}
-
-impl AgentHost {
-    fn new() -> AgentHost {
-        AgentHost {
-            dir: tempfile::tempdir().unwrap(),
-            children: Vec::new(),
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn layout(&self) -> HostLayout {
-        HostLayout::new(self.root())
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("agent.toml")
-    }
-
-    fn write_config(&self, text: &str) {
-        std::fs::write(
-            self.config(),
-            format!("root = \"{}\"\n{text}", self.root().display()),
-        )
-        .unwrap();
-    }
-
-    /// `agent <args>` with this host's config and a clean AWS environment.
-    fn agent(&self, program: &Path) -> Command {
-        let mut c = Command::new(program);
-        c.env("MOLT_CONFIG", self.config())
-            .env_remove("MOLT_ROOT")
-            .env_remove("MOLT_HEALTH_NONCE")
-            .env_remove("AWS_REGION")
-            .env_remove("AWS_DEFAULT_REGION")
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.path().join("no-credentials"),
-            )
-            .env("AWS_CONFIG_FILE", self.dir.path().join("no-config"))
-            .env("MOLT_LOG", "info");
-        c
-    }
-
-    /// Starts `agent run`, its output in `agent.log`.
-    fn start(&mut self, program: &Path, env: &[(&str, &str)]) -> u32 {
-        let log = std::fs::File::create(self.dir.path().join("agent.log")).unwrap();
-        let mut c = self.agent(program);
-        c.arg("run")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = c.spawn().unwrap();
-        let pid = child.id();
-        self.children.push(child);
-        pid
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn health(&self) -> Option<Health> {
-        state::read_json(&self.layout().health()).ok().flatten()
-    }
-
-    fn wait_ready(&self, pid: u32) -> Health {
-        wait_for(Duration::from_secs(10), || {
-            self.health()
-                .filter(|h| h.pid == pid && h.status == HealthStatus::Ready)
-        })
-        .unwrap_or_else(|| panic!("agent {pid} never became ready; log:\n{}", self.log()))
-    }
-
-    fn status_json(&self, program: &Path) -> serde_json::Value {
-        let out = self
-            .agent(program)
-            .args(["status", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for AgentHost {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // agents the updater started (direct mode) leave a pid file
-        if let Some(pid) = std::fs::read_to_string(self.layout().agent_pid())
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        {
-            molt_tests::fixture::kill(pid);
-        }
-    }
-}
+use release_manifest::host::state::{self, HealthStatus};
 
 fn sigterm(pid: u32) {
     let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
