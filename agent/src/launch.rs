@@ -230,6 +230,9 @@ fn spawn_detached(
     cmd.args(args)
         .envs(updater_env(settings))
         .env_remove("MOLT_HEALTH_NONCE")
+        // Set only on an updater that re-exec'd itself after a self-update; one this agent
+        // inherited must not stop every later updater from self-updating.
+        .env_remove("MOLT_UPDATER_REEXEC")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);

@@ -342,6 +342,16 @@ fn agent_updates_itself_from_v1_to_v2() {
     assert_eq!(layout.current_version().unwrap().to_string(), "2.0.0");
 
     let agent_v2 = layout.current_link().join("bin/agent");
+    // The updater that started v2 had re-exec'd itself after its self-update; the agent
+    // must not inherit that mark, or no updater it launches would self-update again.
+    let pid = host.health().unwrap().pid;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !environ
+            .split(|&b| b == 0)
+            .any(|kv| kv.starts_with(b"MOLT_UPDATER_REEXEC=")),
+        "the v2 agent inherited MOLT_UPDATER_REEXEC"
+    );
     let status = host.status_json(&agent_v2);
     assert_eq!(status["agent_version"], "2.0.0");
     assert_eq!(status["installed"], "2.0.0");

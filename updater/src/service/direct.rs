@@ -374,6 +374,9 @@ impl ServiceManager for DirectService {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(ROOT_ENV, &root)
             .env(NONCE_ENV, nonce)
+            // A re-exec'd updater (self-update) carries this; the agent must not pass it on
+            // to the updaters it launches, or they would never self-update again.
+            .env_remove(crate::self_update::REEXEC_ENV)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
