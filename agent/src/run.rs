@@ -36,6 +36,13 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 pub enum RunError {
     #[error("cannot write {path}: {detail}")]
     Health { path: PathBuf, detail: String },
+    #[error(
+        "this agent was built with a version that is not a semantic version ({version:?}: {detail}), so it cannot report its health; rebuild it with MOLT_BUILD_VERSION set to the release version"
+    )]
+    BuildVersion {
+        version: &'static str,
+        detail: String,
+    },
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -54,10 +61,10 @@ fn write_health(
 ) -> Result<(), RunError> {
     let path = settings.layout.health();
     let version = release_manifest::BUILD_VERSION
-        .parse()
-        .map_err(|e| RunError::Health {
-            path: path.clone(),
-            detail: format!("this build's version does not parse: {e}"),
+        .parse::<release_manifest::Version>()
+        .map_err(|e| RunError::BuildVersion {
+            version: release_manifest::BUILD_VERSION,
+            detail: e.to_string(),
         })?;
     state::write_json(
         &path,

@@ -27,7 +27,7 @@ pub enum UpdateError {
     },
     #[error(transparent)]
     Refused(#[from] Refusal),
-    #[error("the region's repository could not be verified")]
+    #[error("{}", trust_headline(.0))]
     Trust(#[from] TrustError),
     #[error("download failed")]
     Download(#[from] DownloadError),
@@ -107,5 +107,38 @@ impl UpdateError {
             ),
             _ => None,
         }
+    }
+}
+
+/// The first line of a repository failure: verification (exit 4) or reaching it (exit 1),
+/// so that an outage does not read as tampering.
+fn trust_headline(e: &TrustError) -> &'static str {
+    if e.is_verification() {
+        "the region's repository could not be verified"
+    } else {
+        "the region's repository could not be read"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_does_not_read_as_tampering() {
+        let unreachable = UpdateError::Trust(TrustError::Other("connection refused".into()));
+        assert_eq!(
+            unreachable.to_string(),
+            "the region's repository could not be read"
+        );
+        assert_eq!(unreachable.exit_code(), exit::FAILED);
+        let expired = UpdateError::Trust(TrustError::Expired {
+            role: "timestamp".into(),
+        });
+        assert_eq!(
+            expired.to_string(),
+            "the region's repository could not be verified"
+        );
+        assert_eq!(expired.exit_code(), exit::VERIFICATION);
     }
 }

@@ -75,15 +75,18 @@ pub enum SettingsError {
     Platform(#[from] release_manifest::platform::PlatformError),
 }
 
+const REGION_HINT: &str = "set `region` in /etc/molt/agent.toml, pass --region, or set AWS_REGION";
+
 impl SettingsError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             SettingsError::NoSource => {
                 Some("set `source` (and `bucket`) in /etc/molt/agent.toml, or pass --source URL")
             }
-            SettingsError::NoRegion | SettingsError::Region(_) => Some(
-                "IMDS did not answer: set `region` in /etc/molt/agent.toml, pass --region, or set AWS_REGION",
-            ),
+            // The AWS error knows its cause (a bad AWS_REGION, IMDS disabled, unreachable or
+            // refusing a token) and its fix.
+            SettingsError::Region(e) => e.hint().or(Some(REGION_HINT)),
+            SettingsError::NoRegion => Some(REGION_HINT),
             _ => None,
         }
     }
