@@ -180,7 +180,8 @@ impl Rollout {
         })
     }
 
-    /// When the host with `seed` becomes eligible, or `None` when no wave holds it yet.
+    /// When the host with `seed` becomes eligible, or `None` when no wave holds it yet (or
+    /// when that time is past the last one a timestamp can hold: a `Start` near year 9999).
     pub fn eligible_at(&self, seed: Seed) -> Option<Timestamp> {
         let index = self.wave_of(seed)?;
         let (first, end) = self.seed_range(index)?;
@@ -195,7 +196,7 @@ impl Rollout {
         let span_ms = next.after.0.saturating_sub(wave.after.0).as_millis();
         let offset_ms = span_ms * u128::from(seed.0 - first) / u128::from(end - first);
         let offset = jiff::SignedDuration::from_millis(i64::try_from(offset_ms).ok()?);
-        Some(base + offset)
+        base.checked_add(offset).ok()
     }
 
     /// True when the host with `seed` may take this version at `now`.
@@ -261,6 +262,32 @@ mod tests {
         assert!(Seed::new(2047).is_ok());
         assert_eq!(Seed::new(2048), Err(BadSeed(2048)));
         assert_eq!(Seed::new(u64::MAX), Err(BadSeed(u64::MAX)));
+    }
+
+    /// A `Start` near the end of time made the spread inside a wave overflow the timestamp,
+    /// and `resolve` panicked on such a manifest (the `manifest` fuzz target's seed
+    /// `fuzz/seeds/manifest/rollout-end-of-time.json`).
+    #[test]
+    fn start_near_the_end_of_time_is_never_eligible() {
+        let start: Timestamp = "9999-12-30T00:00:00Z".parse().unwrap();
+        let r = Rollout::new(
+            start,
+            vec![
+                Wave {
+                    percent: 99,
+                    after: hours(0),
+                },
+                Wave {
+                    percent: 100,
+                    after: hours(24 * 3650),
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.eligible_at(seed(0)), Some(start));
+        assert_eq!(r.eligible_at(seed(2000)), None);
+        assert!(!r.is_eligible(seed(2000), Timestamp::MAX));
+        assert_eq!(r.eligible_at(seed(2047)), None);
     }
 
     #[test]
