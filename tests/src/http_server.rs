@@ -6,6 +6,10 @@
 //! `bytes=N-M` or `bytes=-N` with 206 and `Content-Range` (416 when unsatisfiable), 404 for
 //! missing files, and 400 for paths that try to leave the directory.
 //!
+//! [`FileServer::proxy`] serves another server's objects instead of a directory: each
+//! request is fetched from that upstream (the local S3 server, say) and answered with the
+//! same faults, which makes it a fault-injecting proxy in front of a real server.
+//!
 //! [`Faults`] changes its behaviour while it runs: a [`Fault`] applies to one request path or
 //! to every path, a given number of [`Times`]. The server also counts the requests it receives
 //! per path ([`FileServer::requests`]) and keeps a log of them ([`FileServer::request_log`]).
@@ -122,6 +126,8 @@ pub struct Faults {
 struct Rule {
     /// `None` for every path.
     path: Option<String>,
+    /// `path` is a prefix of the paths the rule applies to, not the whole path.
+    prefix: bool,
     fault: Fault,
     /// `None` for [`Times::Always`].
     remaining: Option<u32>,
@@ -129,7 +135,14 @@ struct Rule {
 
 impl Rule {
     fn applies_to(&self, path: &str) -> bool {
-        self.remaining != Some(0) && self.path.as_deref().is_none_or(|p| p == path)
+        self.remaining != Some(0)
+            && self.path.as_deref().is_none_or(|p| {
+                if self.prefix {
+                    path.starts_with(p)
+                } else {
+                    p == path
+                }
+            })
     }
 
     fn use_once(&mut self) {
@@ -170,12 +183,18 @@ impl Faults {
 
     /// Injects `fault` into requests for `path` (`/a.bin` or `a.bin`; no query).
     pub fn on_path(&self, path: &str, fault: Fault, times: Times) {
-        self.add(Some(normalize(path)), fault, times);
+        self.add(Some(normalize(path)), false, fault, times);
+    }
+
+    /// Injects `fault` into requests for every path that starts with `prefix`
+    /// (`/bucket/targets/`).
+    pub fn on_prefix(&self, prefix: &str, fault: Fault, times: Times) {
+        self.add(Some(normalize(prefix)), true, fault, times);
     }
 
     /// Injects `fault` into requests for any path.
     pub fn everywhere(&self, fault: Fault, times: Times) {
-        self.add(None, fault, times);
+        self.add(None, false, fault, times);
     }
 
     /// Removes every rule.
@@ -191,9 +210,10 @@ impl Faults {
             .count()
     }
 
-    fn add(&self, path: Option<String>, fault: Fault, times: Times) {
+    fn add(&self, path: Option<String>, prefix: bool, fault: Fault, times: Times) {
         self.lock().push(Rule {
             path,
+            prefix,
             fault,
             remaining: times.uses(),
         });
@@ -294,10 +314,18 @@ struct Stats {
     log: Vec<RequestRecord>,
 }
 
+/// Where the served bytes come from.
+#[derive(Debug)]
+enum Origin {
+    /// Files under this directory (canonical).
+    Dir(PathBuf),
+    /// Objects of the HTTP server at this address, fetched with a GET per request.
+    Upstream(SocketAddr),
+}
+
 #[derive(Debug)]
 struct Shared {
-    /// Canonical.
-    root: PathBuf,
+    origin: Origin,
     faults: Faults,
     stats: Mutex<Stats>,
 }
@@ -327,9 +355,20 @@ pub struct FileServer {
 impl FileServer {
     /// Serves the directory `root` on `127.0.0.1` at an ephemeral port.
     pub fn start(root: impl AsRef<Path>) -> io::Result<Self> {
-        let root = root.as_ref().canonicalize()?;
+        Self::serve(Origin::Dir(root.as_ref().canonicalize()?))
+    }
+
+    /// A fault-injecting proxy on `127.0.0.1` in front of the HTTP server at `upstream`:
+    /// a GET or HEAD of a path is answered from a GET of the same path upstream (its 200
+    /// body, 404 as missing, any other status passed on), with this server's faults and
+    /// `Range` handling. Only anonymous reads pass: no request headers are forwarded.
+    pub fn proxy(upstream: SocketAddr) -> io::Result<Self> {
+        Self::serve(Origin::Upstream(upstream))
+    }
+
+    fn serve(origin: Origin) -> io::Result<Self> {
         let shared = Arc::new(Shared {
-            root,
+            origin,
             faults: Faults::new(),
             stats: Mutex::default(),
         });
@@ -355,9 +394,12 @@ impl FileServer {
         format!("http://{}{}", self.server.addr(), normalize(path))
     }
 
-    /// The served directory (canonical).
+    /// The served directory (canonical); empty for a proxy.
     pub fn root(&self) -> &Path {
-        &self.shared.root
+        match &self.shared.origin {
+            Origin::Dir(root) => root,
+            Origin::Upstream(_) => Path::new(""),
+        }
     }
 
     /// The fault controls.
@@ -446,10 +488,14 @@ async fn respond(
         );
     }
 
-    let Some(file) = resolve(&shared.root, path) else {
-        return text(StatusCode::BAD_REQUEST, "bad path\n");
+    let read = match &shared.origin {
+        Origin::Dir(root) => match resolve(root, path) {
+            Some(file) => read_file(root, &file).await,
+            None => Err(ReadError::OutsideRoot),
+        },
+        Origin::Upstream(addr) => fetch(*addr, path).await,
     };
-    let data = match read_file(&shared.root, &file).await {
+    let data = match read {
         Ok(Some(data)) => data,
         Ok(None) if shared.faults.forbid_missing(path) => {
             return text(StatusCode::FORBIDDEN, "AccessDenied\n");
@@ -458,6 +504,9 @@ async fn respond(
         Err(ReadError::OutsideRoot) => return text(StatusCode::BAD_REQUEST, "bad path\n"),
         Err(ReadError::Io(e)) => {
             return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"));
+        }
+        Err(ReadError::Upstream(status)) => {
+            return text(status, &format!("upstream answered {status}\n"));
         }
     };
 
@@ -563,6 +612,31 @@ fn percent_decode(segment: &str) -> Option<String> {
 enum ReadError {
     OutsideRoot,
     Io(io::Error),
+    /// The upstream's answer, other than 200 and 404 (or 502 when it could not be asked).
+    Upstream(StatusCode),
+}
+
+/// The body of `GET path` from the server at `upstream`; `None` on 404.
+async fn fetch(upstream: SocketAddr, path: &str) -> Result<Option<Bytes>, ReadError> {
+    let bad_gateway = |_| ReadError::Upstream(StatusCode::BAD_GATEWAY);
+    let stream = TcpStream::connect(upstream).await.map_err(ReadError::Io)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(bad_gateway)?;
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(header::HOST, upstream.to_string())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|_| ReadError::Upstream(StatusCode::BAD_REQUEST))?;
+    let response = sender.send_request(request).await.map_err(bad_gateway)?;
+    match response.status() {
+        StatusCode::OK => {
+            let body = response.into_body().collect().await.map_err(bad_gateway)?;
+            Ok(Some(body.to_bytes()))
+        }
+        StatusCode::NOT_FOUND => Ok(None),
+        status => Err(ReadError::Upstream(status)),
+    }
 }
 
 /// The file's bytes; `None` when it is missing or not a regular file. A symlink that leads

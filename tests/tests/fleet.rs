@@ -2,7 +2,9 @@
 //! seed, in two regions whose repositories live in buckets on the local S3 server. The
 //! real `release-manifest` publishes releases wave by wave; the agents' schedules launch
 //! the real updater, which reads its region's bucket anonymously; the agents report every
-//! update to the results sink, which the publisher's guards read.
+//! update to the results sink, which the publisher's guards read. eu-west-1's hosts reach
+//! their bucket through a fault-injecting proxy that fails, resets, truncates and stalls
+//! their requests while they update.
 //!
 //! The story, with an assertion on which hosts moved when at each step:
 //! 1. 1.0.0 everywhere; every host installs it.
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use molt_tests::agent_host::AgentHost;
 use molt_tests::fixture::{pid_alive, stamped_build, wait_for, workspace_bin};
+use molt_tests::http_server::{Fault, FileServer, Times};
 use molt_tests::s3::S3Server;
 use release_manifest::Platform;
 use release_manifest::host::state::{self, HealthStatus, HistoryRecord, Outcome};
@@ -228,14 +231,16 @@ struct FleetHost {
 }
 
 impl FleetHost {
-    fn new(release: &Release, region: &'static str, seed: Seed) -> FleetHost {
+    /// A host of `region` that reads its repository from `endpoint` (the S3 server, or the
+    /// fault proxy in front of it).
+    fn new(release: &Release, endpoint: &str, region: &'static str, seed: Seed) -> FleetHost {
         let host = AgentHost::new();
         host.write_config(&format!(
             "region = \"{region}\"\nsource = \"{}/acme-molt-{region}/\"\ntrusted_root = \"{}\"\n\
              [updater]\nservice = \"direct\"\nsoak = \"500ms\"\nhealth_timeout = \"60s\"\n\
              [agent]\nschedule = \"rate(2 seconds)\"\njitter = \"1s\"\n\
              report = \"s3://acme-molt-reports/fleet/\"\npoll = \"1s\"\n",
-            release.s3.endpoint(),
+            endpoint.trim_end_matches('/'),
             release.trusted_root().display()
         ));
         // What a host derives once from its instance id and keeps: its rollout seed and the
@@ -385,6 +390,37 @@ fn assert_waves_respected(hosts: &[&FleetHost], version: &str, rollout: &Rollout
     }
 }
 
+/// Errors, resets, truncations, a stall and an ignored `Range` on the next requests of
+/// eu-west-1's hosts: few enough that the updater's retries (5 attempts per download) and
+/// the next scheduled run absorb them, so every update still succeeds once.
+fn inject_faults(proxy: &FileServer) {
+    let targets = format!("/acme-molt-{REST}/targets/");
+    let f = proxy.faults();
+    f.everywhere(Fault::Status(503), Times::N(3));
+    f.on_prefix(&targets, Fault::ResetAfter(256 << 10), Times::N(3));
+    f.on_prefix(&targets, Fault::Truncate(128 << 10), Times::N(2));
+    f.on_prefix(
+        &targets,
+        Fault::Stall {
+            after_bytes: 64 << 10,
+            duration: Duration::from_secs(2),
+        },
+        Times::Once,
+    );
+    f.on_prefix(&targets, Fault::IgnoreRange, Times::Once);
+}
+
+/// Every injected fault met a request.
+fn assert_faults_hit(proxy: &FileServer) {
+    assert_eq!(proxy.faults().pending(), 0, "faults left unused");
+    let errors = proxy
+        .request_log()
+        .iter()
+        .filter(|r| r.status == 503)
+        .count();
+    assert!(errors >= 3, "{errors} requests answered 503");
+}
+
 #[test]
 fn fleet_of_twenty_agents_across_two_regions() {
     let v1 = stamped_build("1.0.0");
@@ -420,10 +456,21 @@ fn fleet_of_twenty_agents_across_two_regions() {
         "--regions",
         &format!("{CANARY},{REST}"),
     ]);
+    // eu-west-1's hosts read their bucket through the fault-injecting proxy.
+    let upstream = release.s3.endpoint();
+    let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');
+    let proxy = FileServer::proxy(upstream.parse().unwrap()).unwrap();
     let spread = |i: u16| Seed::new(u64::from(i * (2048 / HOSTS_PER_REGION) + 17)).unwrap();
     let fleet: Vec<FleetHost> = (0..HOSTS_PER_REGION)
         .flat_map(|i| [CANARY, REST].map(|r| (r, spread(i))))
-        .map(|(r, seed)| FleetHost::new(&release, r, seed))
+        .map(|(r, seed)| {
+            let endpoint = if r == REST {
+                proxy.base_url()
+            } else {
+                release.s3.endpoint()
+            };
+            FleetHost::new(&release, &endpoint, r, seed)
+        })
         .collect();
     let canary: Vec<&FleetHost> = fleet.iter().filter(|h| h.region == CANARY).collect();
     let rest: Vec<&FleetHost> = fleet.iter().filter(|h| h.region == REST).collect();
@@ -499,6 +546,8 @@ fn fleet_of_twenty_agents_across_two_regions() {
     while Timestamp::now() < baked {
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The network between eu-west-1's hosts and their bucket misbehaves while they update.
+    inject_faults(&proxy);
     let advanced = now_floor();
     let out = release.advance("2.0.0");
     assert!(out.status.success(), "{}", text(&out));
@@ -510,6 +559,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
         assert_eq!(r.result, Outcome::Success, "{}", h.diagnosis());
         assert!(r.started_at >= advanced, "{} moved before wave 2", h.name());
     }
+    assert_faults_hit(&proxy);
 
     // 3. The broken 3.0.0: rolled back in wave 1, stopped by the guard, rolled back in
     //    wave 2 when pushed there anyway
@@ -547,6 +597,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
     for h in &rest {
         assert!(h.record_to("3.0.0").is_none(), "{}", h.diagnosis());
     }
+    inject_faults(&proxy);
     let pushed = now_floor();
     let out = release.publish("3.0.0", &["--regions", REST]);
     assert!(out.status.success(), "{}", text(&out));
@@ -558,6 +609,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
         assert_eq!(r.result, Outcome::RolledBack, "{}", h.diagnosis());
         assert!(r.started_at >= pushed);
     }
+    assert_faults_hit(&proxy);
 
     // The 3.0.0 updater itself is sound: every host's standalone updater took it (it
     // updates itself before the agent), and kept it through the agent's rollback.

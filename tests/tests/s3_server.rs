@@ -417,3 +417,93 @@ async fn the_environment_names_the_endpoint() {
     let got = s3::get_object(&client(), None, joined, MIB).await.unwrap();
     assert_eq!(&got[..], b"1.0.0\n");
 }
+
+/// The fault-injecting proxy in front of the real server: the same bytes, its faults, its
+/// `Range` handling, and the server's own 404 and 403 passed on.
+#[tokio::test]
+async fn the_fault_proxy_serves_the_servers_objects_with_faults() {
+    use molt_tests::http_server::{Fault, FileServer, Times};
+    let server = S3Server::start();
+    server.create_bucket("molt-public");
+    server.create_bucket("private-molt");
+    let e = endpoint(&server);
+    let client = client();
+    let body: Vec<u8> = (0..MIB as usize).map(|i| (i % 253) as u8).collect();
+    for bucket in ["molt-public", "private-molt"] {
+        let url = e.object_url(bucket, "repo/targets/a.tar.gz").unwrap();
+        put_object(
+            &client,
+            &signer(&server),
+            url,
+            body.clone(),
+            "application/gzip",
+        )
+        .await
+        .unwrap();
+    }
+    let upstream = server.endpoint();
+    let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');
+    let proxy = FileServer::proxy(upstream.parse().unwrap()).unwrap();
+    let object = "/molt-public/repo/targets/a.tar.gz";
+    let get = |path: &str| client.get(proxy.url(path)).send();
+
+    let r = get(object).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), body.as_slice());
+    let r = client
+        .get(proxy.url(object))
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &body[1000..2000]);
+    assert_eq!(
+        get("/molt-public/repo/missing").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get("/private-molt/repo/targets/a.tar.gz")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN,
+        "the proxy forwards no credentials, and passes the server's refusal on"
+    );
+
+    proxy.faults().on_prefix(
+        "/molt-public/repo/targets/",
+        Fault::Status(503),
+        Times::Once,
+    );
+    proxy.faults().on_prefix(
+        "/molt-public/repo/targets/",
+        Fault::Truncate(4096),
+        Times::Once,
+    );
+    assert_eq!(
+        get(object).await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let truncated = get(object).await.unwrap().bytes().await;
+    assert!(truncated.is_err(), "a truncated body is an error");
+    assert_eq!(
+        get(object).await.unwrap().bytes().await.unwrap().len(),
+        body.len()
+    );
+    assert_eq!(proxy.faults().pending(), 0);
+    // prefix rules leave other paths alone
+    proxy.faults().on_prefix(
+        "/molt-public/repo/targets/",
+        Fault::Status(500),
+        Times::Always,
+    );
+    assert_eq!(
+        get(object).await.unwrap().status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        get("/molt-public/repo/missing").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+}
