@@ -375,6 +375,52 @@ fn wait_all(what: &str, hosts: &[&FleetHost], done: impl Fn(&FleetHost) -> bool)
     eprintln!("{what}: all {} hosts in {:?}", hosts.len(), start.elapsed());
 }
 
+/// Waits until every host of `hosts` has tried `version` and runs `running` healthily,
+/// then checks that each try ended in `outcome` and started no earlier than `not_before`.
+fn wait_update(
+    hosts: &[&FleetHost],
+    version: &str,
+    running: &str,
+    outcome: Outcome,
+    not_before: Timestamp,
+) {
+    let what = format!("{version} tried, {running} running, in {}", hosts[0].region);
+    wait_all(&what, hosts, |h| {
+        h.record_to(version).is_some() && h.healthy_on().as_deref() == Some(running)
+    });
+    for h in hosts {
+        let r = h.record_to(version).unwrap();
+        assert_eq!(r.result, outcome, "{}", h.diagnosis());
+        assert!(
+            r.started_at >= not_before,
+            "{} tried {version} at {}, before it was sent at {not_before}",
+            h.name(),
+            r.started_at
+        );
+    }
+}
+
+/// Waits until the sink holds a report of `version` from each of `hosts`; returns them.
+fn wait_reports(
+    release: &Release,
+    hosts: &[&FleetHost],
+    version: &str,
+) -> BTreeMap<String, String> {
+    let region = hosts[0].region;
+    let ids: Vec<String> = hosts.iter().map(|h| h.host_id()).collect();
+    wait_for(STEP, || {
+        let r = release.reports(region, version);
+        ids.iter().all(|id| r.contains_key(id)).then_some(r)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{region} {version}: reports {:?}\n{}",
+            release.reports(region, version),
+            hosts[0].diagnosis()
+        )
+    })
+}
+
 /// Asserts that no host of `hosts` started its update to `version` before `rollout` (the
 /// in-region waves, from a `Start` no later than the real one) made it eligible.
 fn assert_waves_respected(hosts: &[&FleetHost], version: &str, rollout: &Rollout) {
@@ -506,15 +552,9 @@ fn fleet_of_twenty_agents_across_two_regions() {
     let out = release.advance("2.0.0");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("bakes until"), "{}", text(&out));
-    wait_all("2.0.0 in us-east-1", &canary, |h| {
-        h.record_to("2.0.0").is_some() && h.healthy_on().as_deref() == Some("2.0.0")
-    });
+    wait_update(&canary, "2.0.0", "2.0.0", Outcome::Success, published);
     let rollout = Rollout::new(published, canary_waves()).unwrap();
     assert_waves_respected(&canary, "2.0.0", &rollout);
-    for h in &canary {
-        let r = h.record_to("2.0.0").unwrap();
-        assert_eq!(r.result, Outcome::Success, "{}", h.diagnosis());
-    }
     // eu-west-1's hosts kept checking their region all along, and stayed on 1.0.0
     for h in &rest {
         assert!(h.record_to("2.0.0").is_none(), "{}", h.diagnosis());
@@ -532,16 +572,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
         assert!(at > published, "{}: last launch {at}", h.name());
     }
     // Wave 1's reports reach the sink; after its bake, `rollout advance` sends wave 2.
-    wait_for(STEP, || {
-        (release.reports(CANARY, "2.0.0").len() == canary.len()).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "reports: {:?}\n{}",
-            release.reports(CANARY, "2.0.0"),
-            canary[0].diagnosis()
-        )
-    });
+    wait_reports(&release, &canary, "2.0.0");
     let baked = published + jiff::SignedDuration::from_secs(13);
     while Timestamp::now() < baked {
         std::thread::sleep(Duration::from_millis(200));
@@ -551,14 +582,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
     let advanced = now_floor();
     let out = release.advance("2.0.0");
     assert!(out.status.success(), "{}", text(&out));
-    wait_all("2.0.0 in eu-west-1", &rest, |h| {
-        h.record_to("2.0.0").is_some() && h.healthy_on().as_deref() == Some("2.0.0")
-    });
-    for h in &rest {
-        let r = h.record_to("2.0.0").unwrap();
-        assert_eq!(r.result, Outcome::Success, "{}", h.diagnosis());
-        assert!(r.started_at >= advanced, "{} moved before wave 2", h.name());
-    }
+    wait_update(&rest, "2.0.0", "2.0.0", Outcome::Success, advanced);
     assert_faults_hit(&proxy);
 
     // 3. The broken 3.0.0: rolled back in wave 1, stopped by the guard, rolled back in
@@ -566,27 +590,11 @@ fn fleet_of_twenty_agents_across_two_regions() {
     let published = now_floor();
     let out = release.publish("3.0.0", &["--wave", "1"]);
     assert!(out.status.success(), "{}", text(&out));
-    wait_all("3.0.0 rolled back in us-east-1", &canary, |h| {
-        h.record_to("3.0.0").is_some() && h.healthy_on().as_deref() == Some("2.0.0")
-    });
+    wait_update(&canary, "3.0.0", "2.0.0", Outcome::RolledBack, published);
     let rollout = Rollout::new(published, canary_waves()).unwrap();
     assert_waves_respected(&canary, "3.0.0", &rollout);
-    for h in &canary {
-        let r = h.record_to("3.0.0").unwrap();
-        assert_eq!(r.result, Outcome::RolledBack, "{}", h.diagnosis());
-    }
-    wait_for(STEP, || {
-        (release.reports(CANARY, "3.0.0").len() == canary.len()).then_some(())
-    })
-    .unwrap_or_else(|| panic!("reports: {:?}", release.reports(CANARY, "3.0.0")));
-    assert!(
-        release
-            .reports(CANARY, "3.0.0")
-            .values()
-            .all(|r| r == "rolled_back"),
-        "{:?}",
-        release.reports(CANARY, "3.0.0")
-    );
+    let reports = wait_reports(&release, &canary, "3.0.0");
+    assert!(reports.values().all(|r| r == "rolled_back"), "{reports:?}");
     let out = release.publish("3.0.0", &["--wave", "2"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
@@ -601,14 +609,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
     let pushed = now_floor();
     let out = release.publish("3.0.0", &["--regions", REST]);
     assert!(out.status.success(), "{}", text(&out));
-    wait_all("3.0.0 rolled back in eu-west-1", &rest, |h| {
-        h.record_to("3.0.0").is_some() && h.healthy_on().as_deref() == Some("2.0.0")
-    });
-    for h in &rest {
-        let r = h.record_to("3.0.0").unwrap();
-        assert_eq!(r.result, Outcome::RolledBack, "{}", h.diagnosis());
-        assert!(r.started_at >= pushed);
-    }
+    wait_update(&rest, "3.0.0", "2.0.0", Outcome::RolledBack, pushed);
     assert_faults_hit(&proxy);
 
     // The 3.0.0 updater itself is sound: every host's standalone updater took it (it
@@ -661,22 +662,15 @@ fn fleet_of_twenty_agents_across_two_regions() {
         assert_eq!(h.standalone_updater(), "updater 1.0.0", "{}", h.diagnosis());
     }
     // Every host reported every update under its region, version and host id.
-    for (region, hosts) in [(CANARY, &canary), (REST, &rest)] {
-        let ids: Vec<String> = hosts.iter().map(|h| h.host_id()).collect();
+    for hosts in [&canary, &rest] {
         for (version, result) in [
             ("2.0.0", "success"),
             ("3.0.0", "rolled_back"),
             ("1.0.0", "success"),
         ] {
-            let reports = wait_for(STEP, || {
-                let r = release.reports(region, version);
-                ids.iter().all(|id| r.contains_key(id)).then_some(r)
-            })
-            .unwrap_or_else(|| {
-                panic!("{region} {version}: {:?}", release.reports(region, version))
-            });
-            for id in &ids {
-                assert_eq!(reports[id], result, "{region} {version} {id}");
+            let reports = wait_reports(&release, hosts, version);
+            for h in hosts.iter() {
+                assert_eq!(reports[&h.host_id()], result, "{} {version}", h.name());
             }
         }
     }
