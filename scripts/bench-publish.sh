@@ -7,6 +7,8 @@
 #
 # Usage: scripts/bench-publish.sh [RUNS]
 #   RUNS  publishes of each kind (default 5)
+#   MOLT_S3_LATENCY_MS=N in the environment: the server delays every request by N ms (a
+#   stand-in for the round trip to a remote region; default none, which measures CPU)
 #
 # The first build of release-manifest in release mode (aws-sdk-s3) takes several minutes.
 set -euo pipefail

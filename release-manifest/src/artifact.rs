@@ -185,6 +185,93 @@ impl<'de> Deserialize<'de> for Sha256 {
     }
 }
 
+/// A file, with the length and SHA-256 of its bytes as [`HashedFile::hash`] read them in one
+/// pass. That function is the only way to make one, so the digest always belongs to the file:
+/// the publisher hashes each archive once and hands the same `HashedFile` to every region,
+/// instead of hashing it again for each use.
+///
+/// The file can still change on disk after it was hashed. Whoever sends or copies its bytes
+/// checks them against the digest on the way: [`HashedFile::read_verified`] here, and an S3
+/// upload through the checksum the server verifies (`store::Body`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HashedFile {
+    path: std::path::PathBuf,
+    len: u64,
+    sha256: Sha256,
+}
+
+impl HashedFile {
+    /// Reads `path` once, counting and hashing its bytes.
+    pub fn hash(path: impl Into<std::path::PathBuf>) -> std::io::Result<HashedFile> {
+        let path = path.into();
+        let (len, sha256) = hash_reader(std::fs::File::open(&path)?)?;
+        Ok(HashedFile { path, len, sha256 })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn sha256(&self) -> Sha256 {
+        self.sha256
+    }
+
+    /// The file's bytes, read whole, after checking that they are still the ones hashed
+    /// (length and SHA-256); an `InvalidData` error says that the file changed.
+    pub fn read_verified(&self) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(&self.path)?;
+        if bytes.len() as u64 != self.len || Sha256::digest(&bytes) != self.sha256 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} changed after it was hashed (it had {} bytes, SHA-256 {})",
+                    self.path.display(),
+                    self.len,
+                    self.sha256
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl fmt::Debug for HashedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashedFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("sha256", &format_args!("{}", self.sha256))
+            .finish()
+    }
+}
+
+/// Length and SHA-256 of everything `reader` yields.
+pub(crate) fn hash_reader(mut reader: impl std::io::Read) -> std::io::Result<(u64, Sha256)> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, Sha256(hasher.finalize().into())))
+}
+
 /// A relative path inside a repository or package tree, checked at construction: no
 /// empty or absolute path, no `.` or `..` component, no backslash, no NUL or control
 /// character. Like tough's `TargetName`, a value of this type can be joined to a

@@ -472,22 +472,7 @@ fn write_zip(file: &mut File, path: &Path, entries: &[Entry<'_>]) -> Result<(), 
 
 /// Length and SHA-256 of a file.
 fn hash_file(path: &Path) -> io::Result<(u64, Sha256)> {
-    use sha2::Digest;
-    let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((len, Sha256::from_bytes(hasher.finalize().into())))
+    crate::artifact::hash_reader(File::open(path)?)
 }
 
 /// A temporary file beside the destination, removed on drop unless it was moved into place.

@@ -15,8 +15,16 @@
 //! - **Apply**: targets first, then targets and snapshot metadata, each created only if
 //!   absent (If-None-Match), and `timestamp.json` last, only if it is still the one pulled
 //!   (If-Match). A racing publisher therefore loses nothing: one of the two is refused.
-//! - **Read back** the region as a host would (TUF from the trusted root), and read every
-//!   new target through it.
+//! - **Read back** the region as a host would (TUF from the trusted root: root chain,
+//!   timestamp, snapshot, targets, manifest), and check every new target: by the SHA-256
+//!   that the store computed over the bytes it holds and verified at upload, when it keeps
+//!   one and it is the signed one; else by reading the target through TUF (see
+//!   [`read_back`]).
+//!
+//! The edit is rendered in a [`ScratchRepo`] (metadata written without fsync; it is
+//! deleted afterwards), and new targets are uploaded straight from their files, hashed
+//! once per publish by the caller ([`crate::tuf::repo::ReleaseFiles`]). Every upload
+//! carries its SHA-256, which the store verifies ([`crate::store::Body`]).
 //!
 //! A publisher killed at any point leaves the old `timestamp.json` in place, and with it
 //! a repository that verifies; the objects it uploaded are unreferenced until a rerun.
@@ -28,13 +36,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::artifact::Sha256;
 use crate::manifest::Manifest;
 use crate::region::Region;
 use crate::s3::S3Signer;
-use crate::store::{Condition, ObjectStore, StoreError};
+use crate::store::{Body, Condition, ObjectStore, StoreError};
 use crate::transport::{HttpSettings, MoltTransport, Url};
 use crate::tuf::client::{LoadOptions, RegionSource, load_region};
-use crate::tuf::repo::{EditReport, RepoError};
+use crate::tuf::repo::{EditReport, RepoError, ScratchRepo};
 
 const TIMESTAMP: &str = "metadata/timestamp.json";
 
@@ -64,6 +73,9 @@ pub struct Options {
     pub trusted_root: Vec<u8>,
     /// Release notes for the feed: (version, text).
     pub notes: Option<(String, String)>,
+    /// The HTTP client of the read-back, shared by all regions (cheap to clone); `None`
+    /// makes one for each read-back.
+    pub transport: Option<MoltTransport>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -388,15 +400,45 @@ where
     }
 }
 
-/// Publishes one edit of one region: `edit` changes the scratch repository (it gets the
-/// repository's directory and the version floor) and reports what it did.
+/// Whether `key` holds `body`'s bytes (`None`: no object there). Decided by the length and
+/// the SHA-256 the store keeps with the object; an object without one (uploaded by an
+/// older publisher) is downloaded and hashed.
+async fn holds(
+    store: &dyn ObjectStore,
+    key: &str,
+    body: &Body,
+    attempts: u32,
+) -> Result<Option<bool>, StoreError> {
+    let Some(meta) = with_retries(attempts, || store.stat(key)).await? else {
+        return Ok(None);
+    };
+    if meta.len != body.len() {
+        return Ok(Some(false));
+    }
+    if let Some(sha256) = meta.sha256 {
+        return Ok(Some(sha256 == body.sha256()));
+    }
+    Ok(with_retries(attempts, || store.get(key))
+        .await?
+        .map(|o| o.bytes.len() as u64 == body.len() && Sha256::digest(&o.bytes) == body.sha256()))
+}
+
+/// One object to write: where, what, and how.
+struct Upload {
+    change: Change,
+    body: Body,
+}
+
+/// Publishes one edit of one region: `edit` changes the scratch repository (it gets a
+/// [`ScratchRepo`] over a copy of the region's metadata and manifest, and the version
+/// floor) and reports what it did, new targets included.
 pub async fn update_region<F, Fut>(
     rs: &RegionStore,
     opts: &Options,
     edit: F,
 ) -> Result<RegionReport, PublishError>
 where
-    F: FnOnce(PathBuf, [u64; 3]) -> Fut,
+    F: FnOnce(ScratchRepo, [u64; 3]) -> Fut,
     Fut: std::future::Future<Output = Result<EditReport, RepoError>>,
 {
     let store = rs.store.as_ref();
@@ -408,49 +450,68 @@ where
     })?;
     let dir = scratch.path().join("repo");
     write_scratch(&dir, &pulled.objects)?;
-    let report = edit(dir.clone(), pulled.floor).await?;
+    let report = edit(ScratchRepo::new(dir.clone()), pulled.floor).await?;
 
-    // Diff.
+    // Diff: the metadata files of the scratch copy (small; their bytes are the bodies), and
+    // the new targets the edit handed back (their digests say whether they are new).
     let mut keys = Vec::new();
-    walk(&dir, &dir, &mut keys)?;
-    keys.sort_by_key(|k| (rank(k), k.clone()));
-    let mut changes = Vec::new();
-    let mut bodies = BTreeMap::new();
+    walk(&dir.join("metadata"), &dir, &mut keys)?;
+    let mut writes = Vec::new();
     for key in keys {
         let path = dir.join(&key);
         let bytes = std::fs::read(&path).map_err(|source| PublishError::Scratch {
             path: path.clone(),
             source,
         })?;
-        match pulled.objects.get(&key) {
+        let action = match pulled.objects.get(&key) {
             Some(old) if *old == bytes => continue,
-            Some(_) if key == TIMESTAMP => changes.push(Change {
-                key: key.clone(),
-                action: Action::Replace,
+            Some(_) if key == TIMESTAMP => Action::Replace,
+            _ => Action::Create,
+        };
+        writes.push(Upload {
+            change: Change {
+                key,
+                action,
                 size: bytes.len(),
-            }),
-            _ => changes.push(Change {
-                key: key.clone(),
-                action: Action::Create,
-                size: bytes.len(),
-            }),
-        }
-        bodies.insert(key, bytes);
+            },
+            body: Body::from_bytes(bytes),
+        });
     }
+    for t in &report.targets {
+        if let Some(old) = pulled.objects.get(&t.key)
+            && old.len() as u64 == t.body.len()
+            && Sha256::digest(old) == t.body.sha256()
+        {
+            continue;
+        }
+        writes.push(Upload {
+            change: Change {
+                key: t.key.clone(),
+                action: Action::Create,
+                size: usize::try_from(t.body.len()).unwrap_or(usize::MAX),
+            },
+            body: t.body.clone(),
+        });
+    }
+    writes.sort_by(|a, b| {
+        (rank(&a.change.key), &a.change.key).cmp(&(rank(&b.change.key), &b.change.key))
+    });
 
     // Guard: immutable objects that already exist.
-    for c in changes.iter_mut().filter(|c| c.action == Action::Create) {
-        let existing = with_retries(opts.attempts, || store.get(&c.key))
+    for w in writes
+        .iter_mut()
+        .filter(|w| w.change.action == Action::Create)
+    {
+        match holds(store, &w.change.key, &w.body, opts.attempts)
             .await
-            .map_err(pull_error(&c.key, &shown))?;
-        if let Some(existing) = existing {
-            if Some(&existing.bytes) == bodies.get(&c.key) {
-                c.action = Action::Same;
-            } else if opts.allow_clobber {
-                c.action = Action::Clobber;
-            } else {
+            .map_err(pull_error(&w.change.key, &shown))?
+        {
+            None => {}
+            Some(true) => w.change.action = Action::Same,
+            Some(false) if opts.allow_clobber => w.change.action = Action::Clobber,
+            Some(false) => {
                 return Err(PublishError::Clobber {
-                    key: c.key.clone(),
+                    key: w.change.key.clone(),
                     store: shown,
                 });
             }
@@ -464,7 +525,7 @@ where
             report.snapshot_version,
             report.timestamp_version,
         ],
-        changes,
+        changes: writes.iter().map(|w| w.change.clone()).collect(),
         uploaded: 0,
         dry_run: opts.dry_run,
         added: report.added.clone(),
@@ -474,10 +535,8 @@ where
     }
 
     // Apply, in order; timestamp.json last and only over the one pulled.
-    for c in &out.changes {
-        let Some(bytes) = bodies.get(&c.key) else {
-            continue;
-        };
+    for w in &writes {
+        let c = &w.change;
         let cond = match c.action {
             Action::Same => continue,
             Action::Create => Condition::IfNoneMatch,
@@ -485,7 +544,7 @@ where
             Action::Replace => Condition::IfMatch(pulled.timestamp_etag.clone()),
         };
         let result = with_retries(opts.attempts, || {
-            store.put(&c.key, bytes.clone(), cond.clone())
+            store.put_body(&c.key, w.body.clone(), cond.clone())
         })
         .await;
         match result {
@@ -495,8 +554,8 @@ where
             }
             Err(StoreError::PreconditionFailed { .. }) if c.action == Action::Create => {
                 // Someone created it since the guard: fine only with the very same bytes.
-                let now = store.get(&c.key).await.ok().flatten();
-                if now.as_ref().map(|o| &o.bytes) != Some(bytes) {
+                let same = holds(store, &c.key, &w.body, opts.attempts).await;
+                if !matches!(same, Ok(Some(true))) {
                     return Err(PublishError::Raced {
                         key: c.key.clone(),
                         store: shown,
@@ -518,6 +577,7 @@ where
             }
         }
     }
+    drop(scratch);
 
     let manifest = read_back(rs, opts, &report.added).await?;
     // The feed follows the verified state; a feed that fails to update loses nothing (the
@@ -634,13 +694,25 @@ async fn write_feed(
     );
     let mut bytes = serde_json::to_vec_pretty(&feed).unwrap_or_default();
     bytes.push(b'\n');
+    let body = Body::from_bytes(bytes);
     with_retries(opts.attempts, || {
-        store.put(FEED, bytes.clone(), Condition::None)
+        store.put_body(FEED, body.clone(), Condition::None)
     })
     .await
 }
 
-/// Loads the region as a host would and reads every added target through TUF.
+/// Loads the region as a host would, from the trusted root (root chain, timestamp,
+/// snapshot, targets, manifest, all verified through TUF), then checks every added target
+/// against its signed length and SHA-256.
+///
+/// A target is checked by the length and SHA-256 that the store keeps with the object
+/// ([`ObjectStore::stat`]): S3 computed that checksum over the bytes it received, verified it
+/// against the one this publish sent, and stores it with exactly those bytes; the directory
+/// store hashes the file. When they are the signed ones, the bytes a host will download are
+/// the signed bytes, without downloading them again from every region. When the store has
+/// no checksum for the object (uploaded by an older publisher, or by a server that keeps
+/// none) or cannot be asked, the target is read through TUF and hashed, as a host reads it.
+/// A checksum that differs from the signed one fails the read-back.
 pub async fn read_back(
     rs: &RegionStore,
     opts: &Options,
@@ -650,8 +722,10 @@ pub async fn read_back(
         region: rs.region.clone(),
         detail,
     };
-    let mut transport =
-        MoltTransport::new(HttpSettings::default()).map_err(|e| fail(e.to_string()))?;
+    let mut transport = match &opts.transport {
+        Some(t) => t.clone(),
+        None => MoltTransport::new(HttpSettings::default()).map_err(|e| fail(e.to_string()))?,
+    };
     if let Some(signer) = &rs.reader.signer {
         transport = transport.with_signer(signer.clone());
     }
@@ -667,6 +741,31 @@ pub async fn read_back(
     for name in added {
         if name == crate::tuf::MANIFEST_TARGET {
             continue;
+        }
+        let Some(signed) = loaded.target(name) else {
+            return Err(fail(format!("{name} is not among the signed targets")));
+        };
+        let key = tough::TargetName::new(name)
+            .map(|t| format!("targets/{}.{}", signed.sha256, t.resolved()))
+            .map_err(|e| fail(format!("{name}: {e}")))?;
+        let stored = with_retries(opts.attempts, || rs.store.stat(&key)).await;
+        match stored {
+            Ok(Some(meta)) if meta.sha256.is_some() => {
+                if meta.sha256 == Some(signed.sha256) && meta.len == signed.length {
+                    continue;
+                }
+                return Err(fail(format!(
+                    "{name}: {key} holds {} bytes with SHA-256 {}, but the signed target has {} bytes with SHA-256 {}",
+                    meta.len,
+                    meta.sha256.map(|s| s.to_string()).unwrap_or_default(),
+                    signed.length,
+                    signed.sha256
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(region = %rs.region, "cannot ask for the checksum of {key}: {e}");
+            }
         }
         let read = loaded
             .read_target_with(name, |r| std::io::copy(r, &mut std::io::sink()))
@@ -809,8 +908,9 @@ pub async fn upload_new(
             path: path.clone(),
             source,
         })?;
+        let body = Body::from_bytes(bytes);
         let result = with_retries(opts.attempts, || {
-            store.put(&key, bytes.clone(), Condition::IfNoneMatch)
+            store.put_body(&key, body.clone(), Condition::IfNoneMatch)
         })
         .await;
         match result {

@@ -26,6 +26,10 @@
 //! Requests are counted from the server's log when the server logs s3s's routing
 //! (`MOLT_S3_LOG=s3s::ops=debug`, which the script sets): one `resolved route op=…` line
 //! per request, the read-back's GETs included.
+//!
+//! Latency mode: with `MOLT_S3_LATENCY_MS=N` in the environment, the server (which inherits
+//! it) delays every request by N ms, a stand-in for the round trip to a bucket in another
+//! region. Without it, the server answers on loopback at once, and the figure measures CPU.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -367,6 +371,10 @@ fn main() -> Result<()> {
          {:.1} MiB of archives per release (test agent + updater)",
         archives as f64 / (1024.0 * 1024.0)
     );
+    match std::env::var("MOLT_S3_LATENCY_MS") {
+        Ok(ms) => println!("latency mode: the server delays every request by {ms} ms"),
+        Err(_) => println!("no added latency (set MOLT_S3_LATENCY_MS=N for N ms per request)"),
+    }
     println!(
         "unmeasured first publish of 0.1.0 to 16 regions (concurrency 16): {:.3} s",
         secs(warm)

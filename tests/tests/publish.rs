@@ -597,3 +597,110 @@ fn refresh_and_check_expiry_work_on_the_buckets() {
     // and a publish after it still needs no root key
     f.ok(&mut f.publish("1.1.0", &["--regions", "us-east-1"]));
 }
+
+/// The read-back checks each new target by the SHA-256 the server keeps with the object
+/// (computed over the bytes it stored, verified against the one the publisher sent), and
+/// downloads and hashes the target when the server has none. Bytes that are not the signed
+/// ones fail it either way.
+#[test]
+fn the_read_back_accepts_only_the_signed_bytes_of_each_target() {
+    use release_manifest::publish::{Options, Reader, RegionStore, read_back};
+    use release_manifest::s3::S3Signer;
+    use release_manifest::store::{Condition, ObjectStore, S3Store, S3StoreConfig};
+    use std::sync::Arc;
+
+    let f = Fleet::new("0s");
+    let region = "us-east-1";
+    let bucket = format!("acme-molt-{region}");
+    f.ok(&mut f.publish("1.0.0", &["--regions", region]));
+    // The agent's archive, as signed.
+    let report = f.ok(f
+        .tool()
+        .args(["verify", &f.url(region), "--json", "--trusted-root"])
+        .arg(f.keys().join("root.json")));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let target = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"].as_str().unwrap().starts_with("molt-agent/1.0.0/"))
+        .unwrap()
+        .clone();
+    let name = target["name"].as_str().unwrap().to_owned();
+    let key = format!("targets/{}.{name}", target["sha256"].as_str().unwrap());
+    let file = f.s3.object_path(&bucket, &key);
+    let signed = std::fs::read(&file).unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = S3StoreConfig::new(&bucket, region.parse().unwrap());
+    config.endpoint_url = Some(f.s3.endpoint());
+    config.credentials = Some(f.s3.credentials_provider());
+    let store = Arc::new(rt.block_on(S3Store::new(config)).unwrap());
+    let rs = RegionStore {
+        region: region.parse().unwrap(),
+        store: store.clone(),
+        reader: Reader {
+            url: f.url(region).parse().unwrap(),
+            signer: Some(S3Signer::new(
+                f.s3.credentials_provider(),
+                region.parse().unwrap(),
+            )),
+        },
+    };
+    let opts = Options {
+        dry_run: false,
+        allow_clobber: false,
+        attempts: 1,
+        trusted_root: std::fs::read(f.keys().join("root.json")).unwrap(),
+        notes: None,
+        transport: None,
+    };
+    let read_back = || rt.block_on(read_back(&rs, &opts, std::slice::from_ref(&name)));
+    let stat = || rt.block_on(store.stat(&key)).unwrap().unwrap();
+
+    // As published: the server has the SHA-256 it verified, and it is the signed one.
+    assert_eq!(
+        stat().sha256.map(|s| s.to_string()).as_deref(),
+        target["sha256"].as_str()
+    );
+    read_back().unwrap();
+
+    // The same bytes written behind the server's back: it has no checksum for them any
+    // more, so the target is downloaded and hashed, and passes.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&file, &signed).unwrap();
+    assert_eq!(stat().sha256, None);
+    read_back().unwrap();
+
+    // Other bytes of the same length written behind its back: downloaded, and refused.
+    let mut other = signed.clone();
+    let middle = other.len() / 2;
+    other[middle] ^= 0x55;
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&file, &other).unwrap();
+    let e = read_back().unwrap_err();
+    assert!(e.to_string().contains("read-back"), "{e}");
+
+    // Other bytes uploaded with their own checksum: the server's checksum is not the signed
+    // one, and the read-back fails without downloading them.
+    rt.block_on(store.put(&key, other.clone(), Condition::None))
+        .unwrap();
+    assert_ne!(
+        stat().sha256.map(|s| s.to_string()).as_deref(),
+        target["sha256"].as_str()
+    );
+    let e = read_back().unwrap_err();
+    assert!(
+        format!("{e:#}").contains("but the signed target has"),
+        "{e:#}"
+    );
+
+    // The signed bytes uploaded again: accepted by their checksum.
+    rt.block_on(store.put(&key, signed.clone(), Condition::None))
+        .unwrap();
+    read_back().unwrap();
+    assert!(f.verify(region).status.success());
+}

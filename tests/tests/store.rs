@@ -17,9 +17,11 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 use molt_tests::http_server::{Fault, FileServer, Times};
 use molt_tests::s3::{REGION, S3Server};
+use release_manifest::Sha256;
+use release_manifest::artifact::HashedFile;
 use release_manifest::store::s3::MAX_ATTEMPTS;
 use release_manifest::store::{
-    Condition, FsStore, ObjectStore, Operation, S3Store, S3StoreConfig, StoreError,
+    Body, Condition, FsStore, ObjectStore, Operation, S3Store, S3StoreConfig, StoreError,
 };
 
 /// A failing request to a dead endpoint must end well within this.
@@ -259,6 +261,67 @@ async fn racing_creates(store: &dyn ObjectStore, rounds: usize) {
     }
 }
 
+/// A file body carries the SHA-256 it was hashed with: the store keeps it (`stat`), and
+/// refuses the file's bytes if they changed since, storing nothing.
+async fn checksums(store: &dyn ObjectStore) {
+    let name = store.describe();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("molt-agent-linux-amd64.tar.gz");
+    let first = vec![1u8; 300_000];
+    std::fs::write(&path, &first).unwrap();
+    let hashed = HashedFile::hash(&path).unwrap();
+    assert_eq!(hashed.sha256(), Sha256::digest(&first));
+    assert_eq!(hashed.len(), first.len() as u64);
+    store
+        .put_body(
+            "targets/a.tar.gz",
+            Body::from_file(hashed.clone()),
+            Condition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+    let meta = store.stat("targets/a.tar.gz").await.unwrap().unwrap();
+    assert_eq!(meta.len, first.len() as u64, "{name}");
+    assert_eq!(meta.sha256, Some(hashed.sha256()), "{name}");
+    assert_eq!(
+        store.get("targets/a.tar.gz").await.unwrap().unwrap().bytes,
+        first
+    );
+    // In-memory bodies carry theirs too.
+    store
+        .put("metadata/1.root.json", b"root".to_vec(), Condition::None)
+        .await
+        .unwrap();
+    let meta = store.stat("metadata/1.root.json").await.unwrap().unwrap();
+    assert_eq!(meta.sha256, Some(Sha256::digest(b"root")), "{name}");
+    assert_eq!(store.stat("targets/absent").await.unwrap(), None);
+
+    // The file changes after it was hashed (same length, other bytes).
+    std::fs::write(&path, vec![2u8; 300_000]).unwrap();
+    let e = store
+        .put_body(
+            "targets/b.tar.gz",
+            Body::from_file(hashed.clone()),
+            Condition::IfNoneMatch,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::BadDigest { .. }), "{name}: {e:?}");
+    assert!(!e.is_retryable());
+    assert!(e.hint().unwrap().contains("dist directory"), "{e}");
+    assert_eq!(store.get("targets/b.tar.gz").await.unwrap(), None, "{name}");
+    // Over an existing object, nothing is replaced either.
+    let e = store
+        .put_body("targets/a.tar.gz", Body::from_file(hashed), Condition::None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::BadDigest { .. }), "{name}: {e:?}");
+    assert_eq!(
+        store.get("targets/a.tar.gz").await.unwrap().unwrap().bytes,
+        first
+    );
+}
+
 // =====================================================================================
 // The directory backend
 
@@ -303,6 +366,12 @@ async fn fs_racing_if_match_writers_have_one_winner() {
         };
         assert_eq!(store.get(&key).await.unwrap().unwrap().bytes, expected);
     }
+}
+
+#[tokio::test]
+async fn fs_checksums() {
+    let (_dir, store) = fs_store();
+    checksums(&store).await;
 }
 
 #[tokio::test]
@@ -356,6 +425,13 @@ async fn s3_round_trip_under_a_prefix() {
         neighbour.list("").await.unwrap(),
         vec!["metadata/timestamp.json"]
     );
+}
+
+#[tokio::test]
+async fn s3_checksums() {
+    let server = S3Server::start();
+    let store = s3_store(&server, "acme-molt-us-east-1", "").await;
+    checksums(&store).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! [`FsStore`]: a region's repository in a local directory.
 //!
 //! An object is the file `<dir>/<key>`; its ETag is the lower-case hex SHA-256 of its bytes,
-//! unquoted. Writes go to a temporary file beside the destination (`.molt-tmp-…`), which is
+//! unquoted, which is also the checksum [`ObjectStore::stat`] reports (the file is hashed
+//! each time). Writes go to a temporary file beside the destination (`.molt-tmp-…`), which is
 //! flushed to disk before it takes the key's name, and the directory is flushed after, so a
 //! crash leaves the old object or the new one.
 //!
@@ -16,15 +17,16 @@
 //! and never listed (keys may not use them; see [`super::check_key`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use sha2::Digest;
+use sha2::Digest as _;
 
 use super::{
-    Condition, Object, ObjectStore, RESERVED_PREFIX, StoreError, bare_etag, check_key, check_prefix,
+    Body, Condition, Contents, Object, ObjectMeta, ObjectStore, RESERVED_PREFIX, StoreError,
+    bare_etag, check_key, check_prefix,
 };
 
 /// The advisory lock file in the store's directory.
@@ -101,14 +103,36 @@ impl ObjectStore for FsStore {
         self.run(key, get).await
     }
 
-    async fn head(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.run(key, head).await
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.run(key, stat).await
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, cond: Condition) -> Result<(), StoreError> {
+    async fn put_body(&self, key: &str, body: Body, cond: Condition) -> Result<(), StoreError> {
         let object = format!("{}{key}", self.shown);
-        self.run(key, move |dir, key| put(dir, key, &bytes, &cond, object))
-            .await
+        self.run(key, move |dir, key| {
+            // A file body is read here and checked against the digest it was hashed with.
+            let bytes = body
+                .read_blocking()
+                .map_err(|source| match body.contents() {
+                    Contents::File(_) if source.kind() == ErrorKind::InvalidData => {
+                        StoreError::BadDigest {
+                            object: object.clone(),
+                            source: Some(source),
+                        }
+                    }
+                    Contents::File(file) => StoreError::Io {
+                        action: "read",
+                        path: file.path().to_owned(),
+                        source,
+                    },
+                    Contents::Memory(_) => StoreError::Task {
+                        object: object.clone(),
+                        detail: source.to_string(),
+                    },
+                })?;
+            put(dir, key, &bytes, &cond, object)
+        })
+        .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -143,11 +167,15 @@ fn get(dir: &Path, key: &str) -> Result<Option<Object>, StoreError> {
     }
 }
 
-fn head(dir: &Path, key: &str) -> Result<Option<String>, StoreError> {
+fn stat(dir: &Path, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
     check_key(key)?;
     let path = dir.join(key);
-    match hash_file(&path) {
-        Ok(etag) => Ok(Some(etag)),
+    match File::open(&path).and_then(crate::artifact::hash_reader) {
+        Ok((len, sha256)) => Ok(Some(ObjectMeta {
+            etag: sha256.to_string(),
+            len,
+            sha256: Some(sha256),
+        })),
         Err(e) if is_absent(&e) => {
             ensure_root(dir)?;
             Ok(None)
@@ -408,18 +436,8 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
 
 /// The lower-case hex SHA-256 of a file.
 fn hash_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let (_, sha256) = crate::artifact::hash_reader(File::open(path)?)?;
+    Ok(sha256.to_string())
 }
 
 /// Makes `dir`'s entries durable (unix; elsewhere a no-op).

@@ -19,13 +19,21 @@
 //! **ETags** are opaque, unquoted tokens, only meaningful to the store that gave them: the
 //! hex SHA-256 of the bytes for [`FsStore`], S3's ETag without its quotes for [`S3Store`]
 //! (an MD5 for simple uploads). [`Condition::IfMatch`] accepts them quoted or not.
+//!
+//! **Checksums.** Every write carries the SHA-256 of its bytes ([`Body`]), and the store
+//! checks it: S3 verifies it against the bytes it received and keeps it with the object
+//! (a mismatch is [`StoreError::BadDigest`] and stores nothing); [`FsStore`] checks a file
+//! body's bytes as it reads them. [`ObjectStore::stat`] gives it back: the SHA-256 that the
+//! store itself computed over the bytes it holds, when it has one.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
+use crate::artifact::{HashedFile, Sha256};
 use crate::region::{Region, Template, Var};
 use crate::s3::{MAX_KEY_LEN, S3Error, S3Location};
 
@@ -58,16 +66,29 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
 
     /// The ETag of the object at `key`, without reading it; `Ok(None)` as for [`get`](Self::get).
-    async fn head(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn head(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.stat(key).await?.map(|m| m.etag))
+    }
 
-    /// Writes `bytes` at `key` if `cond` holds, else fails with
+    /// What the store says about the object at `key` without sending its bytes: ETag,
+    /// length and, when the store keeps one, the SHA-256 it computed over the bytes it holds.
+    /// `Ok(None)` as for [`get`](Self::get).
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
+
+    /// Writes `bytes` at `key` if `cond` holds; see [`put_body`](Self::put_body).
+    async fn put(&self, key: &str, bytes: Vec<u8>, cond: Condition) -> Result<(), StoreError> {
+        self.put_body(key, Body::from_bytes(bytes), cond).await
+    }
+
+    /// Writes `body` at `key` if `cond` holds, else fails with
     /// [`StoreError::PreconditionFailed`]. The write is atomic: a reader sees the old object
-    /// or the new one, never a mix.
+    /// or the new one, never a mix. The store checks the bytes against the body's SHA-256
+    /// ([`StoreError::BadDigest`] when they differ; nothing is written then).
     ///
     /// After a retried attempt (a timeout whose first attempt did land), a
     /// `PreconditionFailed` for [`Condition::IfNoneMatch`] can be the echo of this very write:
-    /// a caller that must tell the two apart reads the object back and compares the bytes.
-    async fn put(&self, key: &str, bytes: Vec<u8>, cond: Condition) -> Result<(), StoreError>;
+    /// a caller that must tell the two apart reads the object back and compares.
+    async fn put_body(&self, key: &str, body: Body, cond: Condition) -> Result<(), StoreError>;
 
     /// The keys that start with `prefix` (relative, like every key; `""` for all), sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
@@ -94,7 +115,116 @@ impl fmt::Debug for Object {
     }
 }
 
-/// When a [`ObjectStore::put`] may write.
+/// What [`ObjectStore::stat`] tells about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub etag: String,
+    /// The length of the object's bytes.
+    pub len: u64,
+    /// The SHA-256 of the object's bytes, computed by the store over the bytes it holds (S3
+    /// keeps the one it verified at upload; [`FsStore`] hashes the file). `None` when the
+    /// store has none: an S3 object uploaded without a SHA-256 checksum, or in parts.
+    pub sha256: Option<Sha256>,
+}
+
+/// The bytes of a write, with their length and SHA-256: in memory, or a file that was
+/// hashed before ([`HashedFile`]). The constructors compute or take the digest, so a body
+/// never carries the digest of other bytes; a file that changed after it was hashed is
+/// caught by the store ([`StoreError::BadDigest`]).
+///
+/// Cheap to clone (shared bytes, or a path), so each attempt of a retried write sends the
+/// same body without copying it.
+#[derive(Clone)]
+pub struct Body {
+    source: Source,
+    len: u64,
+    sha256: Sha256,
+}
+
+#[derive(Clone)]
+enum Source {
+    Memory(Bytes),
+    File(HashedFile),
+}
+
+/// Where a [`Body`]'s bytes are.
+#[derive(Clone, Copy, Debug)]
+pub enum Contents<'a> {
+    Memory(&'a Bytes),
+    File(&'a HashedFile),
+}
+
+impl Body {
+    /// Bytes in memory; hashes them.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Body {
+        let bytes = bytes.into();
+        Body {
+            len: bytes.len() as u64,
+            sha256: Sha256::digest(&bytes),
+            source: Source::Memory(bytes),
+        }
+    }
+
+    /// A file, with the length and digest it was hashed with.
+    pub fn from_file(file: HashedFile) -> Body {
+        Body {
+            len: file.len(),
+            sha256: file.sha256(),
+            source: Source::File(file),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn sha256(&self) -> Sha256 {
+        self.sha256
+    }
+
+    /// Where the bytes are.
+    pub fn contents(&self) -> Contents<'_> {
+        match &self.source {
+            Source::Memory(b) => Contents::Memory(b),
+            Source::File(f) => Contents::File(f),
+        }
+    }
+
+    /// The bytes, read from the file if need be and then checked against the length and the
+    /// digest (an `InvalidData` error when the file changed). Blocking: call it off the async
+    /// threads.
+    pub fn read_blocking(&self) -> std::io::Result<Bytes> {
+        match &self.source {
+            Source::Memory(b) => Ok(b.clone()),
+            Source::File(f) => f.read_verified().map(Bytes::from),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::from_bytes(bytes)
+    }
+}
+
+impl fmt::Debug for Body {
+    // The bytes may be a 200 MiB archive: show where they are, their length and digest.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Body");
+        if let Source::File(file) = &self.source {
+            d.field("path", &file.path());
+        }
+        d.field("len", &self.len)
+            .field("sha256", &format_args!("{}", self.sha256))
+            .finish()
+    }
+}
+
+/// When a [`ObjectStore::put_body`] may write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
     /// Always (an atomic replace).
@@ -182,6 +312,18 @@ pub enum StoreError {
     PreconditionFailed {
         object: String,
         condition: &'static str,
+    },
+
+    /// The store computed another SHA-256 over the bytes it received than the one the write
+    /// carried (S3's 400 BadDigest; for [`FsStore`], a file that changed after it was
+    /// hashed). Nothing was written.
+    #[error(
+        "{object} was not written: the bytes that arrived do not have the SHA-256 sent with them (BadDigest)"
+    )]
+    BadDigest {
+        object: String,
+        #[source]
+        source: Option<std::io::Error>,
     },
 
     /// S3 was busy with another conditional write of the same key (409
@@ -295,6 +437,9 @@ impl StoreError {
                 "another publisher changed the repository (or an earlier attempt of this one landed): read it again and retry, and make sure only one publisher runs per region".to_owned()
             }
             StoreError::Conflict { .. } => "retry the write".to_owned(),
+            StoreError::BadDigest { .. } => {
+                "a file changed after it was hashed, or the bytes were damaged on the way: make sure nothing rewrites the dist directory during a publish, then publish again".to_owned()
+            }
             StoreError::AccessDenied { hint, .. } => (*hint).to_owned(),
             StoreError::NoSuchBucket { bucket, region } => format!(
                 "create the bucket (`aws s3 mb s3://{bucket} --region {region}`) and the region's repository (`release-manifest repo init`), or fix the bucket template, the region or the endpoint"

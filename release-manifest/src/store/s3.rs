@@ -15,6 +15,12 @@
 //! - Conditional writes: `If-None-Match: *` and `If-Match: "<etag>"` on PutObject. A 412
 //!   is [`StoreError::PreconditionFailed`]; so is a `NoSuchKey` to an `If-Match` PUT (S3's
 //!   answer when the object is gone).
+//! - Integrity of writes: every PutObject carries `x-amz-checksum-sha256`, the SHA-256 of
+//!   its body that the caller computed once ([`Body`]); S3 verifies the bytes it receives
+//!   against it (400 BadDigest, [`StoreError::BadDigest`], and nothing is stored) and keeps
+//!   it with the object, where [`ObjectStore::stat`] reads it back (HeadObject with
+//!   `x-amz-checksum-mode: ENABLED`). The SDK then computes no checksum of its own, and the
+//!   payload is not hashed a second time for SigV4 (see [`S3Store::put_body`]).
 //!
 //! Error mapping (the point of this module: a failed read must never look like "not found"):
 //! GetObject `NoSuchKey` and a HEAD 404 in a bucket that exists (checked once with HeadBucket)
@@ -38,11 +44,14 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 
 use super::{
-    Condition, Object, ObjectStore, Operation, StoreError, bare_etag, check_key, check_prefix,
+    Body, Condition, Contents, Object, ObjectMeta, ObjectStore, Operation, StoreError, bare_etag,
+    check_key, check_prefix,
 };
+use crate::artifact::Sha256;
 use crate::region::Region;
 use crate::s3::{MAX_KEY_LEN, S3Endpoint, S3Location, xml};
 
@@ -55,6 +64,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one attempt of a request (the default of
 /// [`S3StoreConfig::attempt_timeout`]).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The read size when a file is streamed into a PUT (the SDK's default is 64 KiB; each
+/// read is a hop to a blocking thread).
+const FILE_CHUNK: usize = 512 * 1024;
 
 /// How much of a server's error code or message makes it into a message.
 const MAX_SHOWN: usize = 256;
@@ -393,25 +406,36 @@ impl ObjectStore for S3Store {
         Ok(Some(Object { bytes, etag }))
     }
 
-    async fn head(&self, key: &str) -> Result<Option<String>, StoreError> {
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let full = self.full_key(key)?;
+        let bad = |detail: &str| StoreError::BadResponse {
+            operation: Operation::Head,
+            object: self.object(key),
+            detail: detail.to_owned(),
+        };
         match self
             .client
             .head_object()
             .bucket(self.location.bucket())
             .key(&full)
+            .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
         {
             Ok(output) => {
                 self.bucket_exists.store(true, Ordering::Relaxed);
-                etag_of(output.e_tag())
-                    .map(Some)
-                    .ok_or_else(|| StoreError::BadResponse {
-                        operation: Operation::Head,
-                        object: self.object(key),
-                        detail: "the answer has no ETag".to_owned(),
-                    })
+                let etag = etag_of(output.e_tag()).ok_or_else(|| bad("the answer has no ETag"))?;
+                let len = output
+                    .content_length()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| bad("the answer has no Content-Length"))?;
+                // A checksum of the whole object only: one of an upload in parts is a
+                // checksum of checksums (`…-N`, COMPOSITE), which says nothing here.
+                let sha256 = match output.checksum_type() {
+                    Some(ChecksumType::Composite) => None,
+                    _ => output.checksum_sha256().and_then(sha256_from_base64),
+                };
+                Ok(Some(ObjectMeta { etag, len, sha256 }))
             }
             Err(SdkError::ServiceError(e))
                 if e.err().is_not_found() || e.raw().status().as_u16() == 404 =>
@@ -423,21 +447,51 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>, cond: Condition) -> Result<(), StoreError> {
+    /// Sends the body with its SHA-256 as `x-amz-checksum-sha256`, which S3 verifies over
+    /// the bytes it receives before it stores them (400 BadDigest otherwise) and keeps with
+    /// the object. A file body is streamed from disk, not read into memory.
+    ///
+    /// The payload is sent unsigned (`x-amz-content-sha256: UNSIGNED-PAYLOAD`, the SDK's
+    /// `disable_payload_signing`), which saves hashing every body a second time for SigV4.
+    /// Integrity stays end to end: the checksum header, `Content-Length` and the conditions
+    /// are among the signed headers, so nobody on the way can change them without breaking
+    /// the signature, and S3 refuses a body whose SHA-256 is not the signed one. A file that
+    /// changed after it was hashed is refused the same way.
+    async fn put_body(&self, key: &str, body: Body, cond: Condition) -> Result<(), StoreError> {
         let full = self.full_key(key)?;
+        let stream = match body.contents() {
+            Contents::Memory(bytes) => ByteStream::from(bytes.clone()),
+            Contents::File(file) => ByteStream::read_from()
+                .path(file.path())
+                .buffer_size(FILE_CHUNK)
+                .length(Length::Exact(body.len()))
+                .build()
+                .await
+                .map_err(|e| StoreError::Io {
+                    action: "read",
+                    path: file.path().to_owned(),
+                    source: std::io::Error::other(e),
+                })?,
+        };
+        let length = i64::try_from(body.len()).map_err(|_| StoreError::BadKey {
+            key: key.to_owned(),
+            reason: "the object is too large",
+        })?;
         let mut request = self
             .client
             .put_object()
             .bucket(self.location.bucket())
             .key(&full)
             .content_type(content_type(key))
-            .body(ByteStream::from(bytes));
+            .content_length(length)
+            .checksum_sha256(sha256_to_base64(&body.sha256()))
+            .body(stream);
         request = match &cond {
             Condition::None => request,
             Condition::IfNoneMatch => request.if_none_match("*"),
             Condition::IfMatch(etag) => request.if_match(format!("\"{}\"", bare_etag(etag))),
         };
-        match request.send().await {
+        match request.customize().disable_payload_signing().send().await {
             Ok(_) => {
                 self.bucket_exists.store(true, Ordering::Relaxed);
                 Ok(())
@@ -450,6 +504,12 @@ impl ObjectStore for S3Store {
                 Err(StoreError::PreconditionFailed {
                     object: self.object(key),
                     condition: cond.describe(),
+                })
+            }
+            Err(SdkError::ServiceError(e)) if e.err().code() == Some("BadDigest") => {
+                Err(StoreError::BadDigest {
+                    object: self.object(key),
+                    source: None,
                 })
             }
             Err(e) => Err(self.error(Operation::Put, key, e)),
@@ -541,6 +601,23 @@ fn etag_of(etag: Option<&str>) -> Option<String> {
         .map(|e| xml::sanitize(e, MAX_SHOWN))
 }
 
+/// A SHA-256 in standard, padded base64, as S3's checksum headers write it (44 characters).
+fn sha256_to_base64(sha256: &Sha256) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(sha256.as_bytes())
+}
+
+/// The SHA-256 in an S3 checksum header, or `None` if it is not one (a composite checksum
+/// `…-N`, other characters, another length).
+fn sha256_from_base64(text: &str) -> Option<Sha256> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    let bytes: [u8; 32] = bytes.try_into().ok()?;
+    Some(Sha256::from_bytes(bytes))
+}
+
 /// A server's code or message, cleaned for a terminal.
 fn shown(value: Option<&str>) -> String {
     value
@@ -624,6 +701,34 @@ mod tests {
         );
         assert_eq!(content_type("x.zip"), "application/zip");
         assert_eq!(content_type("VERSION"), "application/octet-stream");
+    }
+
+    #[test]
+    fn sha256_checksums_in_base64() {
+        // echo -n abc | openssl dgst -sha256 -binary | base64
+        let abc = Sha256::digest(b"abc");
+        let text = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=";
+        assert_eq!(sha256_to_base64(&abc), text);
+        assert_eq!(sha256_from_base64(text), Some(abc));
+        let empty = Sha256::digest(b"");
+        assert_eq!(
+            sha256_to_base64(&empty),
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
+        for n in 0..=255u8 {
+            let d = Sha256::digest(&[n]);
+            assert_eq!(sha256_from_base64(&sha256_to_base64(&d)), Some(d));
+        }
+        for bad in [
+            "",
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0",
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=-2",
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa1=",
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0=",
+            "AAAAAAAA",
+        ] {
+            assert_eq!(sha256_from_base64(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

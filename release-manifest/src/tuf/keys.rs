@@ -50,7 +50,9 @@ pub enum KeyError {
     },
     #[error("key file {path} is not a PEM \"PRIVATE KEY\" (PKCS#8)")]
     NotPem { path: PathBuf },
-    #[error("key file {path} holds a key molt cannot sign with ({reason}); molt signs with Ed25519 keys in PKCS#8 PEM")]
+    #[error(
+        "key file {path} holds a key molt cannot sign with ({reason}); molt signs with Ed25519 keys in PKCS#8 PEM"
+    )]
     Unusable { path: PathBuf, reason: String },
     #[error("key generation failed")]
     Generate,

@@ -3,6 +3,14 @@
 //! goes in, which versions and expirations the roles get, and writes the result so that a
 //! reader never sees a half-written repository: targets first, then the new (immutable)
 //! targets and snapshot metadata, and `timestamp.json` last, replaced by `rename(2)`.
+//!
+//! A repository on disk (`repo init`, `add`, `set-*`, `refresh`, `root rotate`) is written
+//! durably: every file through a temporary file, fsync and rename. The publisher instead
+//! renders each region's edit in a [`ScratchRepo`], a throwaway copy that it deletes
+//! afterwards: there, metadata is written without fsync, and new targets are not copied in
+//! at all but handed back ([`EditReport::targets`]) for the publisher to upload from where
+//! they are. Each archive is hashed once ([`ReleaseFiles::scan`]), and that digest is the
+//! one the manifest, the TUF target and the target's file name all use.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -22,10 +30,11 @@ use url::Url;
 
 use super::keys::{KeyDir, KeyError, public_key};
 use super::{Expirations, MANIFEST_TARGET, expiry};
-use crate::artifact::{ArtifactName, PackageName, Sha256};
+use crate::artifact::{ArtifactName, HashedFile, PackageName};
 use crate::manifest::{FileEntry, Manifest, ManifestError, Package, Status, VersionEntry};
 use crate::region::Region;
 use crate::rollout::Rollout;
+use crate::store::Body;
 use crate::version::Version;
 
 const SPEC_VERSION: &str = "1.0.0";
@@ -131,44 +140,111 @@ fn expires(
     expiry(now, d).ok_or(RepoError::OutOfRange { role })
 }
 
+/// How an edit writes its files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// A repository that lives on: temporary file, fsync, rename, fsync of the directory.
+    Durable,
+    /// A [`ScratchRepo`]: plain writes, no fsync (nobody reads it after a crash), and new
+    /// targets are handed back instead of written.
+    Scratch,
+}
+
+/// A repository directory and how to write to it.
+#[derive(Clone, Copy, Debug)]
+struct RepoDir<'a> {
+    path: &'a Path,
+    durability: Durability,
+}
+
+impl<'a> RepoDir<'a> {
+    fn durable(path: &'a Path) -> RepoDir<'a> {
+        RepoDir {
+            path,
+            durability: Durability::Durable,
+        }
+    }
+}
+
+/// A throwaway copy of a region's repository (its metadata and manifest) that the publisher
+/// renders one edit in and deletes afterwards (`publish::update_region`). Edits of it write
+/// without fsync and leave new targets out (see the module documentation). Only the
+/// publisher makes one, so a repository that lives on is always written durably.
+#[derive(Debug)]
+pub struct ScratchRepo {
+    dir: PathBuf,
+}
+
+impl ScratchRepo {
+    /// `dir` holds a private copy that is removed after the publish.
+    pub(crate) fn new(dir: PathBuf) -> ScratchRepo {
+        ScratchRepo { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn dir(&self) -> RepoDir<'_> {
+        RepoDir {
+            path: &self.dir,
+            durability: Durability::Scratch,
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically (the host state's writer: temporary file,
 /// fsync, rename, fsync of the directory).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
     crate::host::state::write_atomic(path, bytes).map_err(RepoError::State)
 }
 
-/// Places an immutable file: absent → written atomically; present with the same bytes →
-/// nothing to do; present with other bytes → refused.
-fn place_immutable(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
+/// Writes a file the way `durability` asks.
+fn write_file(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), RepoError> {
+    match durability {
+        Durability::Durable => write_atomic(path, bytes),
+        Durability::Scratch => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+            }
+            std::fs::write(path, bytes).map_err(io("write", path))
+        }
+    }
+}
+
+/// Places an immutable file: absent → written (see [`write_file`]); present with the same
+/// bytes → nothing to do; present with other bytes → refused.
+fn place_immutable(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), RepoError> {
     match std::fs::read(path) {
         Ok(existing) if existing == bytes => Ok(()),
         Ok(_) => Err(RepoError::Immutable {
             path: path.to_owned(),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_atomic(path, bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_file(path, bytes, durability),
         Err(e) => Err(io("read", path)(e)),
     }
 }
 
-/// A new target, staged in memory.
+/// A new target: its name and its bytes (in memory, or a hashed file), whose length and
+/// SHA-256 were computed once, when the [`Body`] was made.
 pub(crate) struct NewTarget {
     name: TargetName,
-    bytes: Vec<u8>,
+    body: Body,
 }
 
 impl NewTarget {
-    fn new(name: &str, bytes: Vec<u8>) -> Result<NewTarget, RepoError> {
+    fn new(name: &str, body: Body) -> Result<NewTarget, RepoError> {
         Ok(NewTarget {
             name: TargetName::new(name).map_err(tuf("name a target"))?,
-            bytes,
+            body,
         })
     }
 
     fn tuf_target(&self) -> Target {
         Target {
-            length: self.bytes.len() as u64,
+            length: self.body.len(),
             hashes: Hashes {
-                sha256: Sha256::digest(&self.bytes).as_bytes().to_vec().into(),
+                sha256: self.body.sha256().as_bytes().to_vec().into(),
                 _extra: HashMap::new(),
             },
             custom: HashMap::new(),
@@ -177,29 +253,59 @@ impl NewTarget {
     }
 
     /// `targets/<sha256>.<name>`, as tough's consistent snapshots name target files.
-    fn path_in(&self, repo: &Path) -> PathBuf {
-        let sha = Sha256::digest(&self.bytes);
-        repo.join("targets")
-            .join(format!("{sha}.{}", self.name.resolved()))
+    fn key(&self) -> String {
+        format!("targets/{}.{}", self.body.sha256(), self.name.resolved())
+    }
+
+    /// Copies the target into a repository that lives on, checking a file's bytes against
+    /// the digest it was hashed with.
+    fn place_in(&self, repo: &Path) -> Result<(), RepoError> {
+        let path = repo.join(self.key());
+        let bytes = match self.body.contents() {
+            crate::store::Contents::Memory(bytes) => bytes.clone(),
+            crate::store::Contents::File(file) => file
+                .read_verified()
+                .map(bytes::Bytes::from)
+                .map_err(io("read", file.path()))?,
+        };
+        place_immutable(&path, &bytes, Durability::Durable)
     }
 }
 
+/// A new target that an edit of a [`ScratchRepo`] did not write: where it goes in the
+/// repository and its bytes, for the publisher to upload.
+#[derive(Clone, Debug)]
+pub struct StagedTarget {
+    /// `targets/<sha256>.<name>`.
+    pub key: String,
+    pub body: Body,
+}
+
 /// Writes a signed repository and its new targets in the order a reader can follow at
-/// every instant: targets, root, targets metadata, snapshot, then `timestamp.json`.
+/// every instant: targets, root, targets metadata, snapshot, then `timestamp.json`. In a
+/// [`ScratchRepo`] the new targets are returned instead of written.
 async fn write_repository(
-    repo: &Path,
+    repo: RepoDir<'_>,
     signed: &SignedRepository,
     targets: &[NewTarget],
-) -> Result<(), RepoError> {
+) -> Result<Vec<StagedTarget>, RepoError> {
+    let mut staged = Vec::new();
     for t in targets {
-        place_immutable(&t.path_in(repo), &t.bytes)?;
+        match repo.durability {
+            Durability::Durable => t.place_in(repo.path)?,
+            Durability::Scratch => staged.push(StagedTarget {
+                key: t.key(),
+                body: t.body.clone(),
+            }),
+        }
     }
-    let staging = tempfile::tempdir_in(repo).map_err(io("create a staging directory in", repo))?;
+    let staging =
+        tempfile::tempdir_in(repo.path).map_err(io("create a staging directory in", repo.path))?;
     signed
         .write(staging.path())
         .await
         .map_err(tuf("write signed metadata"))?;
-    let metadata = repo.join("metadata");
+    let metadata = repo.path.join("metadata");
     std::fs::create_dir_all(&metadata).map_err(io("create", &metadata))?;
     let mut names: Vec<String> = std::fs::read_dir(staging.path())
         .map_err(io("list", staging.path()))?
@@ -223,12 +329,12 @@ async fn write_repository(
         let bytes = std::fs::read(&from).map_err(io("read", &from))?;
         let to = metadata.join(&name);
         if name == "timestamp.json" {
-            write_atomic(&to, &bytes)?;
+            write_file(&to, &bytes, repo.durability)?;
         } else {
-            place_immutable(&to, &bytes)?;
+            place_immutable(&to, &bytes, repo.durability)?;
         }
     }
-    Ok(())
+    Ok(staged)
 }
 
 /// Builds a root for `keys`: all its root keys (with its threshold) and its online keys.
@@ -381,6 +487,7 @@ pub async fn init(
             .join("metadata")
             .join(format!("{root_version}.root.json")),
         &root_bytes,
+        Durability::Durable,
     )?;
     if root_version != 1 {
         // A region created after a rotation still needs the whole chain from version 1.
@@ -389,7 +496,10 @@ pub async fn init(
     let mut editor = RepositoryEditor::new(keys.dir.join("root.json"))
         .await
         .map_err(tuf("open the root"))?;
-    let manifest = NewTarget::new(MANIFEST_TARGET, Manifest::new(region.clone()).to_json())?;
+    let manifest = NewTarget::new(
+        MANIFEST_TARGET,
+        Body::from_bytes(Manifest::new(region.clone()).to_json()),
+    )?;
     editor
         .add_target(manifest.name.clone(), manifest.tuf_target())
         .map_err(tuf("add manifest.json"))?;
@@ -398,7 +508,7 @@ pub async fn init(
         .sign(&keys.online_keys())
         .await
         .map_err(tuf("sign the repository"))?;
-    write_repository(repo, &signed, &[manifest]).await?;
+    write_repository(RepoDir::durable(repo), &signed, &[manifest]).await?;
     Ok(InitReport {
         repo: repo.to_owned(),
         region: region.clone(),
@@ -414,6 +524,7 @@ fn copy_root_chain(keys: &KeyDir, repo: &Path, upto: u64) -> Result<(), RepoErro
         place_immutable(
             &repo.join("metadata").join(format!("{v}.root.json")),
             &bytes,
+            Durability::Durable,
         )?;
     }
     Ok(())
@@ -492,13 +603,13 @@ async fn edit<F>(
 where
     F: FnOnce(&mut Manifest, &mut Vec<NewTarget>) -> Result<(), RepoError>,
 {
-    edit_with_root(repo, keys, exp, now, None, [0; 3], change).await
+    edit_with_root(RepoDir::durable(repo), keys, exp, now, None, [0; 3], change).await
 }
 
-/// Changes the manifest only (status, halt, ceiling), re-signing with role versions at
-/// least `floor` (see [`edit_above`]).
+/// Changes the manifest only (status, halt, ceiling) in a publisher's scratch copy,
+/// re-signing with role versions at least `floor` (see [`add_above`]).
 pub async fn edit_manifest_above<F>(
-    repo: &Path,
+    scratch: &ScratchRepo,
     keys: &KeyDir,
     exp: &Expirations,
     now: Timestamp,
@@ -508,29 +619,13 @@ pub async fn edit_manifest_above<F>(
 where
     F: FnOnce(&mut Manifest) -> Result<(), RepoError>,
 {
-    edit_with_root(repo, keys, exp, now, None, floor, |m, _| change(m)).await
+    edit_with_root(scratch.dir(), keys, exp, now, None, floor, |m, _| change(m)).await
 }
 
-/// [`edit`] with the new targets, snapshot and timestamp versions at least `floor`. The
-/// publisher passes one above every version present in the bucket, so an edit never
-/// reuses the version of an object that an interrupted publish left behind.
-pub(crate) async fn edit_above<F>(
-    repo: &Path,
-    keys: &KeyDir,
-    exp: &Expirations,
-    now: Timestamp,
-    floor: [u64; 3],
-    change: F,
-) -> Result<EditReport, RepoError>
-where
-    F: FnOnce(&mut Manifest, &mut Vec<NewTarget>) -> Result<(), RepoError>,
-{
-    edit_with_root(repo, keys, exp, now, None, floor, change).await
-}
-
-/// [`edit`], signing under `new_root` (a root not yet in the repository) when given.
+/// [`edit`], signing under `new_root` (a root not yet in the repository) when given, with
+/// the new targets, snapshot and timestamp versions at least `floor`.
 async fn edit_with_root<F>(
-    repo: &Path,
+    repo: RepoDir<'_>,
     keys: &KeyDir,
     exp: &Expirations,
     now: Timestamp,
@@ -541,7 +636,7 @@ async fn edit_with_root<F>(
 where
     F: FnOnce(&mut Manifest, &mut Vec<NewTarget>) -> Result<(), RepoError>,
 {
-    let repository = load_local(repo).await?;
+    let repository = load_local(repo.path).await?;
     let mut manifest = read_manifest(&repository).await?;
     let mut new_targets = Vec::new();
     change(&mut manifest, &mut new_targets)?;
@@ -563,13 +658,17 @@ where
     let root_path = match new_root {
         Some(p) => p.to_owned(),
         None => repo
+            .path
             .join("metadata")
             .join(format!("{}.root.json", repository.root().signed.version)),
     };
     let mut editor = RepositoryEditor::from_repo(&root_path, repository)
         .await
         .map_err(tuf("open the repository for editing"))?;
-    new_targets.push(NewTarget::new(MANIFEST_TARGET, manifest.to_json())?);
+    new_targets.push(NewTarget::new(
+        MANIFEST_TARGET,
+        Body::from_bytes(manifest.to_json()),
+    )?);
     for t in &new_targets {
         editor
             .add_target(t.name.clone(), t.tuf_target())
@@ -580,7 +679,7 @@ where
         .sign(&keys.online_keys())
         .await
         .map_err(tuf("sign the repository"))?;
-    write_repository(repo, &signed, &new_targets).await?;
+    let staged = write_repository(repo, &signed, &new_targets).await?;
     Ok(EditReport {
         targets_version: versions[0].get(),
         snapshot_version: versions[1].get(),
@@ -589,6 +688,7 @@ where
             .iter()
             .map(|t| t.name.raw().to_owned())
             .collect(),
+        targets: staged,
     })
 }
 
@@ -599,6 +699,10 @@ pub struct EditReport {
     pub snapshot_version: u64,
     pub timestamp_version: u64,
     pub added: Vec<String>,
+    /// The new targets an edit of a [`ScratchRepo`] left for the publisher to upload
+    /// (empty for a repository on disk, which has them written).
+    #[serde(skip)]
+    pub targets: Vec<StagedTarget>,
 }
 
 /// Options for `add`.
@@ -607,6 +711,85 @@ pub struct AddOptions {
     pub version: Version,
     pub status: Status,
     pub rollout: Option<Rollout>,
+}
+
+/// The archives of one version in a dist directory (as `package` writes them:
+/// `<dist>/<package>/<version>/<package>-<platform>.<ext>`), each hashed once.
+#[derive(Clone, Debug)]
+pub struct ReleaseFiles {
+    version: Version,
+    files: Vec<(PackageName, String, HashedFile)>,
+}
+
+impl ReleaseFiles {
+    /// Finds the archives of `version` in `dist` and hashes them, each on its own thread.
+    /// Blocking. Refuses a file that is not a molt archive name, and a release without an
+    /// agent archive.
+    pub fn scan(dist: &Path, version: &Version) -> Result<ReleaseFiles, RepoError> {
+        let mut found: Vec<(PackageName, String, PathBuf)> = Vec::new();
+        for package in PackageName::ALL {
+            let dir = dist.join(package.as_str()).join(version.to_string());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(Result::ok).map(|e| e.path()).collect();
+            files.sort();
+            for path in files {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if package.platform_of_file(&name).is_none() {
+                    return Err(RepoError::UnknownArchive { path, package });
+                }
+                found.push((package, name, path));
+            }
+        }
+        if !found.iter().any(|(p, _, _)| *p == PackageName::Agent) {
+            return Err(RepoError::NothingToAdd {
+                dist: dist.to_owned(),
+                package: PackageName::Agent,
+                version: version.clone(),
+            });
+        }
+        let hashed: Vec<Result<HashedFile, RepoError>> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = found
+                .iter()
+                .map(|(_, _, path)| {
+                    scope.spawn(move || HashedFile::hash(path).map_err(io("read", path)))
+                })
+                .collect();
+            jobs.into_iter()
+                .zip(&found)
+                .map(|(job, (_, _, path))| {
+                    job.join().unwrap_or_else(|_| {
+                        Err(RepoError::Invalid(format!(
+                            "hashing {} failed",
+                            path.display()
+                        )))
+                    })
+                })
+                .collect()
+        });
+        let mut files = Vec::with_capacity(found.len());
+        for ((package, name, _), file) in found.into_iter().zip(hashed) {
+            files.push((package, name, file?));
+        }
+        Ok(ReleaseFiles {
+            version: version.clone(),
+            files,
+        })
+    }
+
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+
+    /// The archives: package, file name, and the hashed file.
+    pub fn files(&self) -> impl Iterator<Item = (PackageName, &str, &HashedFile)> {
+        self.files.iter().map(|(p, n, f)| (*p, n.as_str(), f))
+    }
 }
 
 /// `add`: adds every archive of `version` found in `dist` (as `package` writes them) and
@@ -619,68 +802,79 @@ pub async fn add(
     exp: &Expirations,
     now: Timestamp,
 ) -> Result<EditReport, RepoError> {
-    add_above(repo, dist, opts, keys, exp, now, [0; 3]).await
+    let release = ReleaseFiles::scan(dist, &opts.version)?;
+    add_in(
+        RepoDir::durable(repo),
+        &release,
+        opts,
+        keys,
+        exp,
+        now,
+        [0; 3],
+    )
+    .await
 }
 
-/// [`add`] with new role versions at least `floor` (see [`edit_above`]).
+/// [`add`] in a publisher's scratch copy, from archives hashed once for every region, with
+/// the new targets, snapshot and timestamp versions at least `floor`. The publisher passes
+/// one above every version present in the bucket, so an edit never reuses the version of
+/// an object that an interrupted publish left behind.
 pub async fn add_above(
-    repo: &Path,
-    dist: &Path,
+    scratch: &ScratchRepo,
+    release: &ReleaseFiles,
     opts: &AddOptions,
     keys: &KeyDir,
     exp: &Expirations,
     now: Timestamp,
     floor: [u64; 3],
 ) -> Result<EditReport, RepoError> {
-    let mut found: Vec<(PackageName, String, Vec<u8>)> = Vec::new();
-    for package in PackageName::ALL {
-        let dir = dist.join(package.as_str()).join(opts.version.to_string());
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        files.sort();
-        for path in files {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if package.platform_of_file(&name).is_none() {
-                return Err(RepoError::UnknownArchive { path, package });
+    add_in(scratch.dir(), release, opts, keys, exp, now, floor).await
+}
+
+async fn add_in(
+    repo: RepoDir<'_>,
+    release: &ReleaseFiles,
+    opts: &AddOptions,
+    keys: &KeyDir,
+    exp: &Expirations,
+    now: Timestamp,
+    floor: [u64; 3],
+) -> Result<EditReport, RepoError> {
+    if release.version != opts.version {
+        return Err(RepoError::Invalid(format!(
+            "the archives found are for version {}, not {}",
+            release.version, opts.version
+        )));
+    }
+    edit_with_root(
+        repo,
+        keys,
+        exp,
+        now,
+        None,
+        floor,
+        |manifest, new_targets| {
+            for (package, file_name, file) in release.files() {
+                let target_name = format!("{package}/{}/{file_name}", opts.version);
+                target_name
+                    .parse::<ArtifactName>()
+                    .map_err(|e| RepoError::Invalid(e.to_string()))?;
+                let entry = VersionEntry {
+                    version: opts.version.clone(),
+                    checksum: Some(file.sha256()),
+                    size: Some(file.len()),
+                    status: opts.status.clone(),
+                    rollout: opts.rollout.clone(),
+                    published: Some(now),
+                    halted: None,
+                    extra: Default::default(),
+                };
+                upsert(manifest, package.as_str(), file_name, entry)?;
+                new_targets.push(NewTarget::new(&target_name, Body::from_file(file.clone()))?);
             }
-            let bytes = std::fs::read(&path).map_err(io("read", &path))?;
-            found.push((package, name, bytes));
-        }
-    }
-    if !found.iter().any(|(p, _, _)| *p == PackageName::Agent) {
-        return Err(RepoError::NothingToAdd {
-            dist: dist.to_owned(),
-            package: PackageName::Agent,
-            version: opts.version.clone(),
-        });
-    }
-    edit_above(repo, keys, exp, now, floor, |manifest, new_targets| {
-        for (package, file_name, bytes) in found {
-            let sha = Sha256::digest(&bytes);
-            let target_name = format!("{package}/{}/{file_name}", opts.version);
-            target_name
-                .parse::<ArtifactName>()
-                .map_err(|e| RepoError::Invalid(e.to_string()))?;
-            let entry = VersionEntry {
-                version: opts.version.clone(),
-                checksum: Some(sha),
-                size: Some(bytes.len() as u64),
-                status: opts.status.clone(),
-                rollout: opts.rollout.clone(),
-                published: Some(now),
-                halted: None,
-                extra: Default::default(),
-            };
-            upsert(manifest, package.as_str(), &file_name, entry)?;
-            new_targets.push(NewTarget::new(&target_name, bytes)?);
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -838,18 +1032,29 @@ pub async fn refresh(
     exp: &Expirations,
     now: Timestamp,
 ) -> Result<RefreshReport, RepoError> {
-    refresh_above(repo, keys, exp, now, [0; 3]).await
+    refresh_in(RepoDir::durable(repo), keys, exp, now, [0; 3]).await
 }
 
-/// [`refresh`] with the new snapshot version at least `floor[1]` (see [`edit_above`]).
+/// [`refresh`] in a publisher's scratch copy, with the new snapshot version at least
+/// `floor[1]` (see [`add_above`]).
 pub async fn refresh_above(
-    repo: &Path,
+    scratch: &ScratchRepo,
     keys: &KeyDir,
     exp: &Expirations,
     now: Timestamp,
     floor: [u64; 3],
 ) -> Result<RefreshReport, RepoError> {
-    let repository = load_local(repo).await?;
+    refresh_in(scratch.dir(), keys, exp, now, floor).await
+}
+
+async fn refresh_in(
+    repo: RepoDir<'_>,
+    keys: &KeyDir,
+    exp: &Expirations,
+    now: Timestamp,
+    floor: [u64; 3],
+) -> Result<RefreshReport, RepoError> {
+    let repository = load_local(repo.path).await?;
     let root = repository.root().signed.clone();
     let old = repository.snapshot().signed.clone();
     let snapshot_version = next(old.version, "snapshot")?;
@@ -887,12 +1092,17 @@ pub async fn refresh_above(
     let signed_timestamp = SignedRole::new(timestamp, &holder, &signers, &rng)
         .await
         .map_err(tuf("sign the timestamp"))?;
-    let metadata = repo.join("metadata");
+    let metadata = repo.path.join("metadata");
     place_immutable(
         &metadata.join(format!("{snapshot_version}.snapshot.json")),
         signed_snapshot.buffer(),
+        repo.durability,
     )?;
-    write_atomic(&metadata.join("timestamp.json"), signed_timestamp.buffer())?;
+    write_file(
+        &metadata.join("timestamp.json"),
+        signed_timestamp.buffer(),
+        repo.durability,
+    )?;
     Ok(RefreshReport {
         targets_version: repository.targets().signed.version.get(),
         snapshot_version: snapshot_version.get(),
@@ -1022,14 +1232,18 @@ pub async fn rotate_root(
         } else {
             std::fs::read(&src).map_err(io("read", &src))?
         };
-        place_immutable(&history.join(format!("{v}.root.json")), &bytes)?;
+        place_immutable(
+            &history.join(format!("{v}.root.json")),
+            &bytes,
+            Durability::Durable,
+        )?;
     }
     write_atomic(&new_keys.dir.join("root.json"), combined.buffer())?;
     for repo in repos {
         // Re-sign the online roles with the new keys (and new versions); the new root is
         // written with them, before the timestamp that needs it.
         edit_with_root(
-            repo,
+            RepoDir::durable(repo),
             new_keys,
             exp,
             now,

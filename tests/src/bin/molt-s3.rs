@@ -12,6 +12,8 @@
 //! `--exit-with-stdin`, until its stdin closes: a test harness that dies without cleaning up
 //! leaves no server behind). It logs to stderr only
 //! when `MOLT_S3_LOG` is set (to a tracing filter such as `debug`, or empty for `info`).
+//! `MOLT_S3_LATENCY_MS=N` delays every request by N ms before it is handled, a stand-in for
+//! the round trip to a bucket in another region (the publishing benchmark's latency mode).
 //!
 //! What it adds to plain s3s-fs:
 //! - **An access policy** (s3s's access-check hook): requests signed with the key may do
@@ -26,10 +28,29 @@
 //!   bucket that does not exist (s3s-fs answers NoSuchKey to the read and creates the
 //!   bucket's directory for the writes).
 //! - **1 MiB reads** when serving objects (s3s-fs reads 4 KiB at a time).
+//! - **SHA-256 checksums checked before storing**: a PutObject with `x-amz-checksum-sha256`
+//!   whose bytes have another SHA-256 is refused with 400 BadDigest and stores nothing, as
+//!   on S3. (s3s-fs checks a checksum only after it has moved the new bytes into place, so
+//!   on its own a refused PUT would still replace the object.) This server hashes the body
+//!   as it streams to s3s-fs and fails the stream at its end on a mismatch, so s3s-fs
+//!   drops its temporary file; s3s-fs is then not given the checksum (it would hash the
+//!   body a second time), and the server adds it to s3s-fs's record of the object itself.
+//! - **Checksums that describe the bytes**: HeadObject reports the checksums s3s-fs keeps
+//!   for an object only if the object's file is not newer than s3s-fs's record of them, so
+//!   a file a test wrote behind the server's back (into the bucket's directory) has no
+//!   checksum rather than the one of the bytes it replaced. S3's stored checksum is always
+//!   that of the bytes it serves.
+//! - **Like S3's network behaviour**: `TCP_NODELAY` on every connection (a small answer is
+//!   not held back waiting for the client's delayed ACK, ~40 ms on Linux), and connections
+//!   served on a multi-thread runtime (one worker per core).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper_util::rt::TokioIo;
 use s3s::access::{S3Access, S3AccessContext};
@@ -39,6 +60,7 @@ use s3s::path::S3Path;
 use s3s::service::S3ServiceBuilder;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 use s3s_fs::FileSystem;
+use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 const USAGE: &str = "usage: molt-s3 --root DIR --access-key KEY --secret-key SECRET [--addr 127.0.0.1:0] [--exit-with-stdin]";
@@ -85,7 +107,9 @@ fn main() -> ExitCode {
             std::process::exit(0);
         });
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -95,7 +119,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(options)) {
+    let latency = match std::env::var("MOLT_S3_LATENCY_MS") {
+        Err(_) => std::time::Duration::ZERO,
+        Ok(ms) => match ms.trim().parse::<u64>() {
+            Ok(ms) => std::time::Duration::from_millis(ms),
+            Err(_) => {
+                eprintln!(
+                    "molt-s3: error: MOLT_S3_LATENCY_MS={ms:?} is not a number of milliseconds"
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match runtime.block_on(serve(options, latency)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("molt-s3: error: {message}");
@@ -149,17 +185,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
     })
 }
 
-async fn serve(options: Options) -> Result<(), String> {
+async fn serve(options: Options, latency: std::time::Duration) -> Result<(), String> {
     let root = options
         .root
         .canonicalize()
         .map_err(|e| format!("--root {}: {e}", options.root.display()))?;
     let fs = FileSystem::new(&root).map_err(|e| format!("--root {}: {e:?}", root.display()))?;
-    let mut builder = S3ServiceBuilder::new(Store {
+    let mut builder = S3ServiceBuilder::new(Store(Arc::new(StoreInner {
         fs,
         root,
         writing: std::sync::Mutex::default(),
-    });
+    })));
     builder.set_auth(SimpleAuth::from_single(
         options.access_key,
         options.secret_key,
@@ -189,10 +225,25 @@ async fn serve(options: Options) -> Result<(), String> {
                 continue;
             }
         };
+        // S3 does not hold back small answers until the client ACKs (Nagle's algorithm
+        // against a delayed ACK stalls each small response on a kept-alive connection by
+        // ~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
         let service = service.clone();
+        let delayed = hyper::service::service_fn(move |request| {
+            let service = service.clone();
+            async move {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                hyper::service::Service::call(&service, request).await
+            }
+        });
         tokio::spawn(async move {
             let served = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), delayed)
                 .await;
             if let Err(e) = served {
                 tracing::debug!("connection ended: {e}");
@@ -237,9 +288,20 @@ impl S3Access for Policy {
 type WriteLocks =
     std::collections::HashMap<(String, String), std::sync::Arc<tokio::sync::Mutex<()>>>;
 
-/// s3s-fs's file system, with conditional reads and larger read chunks on top.
+/// s3s-fs's file system, with conditional reads and larger read chunks on top. Cloned
+/// into the task that finishes each PUT.
+#[derive(Clone, Debug)]
+struct Store(Arc<StoreInner>);
+
+impl std::ops::Deref for Store {
+    type Target = StoreInner;
+    fn deref(&self) -> &StoreInner {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
-struct Store {
+struct StoreInner {
     fs: FileSystem,
     /// The canonical root, as s3s-fs resolves it.
     root: PathBuf,
@@ -250,6 +312,53 @@ struct Store {
 }
 
 impl Store {
+    /// The write of a PUT, under its object's lock (see [`StoreInner::writing`]).
+    async fn put_locked(
+        &self,
+        req: S3Request<PutObjectInput>,
+        checked: Option<String>,
+        mismatch: Arc<AtomicBool>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let id = (req.input.bucket.clone(), req.input.key.clone());
+        let lock = {
+            let mut writing = self
+                .writing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::sync::Arc::clone(writing.entry(id.clone()).or_default())
+        };
+        let result = {
+            let _held = lock.lock().await;
+            match (self.fs.put_object(req).await, checked) {
+                (Ok(mut response), Some(sha256)) => {
+                    self.record_sha256(&id.0, &id.1, &sha256).await.map(|()| {
+                        response.output.checksum_sha256 = Some(sha256);
+                        response
+                    })
+                }
+                (result, _) => result,
+            }
+        };
+        let result = if mismatch.load(Ordering::SeqCst) {
+            Err(S3Error::with_message(
+                S3ErrorCode::BadDigest,
+                "The SHA256 you specified did not match the calculated checksum.",
+            ))
+        } else {
+            result
+        };
+        let mut writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if std::sync::Arc::strong_count(&lock) <= 2 {
+            writing.remove(&id);
+        }
+        result
+    }
+}
+
+impl StoreInner {
     /// NoSuchBucket unless `bucket` is a directory under the root (s3s has checked the
     /// name against S3's rules, so it is a plain directory name).
     fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
@@ -268,6 +377,68 @@ impl Store {
         let key_path = Path::new(key);
         let plain = |p: &Path| p.components().all(|c| matches!(c, Component::Normal(_)));
         (plain(Path::new(bucket)) && plain(key_path)).then(|| self.root.join(bucket).join(key_path))
+    }
+
+    /// Where s3s-fs 0.14 records an object's ETag and checksums (`FileSystem::
+    /// get_internal_info_path`: the bucket and key in URL-safe base64 without padding).
+    fn record_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            URL_SAFE_NO_PAD.encode(bucket.as_bytes()),
+            URL_SAFE_NO_PAD.encode(key.as_bytes())
+        ))
+    }
+
+    /// Adds a SHA-256 checksum (base64) to s3s-fs's record of the object (a JSON object;
+    /// written beside it and renamed over it, so a reader sees the old record or the new).
+    async fn record_sha256(&self, bucket: &str, key: &str, sha256: &str) -> S3Result<()> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = self.record_path(bucket, key);
+        let failed = |e: &dyn std::fmt::Display| {
+            S3Error::with_message(
+                S3ErrorCode::InternalError,
+                format!("cannot record the checksum of {key}: {e}"),
+            )
+        };
+        let mut record: serde_json::Map<String, serde_json::Value> =
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| failed(&e))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
+                Err(e) => return Err(failed(&e)),
+            };
+        record.insert(
+            "checksum_sha256".to_owned(),
+            serde_json::Value::String(sha256.to_owned()),
+        );
+        let bytes = serde_json::to_vec(&record).map_err(|e| failed(&e))?;
+        let tmp = self.root.join(format!(
+            ".molt-s3-record.{}.{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        tokio::fs::write(&tmp, &bytes)
+            .await
+            .map_err(|e| failed(&e))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            failed(&e)
+        })
+    }
+
+    /// True when the object's file changed after s3s-fs recorded its checksums: written
+    /// into the bucket's directory behind the server's back.
+    async fn record_is_stale(&self, bucket: &str, key: &str) -> bool {
+        let Some(object) = self.object_path(bucket, key) else {
+            return true;
+        };
+        let modified = |p: PathBuf| async move { tokio::fs::metadata(p).await?.modified() };
+        match (
+            modified(object).await,
+            modified(self.record_path(bucket, key)).await,
+        ) {
+            (Ok(object), Ok(record)) => object > record,
+            _ => true,
+        }
     }
 
     /// Serves the same bytes as s3s-fs's body, read 1 MiB at a time, when the file on disk
@@ -318,6 +489,38 @@ impl Store {
         let stream = chunked_stream(reader);
         out.body = Some(StreamingBlob::wrap(stream));
     }
+}
+
+/// `body`, passed through unchanged, hashed on the way; at its end, if its SHA-256 (in
+/// base64) is not `expected`, an error instead of the end, so that s3s-fs drops what it
+/// wrote instead of moving it into place, and `mismatch` set.
+fn verified_body(
+    body: StreamingBlob,
+    expected: String,
+    mismatch: Arc<AtomicBool>,
+) -> StreamingBlob {
+    let stream = futures::stream::unfold(Some((body, sha2::Sha256::new())), move |state| {
+        let (expected, mismatch) = (expected.clone(), Arc::clone(&mismatch));
+        async move {
+            let (mut body, mut hasher) = state?;
+            match futures::StreamExt::next(&mut body).await {
+                Some(Ok(bytes)) => {
+                    hasher.update(&bytes);
+                    Some((Ok(bytes), Some((body, hasher))))
+                }
+                Some(Err(e)) => Some((Err(std::io::Error::other(e)), None)),
+                None if STANDARD.encode(hasher.finalize()) == expected.trim() => None,
+                None => {
+                    mismatch.store(true, Ordering::SeqCst);
+                    Some((
+                        Err(std::io::Error::other("x-amz-checksum-sha256 mismatch")),
+                        None,
+                    ))
+                }
+            }
+        }
+    });
+    StreamingBlob::wrap(stream)
 }
 
 /// A byte stream over `reader`, [`READ_CHUNK`] bytes per read.
@@ -446,29 +649,43 @@ store_impl! {
 
     async fn put_object(
         &self,
-        req: S3Request<PutObjectInput>,
+        mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.bucket_exists(&req.input.bucket)?;
-        let id = (req.input.bucket.clone(), req.input.key.clone());
-        let lock = {
-            let mut writing = self
-                .writing
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            std::sync::Arc::clone(writing.entry(id.clone()).or_default())
-        };
-        let result = {
-            let _held = lock.lock().await;
-            self.fs.put_object(req).await
-        };
-        let mut writing = self
-            .writing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if std::sync::Arc::strong_count(&lock) <= 2 {
-            writing.remove(&id);
+        let mismatch = Arc::new(AtomicBool::new(false));
+        // The SHA-256 this server checks and records itself (see the module documentation).
+        let mut checked = None;
+        let sha256_only = req
+            .input
+            .checksum_algorithm
+            .as_ref()
+            .is_none_or(|a| a.as_str() == ChecksumAlgorithm::SHA256);
+        if let Some(expected) = req.input.checksum_sha256.clone()
+            && let Some(body) = req.input.body.take()
+        {
+            req.input.body = Some(verified_body(
+                body,
+                expected.clone(),
+                Arc::clone(&mismatch),
+            ));
+            if sha256_only {
+                req.input.checksum_sha256 = None;
+                req.input.checksum_algorithm = None;
+                checked = Some(expected);
+            }
         }
-        result
+        // The rest runs in a task of its own: hyper drops this future when the client goes
+        // away, and a PUT cut off between s3s-fs renaming the object into place and the
+        // checksum being recorded would leave the old checksum on the new bytes. S3's
+        // PUTs are atomic; this one finishes once its body has arrived.
+        let store = self.clone();
+        let task = tokio::spawn(async move { store.put_locked(req, checked, mismatch).await });
+        task.await.unwrap_or_else(|e| {
+            Err(S3Error::with_message(
+                S3ErrorCode::InternalError,
+                format!("the PUT task failed: {e}"),
+            ))
+        })
     }
 
     async fn head_object(
@@ -477,12 +694,26 @@ store_impl! {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let if_match = req.input.if_match.clone();
         let if_none_match = req.input.if_none_match.clone();
-        let response = self.fs.head_object(req).await?;
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let mut response = self.fs.head_object(req).await?;
         check_conditions(
             if_match.as_ref(),
             if_none_match.as_ref(),
             response.output.e_tag.as_ref(),
         )?;
+        let out = &mut response.output;
+        let has_checksum = out.checksum_crc32.is_some()
+            || out.checksum_crc32c.is_some()
+            || out.checksum_crc64nvme.is_some()
+            || out.checksum_sha1.is_some()
+            || out.checksum_sha256.is_some();
+        if has_checksum && self.record_is_stale(&bucket, &key).await {
+            out.checksum_crc32 = None;
+            out.checksum_crc32c = None;
+            out.checksum_crc64nvme = None;
+            out.checksum_sha1 = None;
+            out.checksum_sha256 = None;
+        }
         Ok(response)
     }
 }

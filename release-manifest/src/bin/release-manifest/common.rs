@@ -54,6 +54,25 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::new(exit::FAILED, e))
 }
 
+/// Most worker threads of [`regions_runtime`].
+const MAX_WORKERS: usize = 8;
+
+/// A runtime for the commands that work on many regions at once (`publish`, `rollout`,
+/// `refresh --plan`, `repo upload`): every region is a task, and one worker thread per core
+/// (at least 2, at most [`MAX_WORKERS`]) runs them, so that the signing, hashing and
+/// verifying of different regions use every core instead of taking turns on one thread.
+pub fn regions_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .clamp(2, MAX_WORKERS);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("publish")
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit::FAILED, e))
+}
+
 /// A repository error on its way out, with a hint where there is one.
 pub fn repo_failure(err: RepoError, what: String) -> Failure {
     let hint = match &err {

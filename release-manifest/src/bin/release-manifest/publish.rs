@@ -16,12 +16,14 @@ use release_manifest::s3::{S3Endpoint, S3Location, S3Signer};
 use release_manifest::store::fs::FsStore;
 use release_manifest::store::s3::{S3Store, S3StoreConfig};
 use release_manifest::store::{ObjectStore, bucket_for};
+use release_manifest::transport::{HttpSettings, MoltTransport};
+use release_manifest::tuf::Expirations;
 use release_manifest::tuf::keys::KeyDir;
-use release_manifest::tuf::repo::{self, AddOptions};
+use release_manifest::tuf::repo::{self, AddOptions, ReleaseFiles};
 use release_manifest::{Version, aws};
 use serde::Serialize;
 
-use crate::common::{ExpiryArgs, open_keys, runtime};
+use crate::common::{ExpiryArgs, open_keys, regions_runtime, repo_failure};
 
 /// Where the plan's repositories are.
 #[derive(Debug, Clone, clap::Args)]
@@ -213,7 +215,14 @@ fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options,
         attempts: 4,
         trusted_root,
         notes: None,
+        transport: Some(reader_transport()?),
     })
+}
+
+/// The HTTP client that every region's read-back shares.
+fn reader_transport() -> Result<MoltTransport, Failure> {
+    MoltTransport::new(HttpSettings::default())
+        .map_err(|e| fail(anyhow::Error::new(e).context("cannot set up HTTP")))
 }
 
 /// One region's line in the result table.
@@ -277,47 +286,74 @@ fn print_rows(rows: &[Row], json: bool) -> Result<i32, Failure> {
     })
 }
 
-/// Runs `edit` on every region, `concurrency` at a time.
-async fn fan_out<F, Fut>(plan: &Plan, args: &PlanArgs, regions: &[Region], edit: F) -> Vec<Row>
+/// One region's row: its store, then `edit` on it.
+async fn region_row<F, Fut>(plan: &Plan, args: &PlanArgs, region: Region, edit: &F) -> Row
 where
     F: Fn(RegionStore) -> Fut,
     Fut: std::future::Future<Output = Result<RegionReport, publish::PublishError>>,
 {
-    let jobs = regions.iter().map(|region| {
-        let edit = &edit;
-        async move {
-            let rs = match region_store(plan, args, region).await {
-                Ok(rs) => rs,
-                Err(f) => {
-                    return Row {
-                        region: region.clone(),
-                        ok: false,
-                        report: None,
-                        error: Some(format!("{:#}", f.error)),
-                        hint: f.hint,
-                    };
-                }
+    let rs = match region_store(plan, args, &region).await {
+        Ok(rs) => rs,
+        Err(f) => {
+            return Row {
+                region,
+                ok: false,
+                report: None,
+                error: Some(format!("{:#}", f.error)),
+                hint: f.hint,
             };
-            match edit(rs).await {
-                Ok(report) => Row {
-                    region: region.clone(),
-                    ok: true,
-                    report: Some(report),
-                    error: None,
-                    hint: None,
-                },
-                Err(e) => Row {
-                    region: region.clone(),
-                    ok: false,
-                    report: None,
-                    hint: e.hint(),
-                    error: Some(format!("{:#}", anyhow::Error::new(e))),
-                },
+        }
+    };
+    match edit(rs).await {
+        Ok(report) => Row {
+            region,
+            ok: true,
+            report: Some(report),
+            error: None,
+            hint: None,
+        },
+        Err(e) => Row {
+            region,
+            ok: false,
+            report: None,
+            hint: e.hint(),
+            error: Some(format!("{:#}", anyhow::Error::new(e))),
+        },
+    }
+}
+
+/// Runs `edit` on every region, each region a task of its own on the multi-thread runtime
+/// ([`regions_runtime`]), at most the plan's `concurrency` at a time. The rows come back
+/// sorted by region, however the tasks finished.
+async fn fan_out<F, Fut>(plan: &Plan, args: &PlanArgs, regions: &[Region], edit: F) -> Vec<Row>
+where
+    F: Fn(RegionStore) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<RegionReport, publish::PublishError>> + Send + 'static,
+{
+    let shared = Arc::new((plan.clone(), args.clone(), edit));
+    // `buffer_unordered` pulls the next region, which spawns its task, only when fewer than
+    // `concurrency` are running.
+    let jobs = regions.iter().cloned().map(|region| {
+        let shared = Arc::clone(&shared);
+        let task = tokio::spawn({
+            let region = region.clone();
+            async move {
+                let (plan, args, edit) = &*shared;
+                region_row(plan, args, region, edit).await
             }
+        });
+        async move {
+            task.await.unwrap_or_else(|e| Row {
+                error: Some(format!("the task publishing {region} ended early: {e}")),
+                region,
+                ok: false,
+                report: None,
+                hint: None,
+            })
         }
     });
     let mut rows: Vec<Row> = futures::stream::iter(jobs)
-        .buffer_unordered(plan.concurrency)
+        .buffer_unordered(plan.concurrency.max(1))
         .collect()
         .await;
     rows.sort_by(|a, b| a.region.cmp(&b.region));
@@ -330,6 +366,7 @@ async fn read_region(
     args: &PlanArgs,
     region: &Region,
     trusted_root: &[u8],
+    transport: Option<MoltTransport>,
 ) -> Result<Manifest, String> {
     let rs = region_store(plan, args, region)
         .await
@@ -340,6 +377,7 @@ async fn read_region(
         attempts: 3,
         trusted_root: trusted_root.to_vec(),
         notes: None,
+        transport,
     };
     publish::read_back(&rs, &opts, &[])
         .await
@@ -384,9 +422,14 @@ async fn read_all(
     args: &PlanArgs,
     trusted_root: &[u8],
 ) -> Vec<(Region, Result<Manifest, String>)> {
-    let jobs = plan.regions().into_iter().map(|region| async move {
-        let m = read_region(plan, args, &region, trusted_root).await;
-        (region, m)
+    // One HTTP client for every region; without one, each read makes its own.
+    let transport = MoltTransport::new(HttpSettings::default()).ok();
+    let jobs = plan.regions().into_iter().map(|region| {
+        let transport = transport.clone();
+        async move {
+            let m = read_region(plan, args, &region, trusted_root, transport).await;
+            (region, m)
+        }
     });
     futures::stream::iter(jobs)
         .buffered(plan.concurrency)
@@ -497,13 +540,28 @@ async fn guard_wave(
     .with_hint("wait for the bake time, fix or resume what is named, then run it again"))
 }
 
-/// A packaged release and what signs it.
-struct Release<'a> {
-    dist: &'a std::path::Path,
-    version: &'a Version,
-    keys: &'a KeyDir,
-    expiry: &'a ExpiryArgs,
-    opts: &'a Options,
+/// A packaged release, hashed once, and what signs it.
+struct Release {
+    files: ReleaseFiles,
+    keys: KeyDir,
+    exp: Expirations,
+    opts: Options,
+}
+
+/// Reads and hashes the release's archives once for every region (on a blocking thread;
+/// each archive on its own).
+async fn hash_release(dist: &std::path::Path, version: &Version) -> Result<ReleaseFiles, Failure> {
+    let (dist, version) = (dist.to_owned(), version.clone());
+    tokio::task::spawn_blocking(move || {
+        ReleaseFiles::scan(&dist, &version).map_err(|e| {
+            repo_failure(
+                e,
+                format!("cannot read the release {version} in {}", dist.display()),
+            )
+        })
+    })
+    .await
+    .map_err(|e| fail(anyhow!("hashing the release's archives failed: {e}")))?
 }
 
 async fn publish_regions(
@@ -511,13 +569,16 @@ async fn publish_regions(
     args: &PlanArgs,
     regions: &[Region],
     wave_index: Option<usize>,
-    release: &Release<'_>,
+    release: Release,
 ) -> Vec<Row> {
-    let exp = release.expiry.expirations();
-    fan_out(plan, args, regions, |rs| {
+    let release = Arc::new(release);
+    let waves = plan.clone();
+    fan_out(plan, args, regions, move |rs| {
         let rollout_wave = wave_index
-            .or_else(|| plan.wave_of(&rs.region))
-            .and_then(|i| plan.waves.get(i));
+            .or_else(|| waves.wave_of(&rs.region))
+            .and_then(|i| waves.waves.get(i))
+            .cloned();
+        let release = Arc::clone(&release);
         async move {
             let now = Timestamp::now();
             let rollout = match rollout_wave.map(|w| w.in_region(now)) {
@@ -530,12 +591,13 @@ async fn publish_regions(
                 None => None,
             };
             let add = AddOptions {
-                version: release.version.clone(),
+                version: release.files.version().clone(),
                 status: Status::Active,
                 rollout,
             };
-            publish::update_region(&rs, release.opts, |dir, floor| async move {
-                repo::add_above(&dir, release.dist, &add, release.keys, &exp, now, floor).await
+            let r = &*release;
+            publish::update_region(&rs, &r.opts, |scratch, floor| async move {
+                repo::add_above(&scratch, &r.files, &add, &r.keys, &r.exp, now, floor).await
             })
             .await
         }
@@ -556,7 +618,7 @@ pub fn publish(a: PublishArgs) -> Result<i32, Failure> {
         })?;
         opts.notes = Some((a.version.to_string(), text));
     }
-    let rt = runtime()?;
+    let rt = regions_runtime()?;
     rt.block_on(async {
         let (regions, wave_index) = match a.wave {
             Some(n) => {
@@ -574,29 +636,32 @@ pub fn publish(a: PublishArgs) -> Result<i32, Failure> {
             None => (a.regions.clone(), None),
         };
         let release = Release {
-            dist: &a.dist,
-            version: &a.version,
-            keys: &keys,
-            expiry: &a.expiry,
-            opts: &opts,
+            files: hash_release(&a.dist, &a.version).await?,
+            keys,
+            exp: a.expiry.expirations(),
+            opts,
         };
-        let rows = publish_regions(&plan, &a.plan, &regions, wave_index, &release).await;
+        let rows = publish_regions(&plan, &a.plan, &regions, wave_index, release).await;
         print_rows(&rows, a.plan.json)
     })
 }
+
+/// A change to a region's manifest at a time.
+type ManifestChange =
+    Arc<dyn Fn(&mut Manifest, Timestamp) -> Result<(), repo::RepoError> + Send + Sync>;
 
 fn edit_everywhere(
     args: &PlanArgs,
     keys: &std::path::Path,
     expiry: &ExpiryArgs,
     version: &Version,
-    change: impl Fn(&mut Manifest, Timestamp) -> Result<(), repo::RepoError> + Copy,
+    change: ManifestChange,
 ) -> Result<i32, Failure> {
     let plan = load_plan(args)?;
     let keys = open_keys(keys)?;
     let opts = options(&keys, false, false)?;
     let exp = expiry.expirations();
-    runtime()?.block_on(async {
+    regions_runtime()?.block_on(async {
         let mut published = Vec::new();
         for f in all_facts(&plan, args, version, &opts.trusted_root).await {
             let region = f.region.clone();
@@ -609,12 +674,14 @@ fn edit_everywhere(
         if published.is_empty() {
             return Err(fail(anyhow!("{version} is published in no region of the plan")));
         }
-        let rows = fan_out(&plan, args, &published, |rs| {
-            let (keys, exp, opts) = (&keys, exp, &opts);
+        let shared = Arc::new((keys, opts));
+        let rows = fan_out(&plan, args, &published, move |rs| {
+            let (shared, change) = (Arc::clone(&shared), Arc::clone(&change));
             async move {
                 let now = Timestamp::now();
-                publish::update_region(&rs, opts, |dir, floor| async move {
-                    repo::edit_manifest_above(&dir, keys, &exp, now, floor, |m| change(m, now)).await
+                let (keys, opts) = &*shared;
+                publish::update_region(&rs, opts, |scratch, floor| async move {
+                    repo::edit_manifest_above(&scratch, keys, &exp, now, floor, |m| change(m, now)).await
                 })
                 .await
             }
@@ -648,7 +715,7 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
                     trusted_root.display()
                 ))
             })?;
-            runtime()?.block_on(async {
+            regions_runtime()?.block_on(async {
                 let manifests = read_all(&plan, &args, &trusted).await;
                 let newest = manifests
                     .iter()
@@ -712,7 +779,7 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
             let plan = load_plan(&args)?;
             let keys = open_keys(&keys)?;
             let opts = options(&keys, dry_run, false)?;
-            runtime()?.block_on(async {
+            regions_runtime()?.block_on(async {
                 let all = all_facts(&plan, &args, &version, &opts.trusted_root).await;
                 let Some(wave) = plan::next_wave(&plan, &all) else {
                     println!("every wave already has {version}");
@@ -721,13 +788,12 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
                 guard_wave(&plan, &args, wave, &version, &opts.trusted_root).await?;
                 let regions = plan.waves[wave - 1].regions.clone();
                 let release = Release {
-                    dist: &dist,
-                    version: &version,
-                    keys: &keys,
-                    expiry: &expiry,
-                    opts: &opts,
+                    files: hash_release(&dist, &version).await?,
+                    keys,
+                    exp: expiry.expirations(),
+                    opts,
                 };
-                let rows = publish_regions(&plan, &args, &regions, Some(wave - 1), &release).await;
+                let rows = publish_regions(&plan, &args, &regions, Some(wave - 1), release).await;
                 print_rows(&rows, args.json)
             })
         }
@@ -738,11 +804,14 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
             keys,
             expiry,
         } => {
-            let reason = reason.as_str();
             let v = version.clone();
-            edit_everywhere(&plan, &keys, &expiry, &version, |m, now| {
-                edits::halt(m, &v, reason, now)
-            })
+            edit_everywhere(
+                &plan,
+                &keys,
+                &expiry,
+                &version,
+                Arc::new(move |m, now| edits::halt(m, &v, &reason, now)),
+            )
         }
         RolloutCommand::Resume {
             plan,
@@ -751,9 +820,13 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
             expiry,
         } => {
             let v = version.clone();
-            edit_everywhere(&plan, &keys, &expiry, &version, |m, now| {
-                edits::resume(m, &v, now)
-            })
+            edit_everywhere(
+                &plan,
+                &keys,
+                &expiry,
+                &version,
+                Arc::new(move |m, now| edits::resume(m, &v, now)),
+            )
         }
         RolloutCommand::Recall {
             plan,
@@ -762,9 +835,13 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
             expiry,
         } => {
             let v = version.clone();
-            edit_everywhere(&plan, &keys, &expiry, &version, |m, _| {
-                edits::recall(m, &v).map(drop)
-            })
+            edit_everywhere(
+                &plan,
+                &keys,
+                &expiry,
+                &version,
+                Arc::new(move |m, _| edits::recall(m, &v).map(drop)),
+            )
         }
     }
 }
@@ -779,7 +856,7 @@ pub fn upload(
     let plan = load_plan(&args)?;
     let keys = open_keys(keys)?;
     let opts = options(&keys, false, false)?;
-    runtime()?.block_on(async {
+    regions_runtime()?.block_on(async {
         let rs = region_store(&plan, &args, region).await?;
         let n = publish::upload_new(&rs, repo_dir, &opts)
             .await
@@ -819,18 +896,21 @@ pub fn refresh_regions(
     let opts = options(&keys, false, false)?;
     let exp = expiry.expirations();
     let regions = selected(&plan, regions);
-    runtime()?.block_on(async {
-        let rows = fan_out(&plan, args, &regions, |rs| {
-            let (keys, opts) = (&keys, &opts);
+    regions_runtime()?.block_on(async {
+        let shared = Arc::new((keys, opts));
+        let rows = fan_out(&plan, args, &regions, move |rs| {
+            let shared = Arc::clone(&shared);
             async move {
                 let now = Timestamp::now();
-                publish::update_region(&rs, opts, |dir, floor| async move {
-                    let r = repo::refresh_above(&dir, keys, &exp, now, floor).await?;
+                let (keys, opts) = &*shared;
+                publish::update_region(&rs, opts, |scratch, floor| async move {
+                    let r = repo::refresh_above(&scratch, keys, &exp, now, floor).await?;
                     Ok(repo::EditReport {
                         targets_version: r.targets_version,
                         snapshot_version: r.snapshot_version,
                         timestamp_version: r.timestamp_version,
                         added: Vec::new(),
+                        targets: Vec::new(),
                     })
                 })
                 .await
@@ -859,7 +939,7 @@ pub fn check_expiry_regions(
 ) -> Result<i32, Failure> {
     let plan = load_plan(args)?;
     let regions = selected(&plan, regions);
-    runtime()?.block_on(async {
+    regions_runtime()?.block_on(async {
         let now = Timestamp::now();
         let mut rows = Vec::new();
         for region in &regions {
