@@ -623,3 +623,31 @@ fn root_rotation_through_the_cli() {
     ]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }
+
+#[test]
+fn another_repositorys_keys_are_refused_with_the_likely_cause() {
+    let site = Site::new();
+    ok(&["keys", "generate", "--out", &site.path("other-keys")]);
+    let before = site.files();
+    let out = rm(&[
+        "refresh",
+        "--repo",
+        &site.path("repo"),
+        "--keys",
+        &site.path("other-keys"),
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("TUF operation failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("hint: the `caused by:` lines say why; most often --keys holds keys"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(site.files(), before, "a refused refresh changes nothing");
+    assert_eq!(site.verify().code, 0);
+}

@@ -88,6 +88,9 @@ pub fn repo_failure(err: RepoError, what: String) -> Failure {
         RepoError::RootThreshold { .. } => {
             Some("bring enough root keys (DIR/root/*.pem) to meet the root threshold")
         }
+        RepoError::Tuf { .. } => Some(
+            "the `caused by:` lines say why; most often --keys holds keys that this repository's root.json does not name (another repository's keys, or keys from before a rotation): use the keys directory the repository was made or last rotated with",
+        ),
         _ => None,
     };
     let failure = Failure::new(exit::FAILED, anyhow::Error::new(err).context(what));
