@@ -350,6 +350,37 @@ fn self_update_checks_the_new_updater_keeps_the_previous_and_reexecs() {
     assert_eq!(host.assert_healthy(), v("2.0.0"));
     assert_eq!(std::fs::read(&standalone).unwrap(), original);
     assert!(!host.layout().updater_previous().exists());
+    assert!(text(&out).contains("not self-updating"), "{}", text(&out));
+    // ...and quarantined, so no later run fetches it again. (This test's updater reports
+    // 0.1.0, so molt-updater 1.0.0, which holds the same binary, is "newer" too: the next
+    // run tries that one once, and after it nothing is tried.)
+    let quarantined = || -> Vec<release_manifest::Version> {
+        release_manifest::host::state::read_json::<release_manifest::host::state::Quarantine>(
+            &host.layout().updater_quarantine(),
+        )
+        .unwrap()
+        .unwrap()
+        .versions()
+        .into_iter()
+        .collect()
+    };
+    assert_eq!(quarantined(), [v("2.0.0")]);
+    let run = || {
+        let out = host
+            .update_cmd_via(&standalone, "latest", &[])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        text(&out)
+    };
+    let second = run();
+    assert!(
+        second.contains("not self-updating to molt-updater 1.0.0"),
+        "{second}"
+    );
+    assert_eq!(quarantined(), [v("1.0.0"), v("2.0.0")]);
+    let third = run();
+    assert!(!third.contains("not self-updating"), "{third}");
     // molt-updater 3.0.0 is a good one: bin/updater is replaced, the old one kept as
     // bin/updater.previous, and the new one re-exec'd with the same arguments.
     let stand_in = molt_tests::fixture::workspace_bin("test-agent");

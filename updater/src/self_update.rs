@@ -49,7 +49,11 @@ pub async fn maybe_self_update(
     let Ok(current) = release_manifest::BUILD_VERSION.parse::<Version>() else {
         return Ok(None);
     };
-    let none = BTreeSet::new();
+    // molt-updater versions that failed their pre-flight here are not fetched again on
+    // every run; a newer one supersedes them. An unreadable file quarantines nothing.
+    let quarantine_path = settings.layout.updater_quarantine();
+    let mut quarantine = state::Quarantine::load(&quarantine_path).unwrap_or_default();
+    let quarantined: BTreeSet<Version> = quarantine.versions();
     let req = Request {
         package: PackageName::Updater.as_str(),
         platform,
@@ -58,7 +62,7 @@ pub async fn maybe_self_update(
         allow_downgrade: false,
         force: false,
         ignore_waves,
-        quarantined: &none,
+        quarantined: &quarantined,
         now: Timestamp::now(),
         seed,
     };
@@ -111,9 +115,17 @@ pub async fn maybe_self_update(
     match result {
         Ok(()) => Ok(Some(layout.updater_bin())),
         Err(reason) => {
-            // A new updater that does not pass its pre-flight is not installed; this
-            // one carries on with the agent update.
-            tracing::warn!("not self-updating to molt-updater {}: {reason}", plan.to);
+            // A new updater that does not pass its pre-flight is not installed, and not
+            // tried again; this one carries on with the agent update.
+            tracing::warn!(
+                "not self-updating to molt-updater {}: {reason}; it is quarantined on this host ({})",
+                plan.to,
+                quarantine_path.display()
+            );
+            quarantine.add(plan.to.clone(), Timestamp::now(), reason);
+            if let Err(e) = state::write_json(&quarantine_path, &quarantine) {
+                tracing::warn!("cannot record the quarantine: {e}");
+            }
             Ok(None)
         }
     }

@@ -93,6 +93,10 @@ impl HostLayout {
     pub fn quarantine(&self) -> PathBuf {
         self.state_dir().join("quarantine.json")
     }
+    /// `state/updater-quarantine.json`: molt-updater versions that failed their pre-flight.
+    pub fn updater_quarantine(&self) -> PathBuf {
+        self.state_dir().join("updater-quarantine.json")
+    }
     /// `state/tuf`: one datastore per region below it.
     pub fn tuf_dir(&self) -> PathBuf {
         self.state_dir().join("tuf")
