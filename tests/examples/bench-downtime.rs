@@ -18,6 +18,7 @@
 //! health.json names it), in a scratch root, polling every 0.1 ms. It is the cost of the
 //! agent's own start, without the updater's journal, fsyncs and checks.
 
+use molt_tests::stats::{max, median};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -165,20 +166,6 @@ fn gap(changes: &[Change], old_pid: u32, to: &Version) -> Option<Gap> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn max(values: &[f64]) -> f64 {
-    values.iter().copied().fold(f64::NAN, f64::max)
 }
 
 /// A bare agent under a scratch root: the baseline.

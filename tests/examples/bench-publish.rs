@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use molt_tests::fixture::workspace_bin;
 use molt_tests::s3::S3Server;
+use molt_tests::stats::median;
 use release_manifest::Platform;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -258,23 +259,8 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn summary(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::NAN, f64::min);
-    let max = values.iter().copied().fold(f64::NAN, f64::max);
-    format!(
-        "median {:>7.3} s  min {min:>7.3}  max {max:>7.3}",
-        median(values)
-    )
+    molt_tests::stats::summary(values, "s", 3)
 }
 
 fn dir_size(path: &Path) -> u64 {

@@ -12,6 +12,7 @@
 //! probe for the next root version) count as requests with no payload. Response headers are
 //! not counted.
 
+use molt_tests::stats::median;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -55,23 +56,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn summary(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::NAN, f64::min);
-    let max = values.iter().copied().fold(f64::NAN, f64::max);
-    format!(
-        "median {:>7.2} ms  min {min:>7.2}  max {max:>7.2}",
-        median(values)
-    )
+    molt_tests::stats::summary(values, "ms", 2)
 }
 
 fn main() -> Result<()> {

@@ -7,3 +7,4 @@ pub mod hostile;
 pub mod http_server;
 pub mod imds;
 pub mod s3;
+pub mod stats;
