@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use release_manifest::s3::S3Location;
+use molt_fetch::s3::S3Location;
 use serde::Serialize;
 
 use crate::launch;
@@ -194,7 +194,7 @@ pub async fn diagnose(settings: &AgentSettings) -> Vec<Check> {
     let needs_credentials = private || settings.report.is_some();
     let creds = status::credentials(region_value.as_ref()).await;
     out.push(match (&creds, needs_credentials) {
-        (Fact::Known(release_manifest::aws::CredentialsSource::None), true) => check(
+        (Fact::Known(molt_fetch::aws::CredentialsSource::None), true) => check(
             "credentials",
             Level::Fail,
             "no AWS credentials found, and a private source or a report sink needs them",

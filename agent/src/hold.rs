@@ -3,7 +3,7 @@
 //! `updater --target-version …` still works.
 
 use jiff::Timestamp;
-use release_manifest::host::state::{self, STATE_VERSION, StateError};
+use molt_host::state::{self, STATE_VERSION, StateError};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::AgentSettings;

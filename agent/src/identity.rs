@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use release_manifest::aws::{self, ImdsSettings};
-use release_manifest::host::seed::{self, SeedSource};
-use release_manifest::host::state;
-use release_manifest::rollout::Seed;
+use molt_fetch::aws::{self, ImdsSettings};
+use molt_host::seed::{self, SeedSource};
+use molt_host::state;
+use molt_schema::rollout::Seed;
 use sha2::{Digest as _, Sha256};
 
 use crate::settings::AgentSettings;
@@ -78,7 +78,7 @@ pub async fn host_id(
             }
             None => {
                 let mut buf = [0u8; 8];
-                let _ = release_manifest::host::random_bytes(&mut buf);
+                let _ = molt_host::random_bytes(&mut buf);
                 format!("r-{}", hex::encode(buf))
             }
         },

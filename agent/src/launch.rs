@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use release_manifest::host::config::ServiceKind;
-use release_manifest::host::state::{self, STATE_VERSION};
+use molt_host::config::ServiceKind;
+use molt_host::state::{self, STATE_VERSION};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::AgentSettings;
@@ -61,7 +61,7 @@ pub fn updater_program(settings: &AgentSettings) -> Option<PathBuf> {
 
 fn launch_id(now: Timestamp) -> String {
     let mut rand = [0u8; 3];
-    let _ = release_manifest::host::random_bytes(&mut rand);
+    let _ = molt_host::random_bytes(&mut rand);
     format!(
         "{}-{:02x}{:02x}{:02x}",
         now.strftime("%Y%m%dT%H%M%SZ"),
@@ -236,7 +236,7 @@ fn spawn_detached(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    release_manifest::host::process::detach(&mut cmd);
+    molt_host::process::detach(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;

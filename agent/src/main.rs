@@ -7,11 +7,11 @@ use anyhow::anyhow;
 use clap::{Parser, Subcommand};
 use molt_agent::settings::AgentSettings;
 use molt_agent::{diagnose, hold, run, status};
-use release_manifest::cli::{self, Failure, exit};
+use molt_schema::cli::{self, Failure, exit};
 
 /// molt's host agent: runs as a service and keeps this host's molt up to date.
 #[derive(Debug, Parser)]
-#[command(name = "agent", version = release_manifest::BUILD_VERSION, about)]
+#[command(name = "agent", version = molt_agent::BUILD_VERSION, about)]
 struct Cli {
     /// The config file [default: $MOLT_CONFIG, else /etc/molt/agent.toml].
     #[arg(long, global = true, value_name = "FILE")]

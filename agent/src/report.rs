@@ -10,10 +10,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use release_manifest::Region;
-use release_manifest::host::state::{self, HistoryRecord, STATE_VERSION};
-use release_manifest::rollout::Seed;
-use release_manifest::s3::{S3Location, S3Signer};
+use molt_fetch::s3::{S3Location, S3Signer};
+use molt_host::state::{self, HistoryRecord, STATE_VERSION};
+use molt_schema::Region;
+use molt_schema::rollout::Seed;
 use serde::{Deserialize, Serialize};
 
 use crate::settings::AgentSettings;
@@ -100,13 +100,13 @@ pub async fn send_pending(
             schema: STATE_VERSION,
             host,
             region,
-            platform: settings.config.platform.map(|p| p.to_string()).or_else(|| {
-                release_manifest::Platform::detect()
-                    .ok()
-                    .map(|p| p.to_string())
-            }),
+            platform: settings
+                .config
+                .platform
+                .map(|p| p.to_string())
+                .or_else(|| molt_schema::Platform::detect().ok().map(|p| p.to_string())),
             seed: seed.get(),
-            agent_version: release_manifest::BUILD_VERSION,
+            agent_version: crate::BUILD_VERSION,
             record,
         };
         let body = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
@@ -116,7 +116,7 @@ pub async fn send_pending(
             .map_err(|e| e.to_string())?;
         tokio::time::timeout(
             Duration::from_secs(60),
-            release_manifest::s3::put_object(client, signer, url, body, "application/json"),
+            molt_fetch::s3::put_object(client, signer, url, body, "application/json"),
         )
         .await
         .map_err(|_| format!("uploading {key} timed out after 60 s"))?

@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use release_manifest::Region;
-use release_manifest::aws::{self, ImdsSettings};
-use release_manifest::host::lock;
-use release_manifest::host::state::{self, Health, HealthStatus, STATE_VERSION};
-use release_manifest::rollout::Seed;
-use release_manifest::s3::{S3Location, S3Signer};
-use release_manifest::schedule::{self, Due, Reason, ScheduleState};
+use molt_fetch::aws::{self, ImdsSettings};
+use molt_fetch::s3::{S3Location, S3Signer};
+use molt_host::lock;
+use molt_host::schedule::{self, Due, Reason, ScheduleState};
+use molt_host::state::{self, Health, HealthStatus, STATE_VERSION};
+use molt_schema::Region;
+use molt_schema::rollout::Seed;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::launch::{self, LaunchKind};
@@ -60,10 +60,10 @@ fn write_health(
     status: HealthStatus,
 ) -> Result<(), RunError> {
     let path = settings.layout.health();
-    let version = release_manifest::BUILD_VERSION
-        .parse::<release_manifest::Version>()
+    let version = crate::BUILD_VERSION
+        .parse::<molt_schema::Version>()
         .map_err(|e| RunError::BuildVersion {
-            version: release_manifest::BUILD_VERSION,
+            version: crate::BUILD_VERSION,
             detail: e.to_string(),
         })?;
     state::write_json(
@@ -222,7 +222,7 @@ pub async fn run(
     write_health(&settings, &nonce, started_at, HealthStatus::Ready)?;
     tracing::info!(
         "molt agent {} ready (pid {}, root {})",
-        release_manifest::BUILD_VERSION,
+        crate::BUILD_VERSION,
         std::process::id(),
         settings.layout.root().display()
     );

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use release_manifest::host::config::{Config, ConfigError, DEFAULT_CONFIG, ServiceKind};
-use release_manifest::host::{DEFAULT_ROOT, HostLayout};
-use release_manifest::schedule::Plan;
+use molt_host::config::{Config, ConfigError, DEFAULT_CONFIG, ServiceKind};
+use molt_host::schedule::Plan;
+use molt_host::{DEFAULT_ROOT, HostLayout};
 
 /// The agent's settings, resolved.
 #[derive(Clone, Debug)]
@@ -109,7 +109,7 @@ impl AgentSettings {
     pub fn schedule_state(&self) -> PathBuf {
         self.layout
             .state_dir()
-            .join(release_manifest::schedule::STATE_FILE)
+            .join(molt_host::schedule::STATE_FILE)
     }
 
     /// The hold set by `agent hold`.

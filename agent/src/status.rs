@@ -6,14 +6,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use jiff::Timestamp;
-use release_manifest::aws::{self, CredentialsSource, ImdsSettings, RegionSource};
-use release_manifest::host::state::{self, Health, HistoryRecord, Outcome, Quarantine};
-use release_manifest::manifest::Manifest;
-use release_manifest::resolve::{self, Decision, SkipReason, Target};
-use release_manifest::rollout::Seed;
-use release_manifest::schedule::{self, Reason, ScheduleState};
-use release_manifest::tuf::client::CACHED_MANIFEST;
-use release_manifest::{Platform, Region, Version};
+use molt_fetch::aws::{self, CredentialsSource, ImdsSettings, RegionSource};
+use molt_fetch::tuf::CACHED_MANIFEST;
+use molt_host::schedule::{self, Reason, ScheduleState};
+use molt_host::state::{self, Health, HistoryRecord, Outcome, Quarantine};
+use molt_schema::manifest::Manifest;
+use molt_schema::resolve::{self, Decision, SkipReason, Target};
+use molt_schema::rollout::Seed;
+use molt_schema::{Platform, Region, Version};
 use serde::Serialize;
 
 use crate::hold::{self, Hold};
@@ -239,7 +239,7 @@ pub fn wave(
         .map(|q| q.versions())
         .unwrap_or_default();
     let req = resolve::Request {
-        package: release_manifest::PackageName::Agent.as_str(),
+        package: molt_schema::PackageName::Agent.as_str(),
         platform,
         current: installed,
         target: &Target::Latest,
@@ -344,7 +344,7 @@ pub async fn gather(settings: &AgentSettings) -> AgentStatus {
         .filter(|r| r.alive)
         .map_or(now, |r| r.started_at);
     AgentStatus {
-        agent_version: release_manifest::BUILD_VERSION,
+        agent_version: crate::BUILD_VERSION,
         root: layout.root().display().to_string(),
         config: if settings.config_exists {
             settings.config_path.display().to_string()

@@ -1,4 +1,4 @@
-//! The safe extractor (`release_manifest::extract`, what the updater stages packages with)
+//! The safe extractor (`molt_archive::extract`, what the updater stages packages with)
 //! on arbitrary archives.
 //!
 //! The first byte chooses how the rest is used:
@@ -25,8 +25,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use release_manifest::extract::{ExtractError, Extracted, Limits, extract};
-use release_manifest::{PackageName, Platform};
+use molt_archive::extract::{ExtractError, Extracted, Limits, extract};
+use molt_schema::{PackageName, Platform};
 
 const SENTINEL: &[u8] = b"the sentinel must not change\n";
 

@@ -5,7 +5,7 @@
 //! - A parsed manifest's canonical form (`to_json`, what the release tool writes and signs)
 //!   parses again, to the same canonical bytes.
 //! - Every request the target derives from the manifest resolves without a panic, and an
-//!   install it decides on obeys the rules of `release_manifest::resolve`: the version is
+//!   install it decides on obeys the rules of `molt_schema::resolve`: the version is
 //!   offered for the platform, Active, not above `MaxVersion`, not quarantined or halted
 //!   unless forced, and older than the current one only when allowed or recalled.
 
@@ -15,10 +15,10 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 use libfuzzer_sys::fuzz_target;
-use release_manifest::manifest::{Manifest, Status};
-use release_manifest::resolve::{Decision, InstallReason, Request, Target, resolve};
-use release_manifest::rollout::Seed;
-use release_manifest::{Platform, Version};
+use molt_schema::manifest::{Manifest, Status};
+use molt_schema::resolve::{Decision, InstallReason, Request, Target, resolve};
+use molt_schema::rollout::Seed;
+use molt_schema::{Platform, Version};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(manifest) = Manifest::parse(data) else {

@@ -1,4 +1,4 @@
-//! The version parser (`release_manifest::version`): any text either is refused or parses to
+//! The version parser (`molt_schema::version`): any text either is refused or parses to
 //! a version that prints back exactly as it was written, reads back equal (as text and as
 //! JSON), and takes its place in one total order that agrees with equality.
 //!
@@ -10,8 +10,8 @@
 use std::cmp::Ordering;
 
 use libfuzzer_sys::fuzz_target;
-use release_manifest::Version;
-use release_manifest::resolve::Target;
+use molt_schema::Version;
+use molt_schema::resolve::Target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

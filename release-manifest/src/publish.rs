@@ -1,949 +1,1001 @@
-//! Publishing a region's repository to its store (SPEC §8): pull → render → diff → guard
-//! → apply → read back.
-//!
-//! - **Pull** the region's current metadata (root chain, timestamp, the snapshot and
-//!   targets it names) and manifest into a scratch repository. A region without
-//!   `metadata/timestamp.json` is an error naming `repo init`; a read that fails is an
-//!   error, never an empty bucket (that would reset the region's metadata versions).
-//! - **Render** the change there with the same editor as the local commands (tough), with
-//!   role versions above every version already in the bucket, so the objects an
-//!   interrupted publish left behind are never reused.
-//! - **Diff** the scratch repository against what was pulled: the objects to create, and
-//!   `timestamp.json` to replace. `--dry-run` stops here.
-//! - **Guard**: an immutable object that exists with other bytes is refused (unless
-//!   `--allow-clobber`); with the same bytes it is skipped.
-//! - **Apply**: targets first, then targets and snapshot metadata, each created only if
-//!   absent (If-None-Match), and `timestamp.json` last, only if it is still the one pulled
-//!   (If-Match). A racing publisher therefore loses nothing: one of the two is refused.
-//! - **Read back** the region as a host would (TUF from the trusted root: root chain,
-//!   timestamp, snapshot, targets, manifest), and check every new target: by the SHA-256
-//!   that the store computed over the bytes it holds and verified at upload, when it keeps
-//!   one and it is the signed one; else by reading the target through TUF (see
-//!   [`read_back`]).
-//!
-//! The edit is rendered in a [`ScratchRepo`] (metadata written without fsync; it is
-//! deleted afterwards), and new targets are uploaded straight from their files, hashed
-//! once per publish by the caller ([`crate::tuf::repo::ReleaseFiles`]). Every upload
-//! carries its SHA-256, which the store verifies ([`crate::store::Body`]).
-//!
-//! A publisher killed at any point leaves the old `timestamp.json` in place, and with it
-//! a repository that verifies; the objects it uploaded are unreferenced until a rerun.
+//! `publish` and `rollout status|advance|halt|resume|recall`: regions' repositories in
+//! their buckets (or directories), following `ci/rollout.toml` (SPEC §8).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
+use anyhow::anyhow;
+use futures::StreamExt as _;
+use jiff::Timestamp;
+use molt_fetch::aws;
+use molt_fetch::s3::{S3Endpoint, S3Location, S3Signer};
+use molt_fetch::transport::{HttpSettings, MoltTransport};
+use molt_publish::plan::{self, Plan, RegionFacts, ReportCounts};
+use molt_publish::publish::{self, Options, Reader, RegionReport, RegionStore, edits};
+use molt_publish::store::fs::FsStore;
+use molt_publish::store::s3::{S3Store, S3StoreConfig};
+use molt_publish::store::{ObjectStore, bucket_for};
+use molt_publish::tuf::Expirations;
+use molt_publish::tuf::keys::KeyDir;
+use molt_publish::tuf::repo::{self, AddOptions, ReleaseFiles};
+use molt_schema::Version;
+use molt_schema::cli::{Failure, exit};
+use molt_schema::manifest::{Manifest, Status};
+use molt_schema::region::Region;
 use serde::Serialize;
 
-use crate::artifact::Sha256;
-use crate::manifest::Manifest;
-use crate::region::Region;
-use crate::s3::S3Signer;
-use crate::store::{Body, Condition, ObjectStore, StoreError};
-use crate::transport::{HttpSettings, MoltTransport, Url};
-use crate::tuf::client::{LoadOptions, RegionSource, load_region};
-use crate::tuf::repo::{EditReport, RepoError, ScratchRepo};
+use crate::common::{ExpiryArgs, open_keys, regions_runtime, repo_failure};
 
-const TIMESTAMP: &str = "metadata/timestamp.json";
-
-/// A region and where its repository lives.
-#[derive(Clone, Debug)]
-pub struct RegionStore {
-    pub region: Region,
-    pub store: Arc<dyn ObjectStore>,
-    /// How hosts read it: the base URL, and a signer for private buckets.
-    pub reader: Reader,
+/// Where the plan's repositories are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// The rollout plan.
+    #[arg(long, default_value = "ci/rollout.toml")]
+    pub plan: PathBuf,
+    /// Use directories `<DIR>/<bucket>/<prefix>` instead of S3 (tests, demos, mirrors).
+    #[arg(long, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// An S3-compatible endpoint (path-style); overrides the plan's `endpoint_url`.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct Reader {
-    pub url: Url,
-    pub signer: Option<S3Signer>,
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// These regions (comma-separated), with no wave guards.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        conflicts_with = "wave",
+        required_unless_present = "wave"
+    )]
+    regions: Vec<Region>,
+    /// Wave N of the plan (1-based), after its guards pass.
+    #[arg(long)]
+    wave: Option<usize>,
+    /// The directory `release-manifest package --out` wrote.
+    #[arg(long)]
+    dist: PathBuf,
+    #[arg(long)]
+    version: Version,
+    /// The keys directory (targets, snapshot and timestamp keys; no root key).
+    #[arg(long)]
+    keys: PathBuf,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+    /// Show the diff per region and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace immutable objects that exist with other bytes.
+    #[arg(long)]
+    allow_clobber: bool,
+    /// Release notes for each region's feed.json (a text or Markdown file).
+    #[arg(long)]
+    notes: Option<PathBuf>,
 }
 
-/// What a publish may do.
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub dry_run: bool,
-    pub allow_clobber: bool,
-    /// Attempts per object on errors worth retrying.
-    pub attempts: u32,
-    /// The root of trust the read-back starts from (`<keys>/root.json`).
-    pub trusted_root: Vec<u8>,
-    /// Release notes for the feed: (version, text).
-    pub notes: Option<(String, String)>,
-    /// The HTTP client of the read-back, shared by all regions (cheap to clone); `None`
-    /// makes one for each read-back.
-    pub transport: Option<MoltTransport>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// A new immutable object.
-    Create,
-    /// Already there with the same bytes (a rerun): nothing to upload.
-    Same,
-    /// Already there with other bytes, replaced because of `--allow-clobber`.
-    Clobber,
-    /// `timestamp.json`, replaced if unchanged since the pull.
-    Replace,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Change {
-    pub key: String,
-    pub action: Action,
-    pub size: usize,
-}
-
-/// One region's result.
-#[derive(Clone, Debug, Serialize)]
-pub struct RegionReport {
-    pub region: Region,
-    pub store: String,
-    /// The new targets, snapshot and timestamp versions.
-    pub versions: [u64; 3],
-    pub changes: Vec<Change>,
-    pub uploaded: usize,
-    pub dry_run: bool,
-    /// The targets added to the region (names), read back through TUF.
-    pub added: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("{store} already holds a repository for {region}")]
-    Exists { region: Region, store: String },
-    #[error("{store} holds no repository for {region} (no metadata/timestamp.json)")]
-    NoRepository { region: Region, store: String },
-    #[error("cannot read {key} from {store}")]
-    Pull {
-        key: String,
-        store: String,
-        #[source]
-        source: Box<StoreError>,
+#[derive(Debug, clap::Subcommand)]
+pub enum RolloutCommand {
+    /// Per region: versions, status, halts, wave, when published and the next allowed advance.
+    Status {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// The version whose progress to show (default: the newest published anywhere).
+        #[arg(long)]
+        version: Option<Version>,
+        /// The root of trust to verify the regions with (the keys directory's root.json).
+        #[arg(long)]
+        trusted_root: PathBuf,
     },
-    #[error("{key} in {store} is not valid metadata: {detail}")]
-    BadMetadata {
-        key: String,
-        store: String,
-        detail: String,
+    /// Publish the version to the next wave, if the guards allow it.
+    Advance {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        version: Version,
+        #[arg(long)]
+        dist: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+        #[arg(long)]
+        dry_run: bool,
     },
-    #[error(transparent)]
-    Edit(#[from] RepoError),
-    #[error("{key} already exists in {store} with other bytes; published objects are immutable")]
-    Clobber { key: String, store: String },
-    #[error("{store} changed while this publish ran ({key}): another publisher got there first")]
-    Raced { key: String, store: String },
-    #[error("cannot upload {key} to {store}")]
-    Upload {
-        key: String,
-        store: String,
-        #[source]
-        source: Box<StoreError>,
+    /// Halt the version everywhere it is published: no more hosts move to it.
+    Halt {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        version: Version,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
-    #[error("the read-back of {region} failed: {detail}")]
-    ReadBack { region: Region, detail: String },
-    #[error("cannot use the scratch directory {path}")]
-    Scratch {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
+    /// Undo a halt; the in-region waves continue where they stopped.
+    Resume {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        version: Version,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Recall the version: Deprecated, and MaxVersion below it, everywhere it is published.
+    Recall {
+        #[command(flatten)]
+        plan: PlanArgs,
+        version: Version,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
 }
 
-impl PublishError {
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            PublishError::NoRepository { region, .. } => Some(format!(
-                "create it with `release-manifest repo init --region {region} --out DIR`, then `release-manifest repo upload --region {region} --repo DIR`; or check the bucket template and prefix"
-            )),
-            PublishError::Exists { .. } => Some(
-                "a region is created once; publish to it with `release-manifest publish`".into(),
-            ),
-            PublishError::Pull { source, .. } | PublishError::Upload { source, .. } => source.hint(),
-            PublishError::Clobber { .. } => Some(
-                "bump the version and package again; --allow-clobber replaces it (only for a release no host has fetched)".into(),
-            ),
-            PublishError::Raced { .. } => {
-                Some("run the publish again: it starts from what the region holds now".into())
-            }
-            PublishError::ReadBack { .. } => Some(
-                "the region's timestamp.json was replaced but does not verify: run `release-manifest verify` on it and publish again"
-                    .into(),
-            ),
-            _ => None,
-        }
-    }
+fn fail(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::new(exit::FAILED, e)
 }
 
-/// Maps a failed read of `key` to [`PublishError::Pull`].
-fn pull_error(key: &str, store: &str) -> impl FnOnce(StoreError) -> PublishError + use<> {
-    let (key, store) = (key.to_owned(), store.to_owned());
-    move |source| PublishError::Pull {
-        key,
-        store,
-        source: Box::new(source),
-    }
+fn load_plan(args: &PlanArgs) -> Result<Plan, Failure> {
+    Plan::load(&args.plan).map_err(|e| {
+        fail(e).with_hint("see ci/rollout.toml and docs/operations.md for the plan's keys")
+    })
 }
 
-fn json_u64(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(*p)?;
-    }
-    cur.as_u64()
-}
-
-/// The region's repository as pulled: keys and bytes, plus the timestamp's ETag.
-struct Pulled {
-    objects: BTreeMap<String, Vec<u8>>,
-    timestamp_etag: String,
-    floor: [u64; 3],
-}
-
-async fn get_required(
-    store: &dyn ObjectStore,
-    key: &str,
+/// The store and reader of one region.
+pub async fn region_store(
+    plan: &Plan,
+    args: &PlanArgs,
     region: &Region,
-) -> Result<Option<Vec<u8>>, PublishError> {
-    match store.get(key).await {
-        Ok(o) => Ok(o.map(|o| o.bytes)),
-        Err(source) => Err(PublishError::Pull {
-            key: key.to_owned(),
-            store: store.describe(),
-            source: Box::new(source),
-        }),
-    }
-    .map_err(|e| {
-        tracing::debug!(%region, "pull failed: {e}");
-        e
-    })
-}
-
-async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
-    let store = rs.store.as_ref();
-    let shown = store.describe();
-    let bad = |key: &str, detail: String| PublishError::BadMetadata {
-        key: key.to_owned(),
-        store: shown.clone(),
-        detail,
-    };
-    let ts = store
-        .get(TIMESTAMP)
-        .await
-        .map_err(pull_error(TIMESTAMP, &shown))?;
-    let Some(ts) = ts else {
-        return Err(PublishError::NoRepository {
-            region: rs.region.clone(),
-            store: shown,
-        });
-    };
-    let mut objects = BTreeMap::new();
-    let ts_json: serde_json::Value =
-        serde_json::from_slice(&ts.bytes).map_err(|e| bad(TIMESTAMP, e.to_string()))?;
-    let snapshot_v = json_u64(&ts_json, &["signed", "meta", "snapshot.json", "version"])
-        .ok_or_else(|| bad(TIMESTAMP, "no snapshot version".into()))?;
-    objects.insert(TIMESTAMP.to_owned(), ts.bytes);
-    let snapshot_key = format!("metadata/{snapshot_v}.snapshot.json");
-    let snapshot = get_required(store, &snapshot_key, &rs.region)
-        .await?
-        .ok_or_else(|| bad(&snapshot_key, "missing, but timestamp.json names it".into()))?;
-    let snap_json: serde_json::Value =
-        serde_json::from_slice(&snapshot).map_err(|e| bad(&snapshot_key, e.to_string()))?;
-    let targets_v = json_u64(&snap_json, &["signed", "meta", "targets.json", "version"])
-        .ok_or_else(|| bad(&snapshot_key, "no targets version".into()))?;
-    objects.insert(snapshot_key, snapshot);
-    let targets_key = format!("metadata/{targets_v}.targets.json");
-    let targets = get_required(store, &targets_key, &rs.region)
-        .await?
-        .ok_or_else(|| bad(&targets_key, "missing, but the snapshot names it".into()))?;
-    let targets_json: serde_json::Value =
-        serde_json::from_slice(&targets).map_err(|e| bad(&targets_key, e.to_string()))?;
-    let manifest_sha =
-        targets_json["signed"]["targets"][crate::tuf::MANIFEST_TARGET]["hashes"]["sha256"]
-            .as_str()
-            .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| bad(&targets_key, "no manifest.json target".into()))?
-            .to_owned();
-    objects.insert(targets_key, targets);
-    let manifest_key = format!("targets/{manifest_sha}.{}", crate::tuf::MANIFEST_TARGET);
-    let manifest = get_required(store, &manifest_key, &rs.region)
-        .await?
-        .ok_or_else(|| bad(&manifest_key, "missing, but targets.json names it".into()))?;
-    objects.insert(manifest_key, manifest);
-    // The root chain, from 1 up to the first version that is not there.
-    for n in 1u64.. {
-        let key = format!("metadata/{n}.root.json");
-        match get_required(store, &key, &rs.region).await? {
-            Some(bytes) => {
-                objects.insert(key, bytes);
-            }
-            None if n == 1 => return Err(bad(&key, "missing: the root chain starts at 1".into())),
-            None => break,
+) -> Result<RegionStore, Failure> {
+    let bucket = bucket_for(&plan.bucket, region).map_err(|e| {
+        let hint = e.hint();
+        let f = fail(e);
+        match hint {
+            Some(h) => f.with_hint(h),
+            None => f,
         }
-    }
-    // Versions above everything present, orphans of an interrupted publish included.
-    let listed = store
-        .list("metadata/")
-        .await
-        .map_err(pull_error("metadata/", &shown))?;
-    let mut floor = [0u64; 3];
-    for key in listed {
-        let name = key.rsplit('/').next().unwrap_or(&key);
-        let Some((n, role)) = name.split_once('.') else {
-            continue;
-        };
-        let Ok(n) = n.parse::<u64>() else { continue };
-        let slot = match role {
-            "targets.json" => 0,
-            "snapshot.json" => 1,
-            _ => continue,
-        };
-        floor[slot] = floor[slot].max(n.saturating_add(1));
-    }
-    Ok(Pulled {
-        objects,
-        timestamp_etag: ts.etag,
-        floor,
-    })
-}
-
-fn write_scratch(dir: &Path, objects: &BTreeMap<String, Vec<u8>>) -> Result<(), PublishError> {
-    for (key, bytes) in objects {
-        let path = dir.join(key);
-        let scratch = |source| PublishError::Scratch {
-            path: path.clone(),
-            source,
-        };
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(scratch)?;
-        }
-        std::fs::write(&path, bytes).map_err(scratch)?;
-    }
-    Ok(())
-}
-
-fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) -> Result<(), PublishError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| PublishError::Scratch {
-        path: dir.to_owned(),
-        source,
     })?;
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, base, out)?;
-        } else if let Ok(rel) = path.strip_prefix(base) {
-            let key = rel.to_string_lossy().replace('\\', "/");
-            if key.starts_with("metadata/") || key.starts_with("targets/") {
-                out.push(key);
-            }
-        }
+    if let Some(dir) = &args.directory {
+        let path = dir.join(&bucket).join(plan.prefix.trim_matches('/'));
+        let url = molt_fetch::transport::Url::from_directory_path(
+            std::path::absolute(&path).map_err(fail)?,
+        )
+        .map_err(|()| fail(anyhow!("{} cannot be a file URL", path.display())))?;
+        return Ok(RegionStore {
+            region: region.clone(),
+            store: Arc::new(FsStore::new(path)),
+            reader: Reader { url, signer: None },
+        });
     }
-    Ok(())
+    let endpoint = args
+        .endpoint_url
+        .clone()
+        .or_else(|| plan.endpoint_url.clone());
+    let mut config = S3StoreConfig::new(bucket.clone(), region.clone());
+    config.prefix = plan.prefix.clone();
+    config.endpoint_url = endpoint.clone();
+    let store = S3Store::new(config).await.map_err(fail)?;
+    let location = S3Location::new(&bucket, &plan.prefix).map_err(fail)?;
+    let url = S3Endpoint::resolve(endpoint.as_deref(), region, None, |k| std::env::var(k).ok())
+        .and_then(|e| e.prefix_url(&location))
+        .map_err(fail)?;
+    let signer = S3Signer::new(aws::credentials_provider(region).await, region.clone());
+    Ok(RegionStore {
+        region: region.clone(),
+        store: Arc::new(store),
+        reader: Reader {
+            url,
+            signer: Some(signer),
+        },
+    })
 }
 
-/// Upload order: targets, then root, targets and snapshot metadata, timestamp last.
-fn rank(key: &str) -> u8 {
-    if key.starts_with("targets/") {
-        if key.ends_with(".manifest.json") {
-            1
-        } else {
-            0
-        }
-    } else if key.ends_with(".root.json") {
-        2
-    } else if key.ends_with(".targets.json") {
-        3
-    } else if key.ends_with(".snapshot.json") {
-        4
+fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options, Failure> {
+    let root = keys.dir.join("root.json");
+    let trusted_root = std::fs::read(&root).map_err(|e| {
+        fail(anyhow!(
+            "cannot read the trusted root {}: {e}",
+            root.display()
+        ))
+    })?;
+    Ok(Options {
+        dry_run,
+        allow_clobber,
+        attempts: 4,
+        trusted_root,
+        notes: None,
+        transport: Some(reader_transport()?),
+    })
+}
+
+/// The HTTP client that every region's read-back shares.
+fn reader_transport() -> Result<MoltTransport, Failure> {
+    MoltTransport::new(HttpSettings::default())
+        .map_err(|e| fail(anyhow::Error::new(e).context("cannot set up HTTP")))
+}
+
+/// One region's line in the result table.
+#[derive(Debug, Serialize)]
+struct Row {
+    region: Region,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<RegionReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+fn print_rows(rows: &[Row], json: bool) -> Result<i32, Failure> {
+    if json {
+        crate::print_json(&rows)?;
     } else {
-        5
-    }
-}
-
-/// Test hook: `MOLT_TEST_KILL_AFTER_PUTS=<n>` makes the publisher SIGKILL itself right
-/// after its n-th successful upload (across all regions), so tests can stop it between
-/// any two writes. Unset, it costs one environment lookup per upload.
-fn kill_point() {
-    static PUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let done = PUTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    if std::env::var("MOLT_TEST_KILL_AFTER_PUTS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        == Some(done)
-    {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        std::process::abort();
-    }
-}
-
-async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match f().await {
-            Err(e) if e.is_retryable() && attempt < attempts.max(1) => {
-                let wait = Duration::from_millis(200u64 << attempt.min(6));
-                tracing::warn!("{e}; retrying in {} ms", wait.as_millis());
-                tokio::time::sleep(wait).await;
+        println!(
+            "{:<16} {:<8} {:<18} {:>8}  detail",
+            "region", "result", "versions t/s/ts", "uploads"
+        );
+        for r in rows {
+            match (&r.report, &r.error) {
+                (Some(rep), _) => println!(
+                    "{:<16} {:<8} {:<18} {:>8}  {}",
+                    r.region.to_string(),
+                    if rep.dry_run { "dry-run" } else { "ok" },
+                    format!(
+                        "{}/{}/{}",
+                        rep.versions[0], rep.versions[1], rep.versions[2]
+                    ),
+                    rep.uploaded,
+                    rep.changes
+                        .iter()
+                        .map(|c| format!("{:?} {}", c.action, c.key))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                (None, e) => {
+                    println!(
+                        "{:<16} {:<8} {:<18} {:>8}  {}",
+                        r.region.to_string(),
+                        "FAILED",
+                        "-",
+                        "-",
+                        e.clone().unwrap_or_default()
+                    );
+                    if let Some(h) = &r.hint {
+                        println!("{:<16} {:<8} {:<18} {:>8}  hint: {h}", "", "", "", "");
+                    }
+                }
             }
-            other => return other,
         }
     }
+    Ok(if rows.iter().all(|r| r.ok) {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }
 
-/// Whether `key` holds `body`'s bytes (`None`: no object there). Decided by the length and
-/// the SHA-256 the store keeps with the object; an object without one (uploaded by an
-/// older publisher) is downloaded and hashed.
-async fn holds(
-    store: &dyn ObjectStore,
-    key: &str,
-    body: &Body,
-    attempts: u32,
-) -> Result<Option<bool>, StoreError> {
-    let Some(meta) = with_retries(attempts, || store.stat(key)).await? else {
-        return Ok(None);
-    };
-    if meta.len != body.len() {
-        return Ok(Some(false));
-    }
-    if let Some(sha256) = meta.sha256 {
-        return Ok(Some(sha256 == body.sha256()));
-    }
-    Ok(with_retries(attempts, || store.get(key))
-        .await?
-        .map(|o| o.bytes.len() as u64 == body.len() && Sha256::digest(&o.bytes) == body.sha256()))
-}
-
-/// One object to write: where, what, and how.
-struct Upload {
-    change: Change,
-    body: Body,
-}
-
-/// Publishes one edit of one region: `edit` changes the scratch repository (it gets a
-/// [`ScratchRepo`] over a copy of the region's metadata and manifest, and the version
-/// floor) and reports what it did, new targets included.
-pub async fn update_region<F, Fut>(
-    rs: &RegionStore,
-    opts: &Options,
-    edit: F,
-) -> Result<RegionReport, PublishError>
+/// One region's row: its store, then `edit` on it.
+async fn region_row<F, Fut>(plan: &Plan, args: &PlanArgs, region: Region, edit: &F) -> Row
 where
-    F: FnOnce(ScratchRepo, [u64; 3]) -> Fut,
-    Fut: std::future::Future<Output = Result<EditReport, RepoError>>,
+    F: Fn(RegionStore) -> Fut,
+    Fut: std::future::Future<Output = Result<RegionReport, publish::PublishError>>,
 {
-    let store = rs.store.as_ref();
-    let shown = store.describe();
-    let pulled = pull(rs).await?;
-    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let dir = scratch.path().join("repo");
-    write_scratch(&dir, &pulled.objects)?;
-    let report = edit(ScratchRepo::new(dir.clone()), pulled.floor).await?;
-
-    // Diff: the metadata files of the scratch copy (small; their bytes are the bodies), and
-    // the new targets the edit handed back (their digests say whether they are new).
-    let mut keys = Vec::new();
-    walk(&dir.join("metadata"), &dir, &mut keys)?;
-    let mut writes = Vec::new();
-    for key in keys {
-        let path = dir.join(&key);
-        let bytes = std::fs::read(&path).map_err(|source| PublishError::Scratch {
-            path: path.clone(),
-            source,
-        })?;
-        let action = match pulled.objects.get(&key) {
-            Some(old) if *old == bytes => continue,
-            Some(_) if key == TIMESTAMP => Action::Replace,
-            _ => Action::Create,
-        };
-        writes.push(Upload {
-            change: Change {
-                key,
-                action,
-                size: bytes.len(),
-            },
-            body: Body::from_bytes(bytes),
-        });
-    }
-    for t in &report.targets {
-        if let Some(old) = pulled.objects.get(&t.key)
-            && old.len() as u64 == t.body.len()
-            && Sha256::digest(old) == t.body.sha256()
-        {
-            continue;
+    let rs = match region_store(plan, args, &region).await {
+        Ok(rs) => rs,
+        Err(f) => {
+            return Row {
+                region,
+                ok: false,
+                report: None,
+                error: Some(format!("{:#}", f.error)),
+                hint: f.hint,
+            };
         }
-        writes.push(Upload {
-            change: Change {
-                key: t.key.clone(),
-                action: Action::Create,
-                size: usize::try_from(t.body.len()).unwrap_or(usize::MAX),
-            },
-            body: t.body.clone(),
-        });
+    };
+    match edit(rs).await {
+        Ok(report) => Row {
+            region,
+            ok: true,
+            report: Some(report),
+            error: None,
+            hint: None,
+        },
+        Err(e) => Row {
+            region,
+            ok: false,
+            report: None,
+            hint: e.hint(),
+            error: Some(format!("{:#}", anyhow::Error::new(e))),
+        },
     }
-    writes.sort_by(|a, b| {
-        (rank(&a.change.key), &a.change.key).cmp(&(rank(&b.change.key), &b.change.key))
+}
+
+/// Runs `edit` on every region, each region a task of its own on the multi-thread runtime
+/// ([`regions_runtime`]), at most the plan's `concurrency` at a time. The rows come back
+/// sorted by region, however the tasks finished.
+async fn fan_out<F, Fut>(plan: &Plan, args: &PlanArgs, regions: &[Region], edit: F) -> Vec<Row>
+where
+    F: Fn(RegionStore) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<RegionReport, publish::PublishError>> + Send + 'static,
+{
+    let shared = Arc::new((plan.clone(), args.clone(), edit));
+    // `buffer_unordered` pulls the next region, which spawns its task, only when fewer than
+    // `concurrency` are running.
+    let jobs = regions.iter().cloned().map(|region| {
+        let shared = Arc::clone(&shared);
+        let task = tokio::spawn({
+            let region = region.clone();
+            async move {
+                let (plan, args, edit) = &*shared;
+                region_row(plan, args, region, edit).await
+            }
+        });
+        async move {
+            task.await.unwrap_or_else(|e| Row {
+                error: Some(format!("the task publishing {region} ended early: {e}")),
+                region,
+                ok: false,
+                report: None,
+                hint: None,
+            })
+        }
     });
+    let mut rows: Vec<Row> = futures::stream::iter(jobs)
+        .buffer_unordered(plan.concurrency.max(1))
+        .collect()
+        .await;
+    rows.sort_by(|a, b| a.region.cmp(&b.region));
+    rows
+}
 
-    // Guard: immutable objects that already exist.
-    for w in writes
-        .iter_mut()
-        .filter(|w| w.change.action == Action::Create)
-    {
-        match holds(store, &w.change.key, &w.body, opts.attempts)
-            .await
-            .map_err(pull_error(&w.change.key, &shown))?
-        {
-            None => {}
-            Some(true) => w.change.action = Action::Same,
-            Some(false) if opts.allow_clobber => w.change.action = Action::Clobber,
-            Some(false) => {
-                return Err(PublishError::Clobber {
-                    key: w.change.key.clone(),
-                    store: shown,
-                });
+/// A region's manifest, read and verified as a host would, or why it cannot be.
+async fn read_region(
+    plan: &Plan,
+    args: &PlanArgs,
+    region: &Region,
+    trusted_root: &[u8],
+    transport: Option<MoltTransport>,
+) -> Result<Manifest, String> {
+    let rs = region_store(plan, args, region)
+        .await
+        .map_err(|e| format!("{:#}", e.error))?;
+    let opts = Options {
+        dry_run: true,
+        allow_clobber: false,
+        attempts: 3,
+        trusted_root: trusted_root.to_vec(),
+        notes: None,
+        transport,
+    };
+    publish::read_back(&rs, &opts, &[])
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// What a region's manifest says about `version`.
+fn facts_from(
+    region: &Region,
+    manifest: &Result<Manifest, String>,
+    version: &Version,
+) -> RegionFacts {
+    let mut f = RegionFacts {
+        region: region.clone(),
+        published: None,
+        status: None,
+        halted: None,
+        verified: Ok(()),
+    };
+    match manifest {
+        Ok(m) => {
+            let entry = m
+                .packages
+                .iter()
+                .flat_map(|p| p.files.iter())
+                .flat_map(|fe| fe.available_versions.iter())
+                .find(|e| &e.version == version);
+            if let Some(e) = entry {
+                f.published = e.published.or(Some(Timestamp::UNIX_EPOCH));
+                f.status = Some(e.status.as_str().to_owned());
+                f.halted = e.halted.as_ref().map(|h| h.reason.clone());
+            }
+        }
+        Err(e) => f.verified = Err(e.clone()),
+    }
+    f
+}
+
+/// Every region of the plan, read once.
+async fn read_all(
+    plan: &Plan,
+    args: &PlanArgs,
+    trusted_root: &[u8],
+) -> Vec<(Region, Result<Manifest, String>)> {
+    // One HTTP client for every region; without one, each read makes its own.
+    let transport = MoltTransport::new(HttpSettings::default()).ok();
+    let jobs = plan.regions().into_iter().map(|region| {
+        let transport = transport.clone();
+        async move {
+            let m = read_region(plan, args, &region, trusted_root, transport).await;
+            (region, m)
+        }
+    });
+    futures::stream::iter(jobs)
+        .buffered(plan.concurrency)
+        .collect()
+        .await
+}
+
+async fn all_facts(
+    plan: &Plan,
+    args: &PlanArgs,
+    version: &Version,
+    trusted_root: &[u8],
+) -> Vec<RegionFacts> {
+    read_all(plan, args, trusted_root)
+        .await
+        .iter()
+        .map(|(r, m)| facts_from(r, m, version))
+        .collect()
+}
+
+/// Counts hosts' reports for `version` in `regions` from the plan's results sink.
+async fn report_counts(
+    plan: &Plan,
+    args: &PlanArgs,
+    regions: &[Region],
+    version: &Version,
+) -> Result<ReportCounts, Failure> {
+    let Some(sink) = &plan.reports else {
+        return Ok(ReportCounts::default());
+    };
+    let location: S3Location = sink.parse().map_err(fail)?;
+    let mut counts = ReportCounts::default();
+    for region in regions {
+        let store: Arc<dyn ObjectStore> = match &args.directory {
+            Some(dir) => Arc::new(FsStore::new(
+                dir.join(location.bucket())
+                    .join(location.prefix().trim_matches('/')),
+            )),
+            None => {
+                let mut config = S3StoreConfig::new(location.bucket(), region.clone());
+                config.prefix = location.prefix().to_owned();
+                config.endpoint_url = args
+                    .endpoint_url
+                    .clone()
+                    .or_else(|| plan.endpoint_url.clone());
+                Arc::new(S3Store::new(config).await.map_err(fail)?)
+            }
+        };
+        let prefix = format!("{region}/{version}/");
+        let keys = store.list(&prefix).await.map_err(|e| {
+            fail(e).with_hint(
+                "the plan's `reports` sink must be readable (s3:ListBucket, s3:GetObject)",
+            )
+        })?;
+        for key in keys.iter().filter(|k| k.ends_with(".json")) {
+            let Some(obj) = store.get(key).await.map_err(fail)? else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&obj.bytes) else {
+                tracing::warn!("skipping the unreadable report {key}");
+                continue;
+            };
+            counts.total += 1;
+            if v["record"]["result"].as_str() != Some("success") {
+                counts.failed += 1;
             }
         }
     }
-    let mut out = RegionReport {
-        region: rs.region.clone(),
-        store: shown.clone(),
-        versions: [
-            report.targets_version,
-            report.snapshot_version,
-            report.timestamp_version,
-        ],
-        changes: writes.iter().map(|w| w.change.clone()).collect(),
-        uploaded: 0,
-        dry_run: opts.dry_run,
-        added: report.added.clone(),
-    };
-    if opts.dry_run {
-        return Ok(out);
-    }
+    Ok(counts)
+}
 
-    // Apply, in order; timestamp.json last and only over the one pulled.
-    for w in &writes {
-        let c = &w.change;
-        let cond = match c.action {
-            Action::Same => continue,
-            Action::Create => Condition::IfNoneMatch,
-            Action::Clobber => Condition::None,
-            Action::Replace => Condition::IfMatch(pulled.timestamp_etag.clone()),
+/// The guards of wave `wave` for `version`; an error listing every refusal.
+async fn guard_wave(
+    plan: &Plan,
+    args: &PlanArgs,
+    wave: usize,
+    version: &Version,
+    trusted_root: &[u8],
+) -> Result<(), Failure> {
+    let all = all_facts(plan, args, version, trusted_root).await;
+    let earlier: Vec<Region> = plan
+        .waves
+        .iter()
+        .take(wave.saturating_sub(1))
+        .flat_map(|w| w.regions.clone())
+        .collect();
+    let reports = report_counts(plan, args, &earlier, version).await?;
+    let refused = plan::check_wave(
+        plan,
+        wave,
+        &version.to_string(),
+        &all,
+        reports,
+        Timestamp::now(),
+    );
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let list = refused
+        .iter()
+        .map(|r| format!("  - {r}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Err(Failure::new(
+        exit::REFUSED,
+        anyhow!("wave {wave} of {version} may not go out yet:\n{list}"),
+    )
+    .with_hint("wait for the bake time, fix or resume what is named, then run it again"))
+}
+
+/// A packaged release, hashed once, and what signs it.
+struct Release {
+    files: ReleaseFiles,
+    keys: KeyDir,
+    exp: Expirations,
+    opts: Options,
+}
+
+/// Reads and hashes the release's archives once for every region (on a blocking thread;
+/// each archive on its own).
+async fn hash_release(dist: &std::path::Path, version: &Version) -> Result<ReleaseFiles, Failure> {
+    let (dist, version) = (dist.to_owned(), version.clone());
+    tokio::task::spawn_blocking(move || {
+        ReleaseFiles::scan(&dist, &version).map_err(|e| {
+            repo_failure(
+                e,
+                format!("cannot read the release {version} in {}", dist.display()),
+            )
+        })
+    })
+    .await
+    .map_err(|e| fail(anyhow!("hashing the release's archives failed: {e}")))?
+}
+
+async fn publish_regions(
+    plan: &Plan,
+    args: &PlanArgs,
+    regions: &[Region],
+    wave_index: Option<usize>,
+    release: Release,
+) -> Vec<Row> {
+    let release = Arc::new(release);
+    let waves = plan.clone();
+    fan_out(plan, args, regions, move |rs| {
+        let rollout_wave = wave_index
+            .or_else(|| waves.wave_of(&rs.region))
+            .and_then(|i| waves.waves.get(i))
+            .cloned();
+        let release = Arc::clone(&release);
+        async move {
+            let now = Timestamp::now();
+            let rollout = match rollout_wave.map(|w| w.in_region(now)) {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    return Err(publish::PublishError::Edit(repo::RepoError::Invalid(
+                        e.to_string(),
+                    )));
+                }
+                None => None,
+            };
+            let add = AddOptions {
+                version: release.files.version().clone(),
+                status: Status::Active,
+                rollout,
+            };
+            let r = &*release;
+            publish::update_region(&rs, &r.opts, |scratch, floor| async move {
+                repo::add_above(&scratch, &r.files, &add, &r.keys, &r.exp, now, floor).await
+            })
+            .await
+        }
+    })
+    .await
+}
+
+pub fn publish(a: PublishArgs) -> Result<i32, Failure> {
+    let plan = load_plan(&a.plan)?;
+    let keys = open_keys(&a.keys)?;
+    let mut opts = options(&keys, a.dry_run, a.allow_clobber)?;
+    if let Some(path) = &a.notes {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(anyhow!(
+                "cannot read the release notes {}: {e}",
+                path.display()
+            ))
+        })?;
+        opts.notes = Some((a.version.to_string(), text));
+    }
+    let rt = regions_runtime()?;
+    rt.block_on(async {
+        let (regions, wave_index) = match a.wave {
+            Some(n) => {
+                if n == 0 || n > plan.waves.len() {
+                    return Err(Failure::new(
+                        exit::USAGE,
+                        anyhow!("the plan has waves 1 to {}, not {n}", plan.waves.len()),
+                    ));
+                }
+                if !a.dry_run {
+                    guard_wave(&plan, &a.plan, n, &a.version, &opts.trusted_root).await?;
+                }
+                (plan.waves[n - 1].regions.clone(), Some(n - 1))
+            }
+            None => (a.regions.clone(), None),
         };
-        let result = with_retries(opts.attempts, || {
-            store.put_body(&c.key, w.body.clone(), cond.clone())
+        let release = Release {
+            files: hash_release(&a.dist, &a.version).await?,
+            keys,
+            exp: a.expiry.expirations(),
+            opts,
+        };
+        let rows = publish_regions(&plan, &a.plan, &regions, wave_index, release).await;
+        print_rows(&rows, a.plan.json)
+    })
+}
+
+/// A change to a region's manifest at a time.
+type ManifestChange =
+    Arc<dyn Fn(&mut Manifest, Timestamp) -> Result<(), repo::RepoError> + Send + Sync>;
+
+fn edit_everywhere(
+    args: &PlanArgs,
+    keys: &std::path::Path,
+    expiry: &ExpiryArgs,
+    version: &Version,
+    change: ManifestChange,
+) -> Result<i32, Failure> {
+    let plan = load_plan(args)?;
+    let keys = open_keys(keys)?;
+    let opts = options(&keys, false, false)?;
+    let exp = expiry.expirations();
+    regions_runtime()?.block_on(async {
+        let mut published = Vec::new();
+        for f in all_facts(&plan, args, version, &opts.trusted_root).await {
+            let region = f.region.clone();
+            if f.published.is_some() {
+                published.push(region);
+            } else if let Err(e) = f.verified {
+                return Err(fail(anyhow!("{region} cannot be read: {e}")).with_hint("fix the region first; a halt or recall must reach every region that has the version"));
+            }
+        }
+        if published.is_empty() {
+            return Err(fail(anyhow!("{version} is published in no region of the plan")));
+        }
+        let shared = Arc::new((keys, opts));
+        let rows = fan_out(&plan, args, &published, move |rs| {
+            let (shared, change) = (Arc::clone(&shared), Arc::clone(&change));
+            async move {
+                let now = Timestamp::now();
+                let (keys, opts) = &*shared;
+                publish::update_region(&rs, opts, |scratch, floor| async move {
+                    repo::edit_manifest_above(&scratch, keys, &exp, now, floor, |m| change(m, now)).await
+                })
+                .await
+            }
         })
         .await;
-        match result {
-            Ok(()) => {
-                out.uploaded += 1;
-                kill_point();
-            }
-            Err(StoreError::PreconditionFailed { .. }) if c.action == Action::Create => {
-                // Someone created it since the guard: fine only with the very same bytes.
-                let same = holds(store, &c.key, &w.body, opts.attempts).await;
-                if !matches!(same, Ok(Some(true))) {
-                    return Err(PublishError::Raced {
-                        key: c.key.clone(),
-                        store: shown,
-                    });
-                }
-            }
-            Err(StoreError::PreconditionFailed { .. }) => {
-                return Err(PublishError::Raced {
-                    key: c.key.clone(),
-                    store: shown,
-                });
-            }
-            Err(source) => {
-                return Err(PublishError::Upload {
-                    key: c.key.clone(),
-                    store: shown,
-                    source: Box::new(source),
-                });
-            }
-        }
-    }
-    drop(scratch);
-
-    let manifest = read_back(rs, opts, &report.added).await?;
-    // The feed follows the verified state; a feed that fails to update loses nothing (the
-    // next publish rewrites it), so it is a warning, not an error.
-    if let Err(e) = write_feed(rs, &manifest, opts).await {
-        tracing::warn!("cannot update {FEED} in {shown}: {e}");
-    }
-    Ok(out)
-}
-
-/// The region's release feed, beside its repository.
-pub const FEED: &str = "feed.json";
-
-/// One version in the feed.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct FeedEntry {
-    pub version: String,
-    pub status: String,
-    #[serde(default)]
-    pub published: Option<jiff::Timestamp>,
-    #[serde(default)]
-    pub halted: Option<String>,
-    #[serde(default)]
-    pub platforms: Vec<String>,
-    #[serde(default)]
-    pub notes: Option<String>,
-}
-
-/// `feed.json`: the versions a region offers, newest first, with their dates, status and
-/// release notes, for operators to subscribe to (as SSM users subscribe to release
-/// notes). Informational: hosts never read it; TUF-signed metadata decides.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct Feed {
-    pub schema: u32,
-    pub region: String,
-    pub updated: jiff::Timestamp,
-    pub versions: Vec<FeedEntry>,
-}
-
-/// Renders the feed from a verified manifest, keeping the notes the previous feed had and
-/// adding `opts.notes` to the versions this publish added.
-pub fn render_feed(
-    manifest: &Manifest,
-    region: &Region,
-    previous: Option<&Feed>,
-    notes: Option<(&str, &str)>,
-    now: jiff::Timestamp,
-) -> Feed {
-    let mut versions: BTreeMap<crate::version::Version, FeedEntry> = BTreeMap::new();
-    for p in manifest
-        .packages
-        .iter()
-        .filter(|p| p.name == crate::PackageName::Agent.as_str())
-    {
-        for f in &p.files {
-            let platform = crate::PackageName::Agent
-                .platform_of_file(&f.name)
-                .map(|pl| pl.to_string());
-            for e in &f.available_versions {
-                let entry = versions
-                    .entry(e.version.clone())
-                    .or_insert_with(|| FeedEntry {
-                        version: e.version.to_string(),
-                        status: e.status.as_str().to_owned(),
-                        published: e.published,
-                        halted: e.halted.as_ref().map(|h| h.reason.clone()),
-                        platforms: Vec::new(),
-                        notes: previous
-                            .and_then(|p| {
-                                p.versions
-                                    .iter()
-                                    .find(|x| x.version == e.version.to_string())
-                            })
-                            .and_then(|x| x.notes.clone()),
-                    });
-                if let Some(pl) = &platform
-                    && !entry.platforms.contains(pl)
-                {
-                    entry.platforms.push(pl.clone());
-                }
-                if let Some((v, text)) = notes
-                    && v == entry.version
-                {
-                    entry.notes = Some(text.to_owned());
-                }
-            }
-        }
-    }
-    Feed {
-        schema: 1,
-        region: region.to_string(),
-        updated: now,
-        versions: versions.into_values().rev().collect(),
-    }
-}
-
-async fn write_feed(
-    rs: &RegionStore,
-    manifest: &Manifest,
-    opts: &Options,
-) -> Result<(), StoreError> {
-    let store = rs.store.as_ref();
-    let previous: Option<Feed> = store
-        .get(FEED)
-        .await?
-        .and_then(|o| serde_json::from_slice(&o.bytes).ok());
-    let notes = opts.notes.as_ref().map(|(v, t)| (v.as_str(), t.as_str()));
-    let feed = render_feed(
-        manifest,
-        &rs.region,
-        previous.as_ref(),
-        notes,
-        jiff::Timestamp::now(),
-    );
-    let mut bytes = serde_json::to_vec_pretty(&feed).unwrap_or_default();
-    bytes.push(b'\n');
-    let body = Body::from_bytes(bytes);
-    with_retries(opts.attempts, || {
-        store.put_body(FEED, body.clone(), Condition::None)
+        print_rows(&rows, args.json)
     })
-    .await
 }
 
-/// Loads the region as a host would, from the trusted root (root chain, timestamp,
-/// snapshot, targets, manifest, all verified through TUF), then checks every added target
-/// against its signed length and SHA-256.
-///
-/// A target is checked by the length and SHA-256 that the store keeps with the object
-/// ([`ObjectStore::stat`]): S3 computed that checksum over the bytes it received, verified it
-/// against the one this publish sent, and stores it with exactly those bytes; the directory
-/// store hashes the file. When they are the signed ones, the bytes a host will download are
-/// the signed bytes, without downloading them again from every region. When the store has
-/// no checksum for the object (uploaded by an older publisher, or by a server that keeps
-/// none) or cannot be asked, the target is read through TUF and hashed, as a host reads it.
-/// A checksum that differs from the signed one fails the read-back.
-pub async fn read_back(
-    rs: &RegionStore,
-    opts: &Options,
-    added: &[String],
-) -> Result<Manifest, PublishError> {
-    let fail = |detail: String| PublishError::ReadBack {
-        region: rs.region.clone(),
-        detail,
-    };
-    let mut transport = match &opts.transport {
-        Some(t) => t.clone(),
-        None => MoltTransport::new(HttpSettings::default()).map_err(|e| fail(e.to_string()))?,
-    };
-    if let Some(signer) = &rs.reader.signer {
-        transport = transport.with_signer(signer.clone());
-    }
-    let loaded = load_region(LoadOptions {
-        source: RegionSource::new(rs.reader.url.clone()),
-        region: Some(&rs.region),
-        trusted_root: &opts.trusted_root,
-        datastore: None,
-        transport,
-    })
-    .await
-    .map_err(|e| fail(format!("{e:#}")))?;
-    for name in added {
-        if name == crate::tuf::MANIFEST_TARGET {
-            continue;
-        }
-        let Some(signed) = loaded.target(name) else {
-            return Err(fail(format!("{name} is not among the signed targets")));
-        };
-        let key = tough::TargetName::new(name)
-            .map(|t| format!("targets/{}.{}", signed.sha256, t.resolved()))
-            .map_err(|e| fail(format!("{name}: {e}")))?;
-        let stored = with_retries(opts.attempts, || rs.store.stat(&key)).await;
-        match stored {
-            Ok(Some(meta)) if meta.sha256.is_some() => {
-                if meta.sha256 == Some(signed.sha256) && meta.len == signed.length {
-                    continue;
-                }
-                return Err(fail(format!(
-                    "{name}: {key} holds {} bytes with SHA-256 {}, but the signed target has {} bytes with SHA-256 {}",
-                    meta.len,
-                    meta.sha256.map(|s| s.to_string()).unwrap_or_default(),
-                    signed.length,
-                    signed.sha256
-                )));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(region = %rs.region, "cannot ask for the checksum of {key}: {e}");
-            }
-        }
-        let read = loaded
-            .read_target_with(name, |r| std::io::copy(r, &mut std::io::sink()))
-            .await;
-        match read {
-            Ok(_) => {}
-            Err(crate::tuf::client::ReadError::Trust(e)) => {
-                return Err(fail(format!("{name}: {e}")));
-            }
-            Err(crate::tuf::client::ReadError::Consumer(e)) => {
-                return Err(fail(format!("{name}: {e}")));
-            }
-        }
-    }
-    Ok(loaded.manifest)
+#[derive(Debug, Serialize)]
+struct StatusRow {
+    region: Region,
+    wave: Option<usize>,
+    versions: Vec<String>,
+    #[serde(flatten)]
+    facts: RegionFacts,
+    next_allowed: Option<Timestamp>,
 }
 
-/// The manifest changes of `rollout halt`, `resume` and `recall`, for
-/// [`crate::tuf::repo::edit_manifest_above`].
-pub mod edits {
-    use jiff::Timestamp;
-
-    use crate::manifest::{Halt, Manifest, Status, VersionEntry};
-    use crate::tuf::repo::RepoError;
-    use crate::version::Version;
-
-    fn entries<'a>(
-        m: &'a mut Manifest,
-        version: &'a Version,
-    ) -> impl Iterator<Item = &'a mut VersionEntry> + 'a {
-        m.packages
-            .iter_mut()
-            .flat_map(|p| p.files.iter_mut())
-            .flat_map(|f| f.available_versions.iter_mut())
-            .filter(move |e| &e.version == version)
-    }
-
-    fn missing(version: &Version) -> RepoError {
-        RepoError::Invalid(format!(
-            "version {version} is not in this region's manifest"
-        ))
-    }
-
-    /// Halts `version`: no host moves to it until it is resumed.
-    pub fn halt(
-        m: &mut Manifest,
-        version: &Version,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<(), RepoError> {
-        let mut seen = false;
-        for e in entries(m, version) {
-            seen = true;
-            if e.halted.is_none() {
-                e.halted = Some(Halt {
-                    at: now,
-                    reason: reason.to_owned(),
-                });
-            }
-        }
-        if seen { Ok(()) } else { Err(missing(version)) }
-    }
-
-    /// Resumes `version`: the halt goes, and its in-region waves start later by as long as
-    /// the halt lasted, so hosts whose wave time passed during the halt do not all move at
-    /// once.
-    pub fn resume(m: &mut Manifest, version: &Version, now: Timestamp) -> Result<(), RepoError> {
-        let mut seen = false;
-        for e in entries(m, version) {
-            seen = true;
-            if let Some(h) = e.halted.take()
-                && let Some(r) = &e.rollout
-            {
-                let paused = now.duration_since(h.at).max(jiff::SignedDuration::ZERO);
-                e.rollout = Some(r.delayed(paused));
-            }
-        }
-        if seen { Ok(()) } else { Err(missing(version)) }
-    }
-
-    /// Recalls `version`: Deprecated everywhere in the manifest, and `MaxVersion` set to the
-    /// highest Active version below it, so hosts above the ceiling move down.
-    pub fn recall(m: &mut Manifest, version: &Version) -> Result<Version, RepoError> {
-        let mut seen = false;
-        for e in entries(m, version) {
-            seen = true;
-            e.status = Status::Deprecated;
-        }
-        if !seen {
-            return Err(missing(version));
-        }
-        let below = m
-            .packages
-            .iter()
-            .filter(|p| p.name == crate::PackageName::Agent.as_str())
-            .flat_map(|p| p.files.iter())
-            .flat_map(|f| f.available_versions.iter())
-            .filter(|e| e.status == Status::Active && &e.version < version)
-            .map(|e| e.version.clone())
-            .max()
-            .ok_or_else(|| {
-                RepoError::Invalid(format!(
-                    "no Active version below {version} to fall back to; publish a fixed release instead"
+pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
+    match c {
+        RolloutCommand::Status {
+            plan: args,
+            version,
+            trusted_root,
+        } => {
+            let plan = load_plan(&args)?;
+            let trusted = std::fs::read(&trusted_root).map_err(|e| {
+                fail(anyhow!(
+                    "cannot read the trusted root {}: {e}",
+                    trusted_root.display()
                 ))
             })?;
-        if m.max_version.as_ref().is_none_or(|cur| cur > &below) {
-            m.max_version = Some(below.clone());
+            regions_runtime()?.block_on(async {
+                let manifests = read_all(&plan, &args, &trusted).await;
+                let newest = manifests
+                    .iter()
+                    .filter_map(|(_, m)| m.as_ref().ok())
+                    .flat_map(|m| m.packages.iter().flat_map(|p| p.files.iter()))
+                    .flat_map(|fe| fe.available_versions.iter())
+                    .map(|e| e.version.clone())
+                    .max();
+                let Some(version) = version.or(newest) else {
+                    return Err(fail(anyhow!("no version is published in any region of the plan")));
+                };
+                let all: Vec<RegionFacts> = manifests.iter().map(|(r, m)| facts_from(r, m, &version)).collect();
+                let mut rows = Vec::new();
+                for ((region, m), f) in manifests.iter().zip(all.iter()) {
+                    let wave = plan.wave_of(region).map(|i| i + 1);
+                    let mut versions = std::collections::BTreeMap::new();
+                    for e in m.iter().flat_map(|m| m.packages.iter()).filter(|p| p.name == "molt-agent").flat_map(|p| p.files.iter()).flat_map(|fe| fe.available_versions.iter()) {
+                        let halted = if e.halted.is_some() { ", halted" } else { "" };
+                        versions.insert(e.version.clone(), format!("{} {}{halted}", e.version, e.status.as_str()));
+                    }
+                    rows.push(StatusRow {
+                        region: region.clone(),
+                        wave,
+                        versions: versions.into_values().collect(),
+                        facts: f.clone(),
+                        next_allowed: wave.and_then(|w| plan::next_allowed(&plan, w, &all)),
+                    });
+                }
+                let next = plan::next_wave(&plan, &all);
+                if args.json {
+                    crate::print_json(&serde_json::json!({ "version": version.to_string(), "next_wave": next, "regions": rows }))?;
+                } else {
+                    println!("rollout of {version}; next wave: {}", next.map_or_else(|| "none (every wave has it)".into(), |w| w.to_string()));
+                    for r in &rows {
+                        println!(
+                            "{:<16} wave {:<3} {:<28} {}{}{}",
+                            r.region.to_string(),
+                            r.wave.map_or_else(|| "-".into(), |w| w.to_string()),
+                            r.facts.published.map_or_else(|| "not published".into(), |t| format!("published {}", t.strftime("%Y-%m-%dT%H:%MZ"))),
+                            r.facts.halted.as_ref().map_or_else(String::new, |h| format!("HALTED ({h}) ")),
+                            r.versions.join("; "),
+                            match (&r.facts.verified, r.next_allowed) {
+                                (Err(e), _) => format!("  UNVERIFIED: {e}"),
+                                (Ok(()), Some(t)) => format!("  next wave allowed from {}", t.strftime("%Y-%m-%dT%H:%MZ")),
+                                _ => String::new(),
+                            }
+                        );
+                    }
+                }
+                Ok(exit::OK)
+            })
         }
-        Ok(below)
+        RolloutCommand::Advance {
+            plan: args,
+            version,
+            dist,
+            keys,
+            expiry,
+            dry_run,
+        } => {
+            let plan = load_plan(&args)?;
+            let keys = open_keys(&keys)?;
+            let opts = options(&keys, dry_run, false)?;
+            regions_runtime()?.block_on(async {
+                let all = all_facts(&plan, &args, &version, &opts.trusted_root).await;
+                let Some(wave) = plan::next_wave(&plan, &all) else {
+                    println!("every wave already has {version}");
+                    return Ok(exit::OK);
+                };
+                guard_wave(&plan, &args, wave, &version, &opts.trusted_root).await?;
+                let regions = plan.waves[wave - 1].regions.clone();
+                let release = Release {
+                    files: hash_release(&dist, &version).await?,
+                    keys,
+                    exp: expiry.expirations(),
+                    opts,
+                };
+                let rows = publish_regions(&plan, &args, &regions, Some(wave - 1), release).await;
+                print_rows(&rows, args.json)
+            })
+        }
+        RolloutCommand::Halt {
+            plan,
+            version,
+            reason,
+            keys,
+            expiry,
+        } => {
+            let v = version.clone();
+            edit_everywhere(
+                &plan,
+                &keys,
+                &expiry,
+                &version,
+                Arc::new(move |m, now| edits::halt(m, &v, &reason, now)),
+            )
+        }
+        RolloutCommand::Resume {
+            plan,
+            version,
+            keys,
+            expiry,
+        } => {
+            let v = version.clone();
+            edit_everywhere(
+                &plan,
+                &keys,
+                &expiry,
+                &version,
+                Arc::new(move |m, now| edits::resume(m, &v, now)),
+            )
+        }
+        RolloutCommand::Recall {
+            plan,
+            version,
+            keys,
+            expiry,
+        } => {
+            let v = version.clone();
+            edit_everywhere(
+                &plan,
+                &keys,
+                &expiry,
+                &version,
+                Arc::new(move |m, _| edits::recall(m, &v).map(drop)),
+            )
+        }
     }
 }
 
-/// Uploads a repository made locally (`repo init`) into a store that holds none yet:
-/// every object created only if absent, `timestamp.json` last. Refuses a store that
-/// already has a repository.
-pub async fn upload_new(
-    rs: &RegionStore,
-    dir: &Path,
-    opts: &Options,
-) -> Result<usize, PublishError> {
-    let store = rs.store.as_ref();
-    let shown = store.describe();
-    let existing = store
-        .head(TIMESTAMP)
-        .await
-        .map_err(pull_error(TIMESTAMP, &shown))?;
-    if existing.is_some() {
-        return Err(PublishError::Exists {
-            region: rs.region.clone(),
-            store: shown,
-        });
+/// `repo upload`.
+pub fn upload(
+    args: PlanArgs,
+    region: &Region,
+    repo_dir: &std::path::Path,
+    keys: &std::path::Path,
+) -> Result<i32, Failure> {
+    let plan = load_plan(&args)?;
+    let keys = open_keys(keys)?;
+    let opts = options(&keys, false, false)?;
+    regions_runtime()?.block_on(async {
+        let rs = region_store(&plan, &args, region).await?;
+        let n = publish::upload_new(&rs, repo_dir, &opts)
+            .await
+            .map_err(|e| {
+                let hint = e.hint();
+                let f = fail(e);
+                match hint {
+                    Some(h) => f.with_hint(h),
+                    None => f,
+                }
+            })?;
+        println!(
+            "uploaded {n} objects to {} and read them back",
+            rs.store.describe()
+        );
+        Ok(exit::OK)
+    })
+}
+
+fn selected(plan: &Plan, regions: &[Region]) -> Vec<Region> {
+    if regions.is_empty() {
+        plan.regions()
+    } else {
+        regions.to_vec()
     }
-    let mut keys = Vec::new();
-    walk(dir, dir, &mut keys)?;
-    keys.sort_by_key(|k| (rank(k), k.clone()));
-    let mut uploaded = 0;
-    for key in keys {
-        let path = dir.join(&key);
-        let bytes = std::fs::read(&path).map_err(|source| PublishError::Scratch {
-            path: path.clone(),
-            source,
-        })?;
-        let body = Body::from_bytes(bytes);
-        let result = with_retries(opts.attempts, || {
-            store.put_body(&key, body.clone(), Condition::IfNoneMatch)
+}
+
+/// `refresh --plan`: re-sign snapshot and timestamp in each region's bucket.
+pub fn refresh_regions(
+    args: &PlanArgs,
+    regions: &[Region],
+    keys: &std::path::Path,
+    expiry: &ExpiryArgs,
+) -> Result<i32, Failure> {
+    let plan = load_plan(args)?;
+    let keys = open_keys(keys)?;
+    let opts = options(&keys, false, false)?;
+    let exp = expiry.expirations();
+    let regions = selected(&plan, regions);
+    regions_runtime()?.block_on(async {
+        let shared = Arc::new((keys, opts));
+        let rows = fan_out(&plan, args, &regions, move |rs| {
+            let shared = Arc::clone(&shared);
+            async move {
+                let now = Timestamp::now();
+                let (keys, opts) = &*shared;
+                publish::update_region(&rs, opts, |scratch, floor| async move {
+                    let r = repo::refresh_above(&scratch, keys, &exp, now, floor).await?;
+                    Ok(repo::EditReport {
+                        targets_version: r.targets_version,
+                        snapshot_version: r.snapshot_version,
+                        timestamp_version: r.timestamp_version,
+                        added: Vec::new(),
+                        targets: Vec::new(),
+                    })
+                })
+                .await
+            }
         })
         .await;
-        match result {
-            Ok(()) => uploaded += 1,
-            Err(StoreError::PreconditionFailed { .. }) => {
-                return Err(PublishError::Raced { key, store: shown });
-            }
-            Err(source) => {
-                return Err(PublishError::Upload {
-                    key,
-                    store: shown,
-                    source: Box::new(source),
-                });
-            }
-        }
-    }
-    read_back(rs, opts, &[]).await?;
-    Ok(uploaded)
+        print_rows(&rows, args.json)
+    })
 }
 
-/// The expiry of each role of a region's repository as it is in its store (read without
-/// enforcing expiry, so an expired region still reports).
-pub async fn remote_expiry(
-    rs: &RegionStore,
-    within: Duration,
-    now: jiff::Timestamp,
-) -> Result<Vec<crate::tuf::repo::RoleExpiry>, PublishError> {
-    let pulled = pull(rs).await?;
-    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let dir = scratch.path().join("repo");
-    write_scratch(&dir, &pulled.objects)?;
-    Ok(crate::tuf::repo::check_expiry(&dir, within, now).await?)
+#[derive(Debug, Serialize)]
+struct ExpiryRow {
+    region: Region,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<Vec<repo::RoleExpiry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `check-expiry --plan`: exit 1 when a role of any region expires within `within`, or a
+/// region cannot be read.
+pub fn check_expiry_regions(
+    args: &PlanArgs,
+    regions: &[Region],
+    within: std::time::Duration,
+) -> Result<i32, Failure> {
+    let plan = load_plan(args)?;
+    let regions = selected(&plan, regions);
+    regions_runtime()?.block_on(async {
+        let now = Timestamp::now();
+        let mut rows = Vec::new();
+        for region in &regions {
+            let row = match region_store(&plan, args, region).await {
+                Err(f) => ExpiryRow {
+                    region: region.clone(),
+                    roles: None,
+                    error: Some(format!("{:#}", f.error)),
+                },
+                Ok(rs) => match publish::remote_expiry(&rs, within, now).await {
+                    Ok(roles) => ExpiryRow {
+                        region: region.clone(),
+                        roles: Some(roles),
+                        error: None,
+                    },
+                    Err(e) => ExpiryRow {
+                        region: region.clone(),
+                        roles: None,
+                        error: Some(format!("{:#}", anyhow::Error::new(e))),
+                    },
+                },
+            };
+            rows.push(row);
+        }
+        let bad: Vec<String> = rows
+            .iter()
+            .filter_map(|r| match (&r.roles, &r.error) {
+                (_, Some(e)) => Some(format!("{}: {e}", r.region)),
+                (Some(roles), None) => {
+                    let soon: Vec<&str> = roles.iter().filter(|x| x.expires_soon).map(|x| x.role.as_str()).collect();
+                    (!soon.is_empty()).then(|| format!("{}: {} expire(s) within {}", r.region, soon.join(", "), humantime::format_duration(within)))
+                }
+                _ => None,
+            })
+            .collect();
+        if args.json {
+            crate::print_json(&rows)?;
+        } else {
+            for r in &rows {
+                match (&r.roles, &r.error) {
+                    (Some(roles), None) => {
+                        for x in roles {
+                            let mark = if x.expires_soon { "EXPIRES SOON" } else { "ok" };
+                            println!("{:<16} {:<10} version {:<5} expires {}  {mark}", r.region.to_string(), x.role, x.version, x.expires);
+                        }
+                    }
+                    (_, e) => println!("{:<16} FAILED: {}", r.region.to_string(), e.clone().unwrap_or_default()),
+                }
+            }
+        }
+        if bad.is_empty() {
+            return Ok(exit::OK);
+        }
+        Err(Failure::new(exit::FAILED, anyhow!("{}", bad.join("; "))).with_hint(
+            "run `release-manifest refresh --plan …` (timestamp, snapshot), re-sign targets with a publish, or `root rotate`; an expired timestamp stops every host's updates",
+        ))
+    })
 }

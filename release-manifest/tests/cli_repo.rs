@@ -322,8 +322,7 @@ fn status_changes_reach_the_manifest() {
         .filter(|p| p.to_str().unwrap().ends_with(".manifest.json"))
         .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
         .unwrap();
-    let m =
-        release_manifest::manifest::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
+    let m = molt_schema::manifest::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(m.max_version.unwrap().to_string(), "1.0.0");
     let out = rm(&[
         "resolve",

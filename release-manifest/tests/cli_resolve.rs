@@ -5,11 +5,11 @@ use assert_cmd::Command;
 
 const SSM: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/ssm-agent-manifest.json"
+    "/../crates/schema/tests/fixtures/ssm-agent-manifest.json"
 );
 const MOLT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/molt-manifest.json"
+    "/../crates/schema/tests/fixtures/molt-manifest.json"
 );
 
 struct Out {

@@ -9,14 +9,14 @@ use std::path::PathBuf;
 
 use aws_lc_rs::rand::SystemRandom;
 use jiff::{SignedDuration, Timestamp};
-use release_manifest::manifest::Status;
-use release_manifest::tuf::Expirations;
-use release_manifest::tuf::client::{
+use molt_fetch::tuf::{
     LoadOptions, LoadedRegion, ReadError, RegionSource, TrustError, load_region, manifest_issues,
 };
-use release_manifest::tuf::keys::{self, KeyDir};
-use release_manifest::tuf::repo::{self, AddOptions};
-use release_manifest::{Platform, Region, Version};
+use molt_publish::tuf::Expirations;
+use molt_publish::tuf::keys::{self, KeyDir};
+use molt_publish::tuf::repo::{self, AddOptions};
+use molt_schema::manifest::Status;
+use molt_schema::{Platform, Region, Version};
 use tough::FilesystemTransport;
 use tough::editor::signed::SignedRole;
 use tough::key_source::KeySource;
@@ -78,7 +78,7 @@ impl Fixture {
         std::fs::write(bin.join("agent"), format!("agent {version}")).unwrap();
         std::fs::write(bin.join("updater"), format!("updater {version}")).unwrap();
         let dist = self.base.join("dist");
-        release_manifest::package::package(
+        molt_archive::package::package(
             &v(version),
             Platform::LinuxAmd64,
             &bin.join("agent"),
@@ -188,7 +188,7 @@ fn metafile(bytes: &[u8], version: u64) -> Metafile {
     Metafile {
         length: Some(bytes.len() as u64),
         hashes: Some(Hashes {
-            sha256: release_manifest::Sha256::digest(bytes)
+            sha256: molt_schema::Sha256::digest(bytes)
                 .as_bytes()
                 .to_vec()
                 .into(),
@@ -581,8 +581,7 @@ async fn manifest_checksum_that_disagrees_with_tuf_is_a_verification_failure() {
         .iter_mut()
         .find(|p| p.name == "molt-agent")
         .unwrap();
-    agent.files[0].available_versions[0].checksum =
-        Some(release_manifest::Sha256::digest(b"other"));
+    agent.files[0].available_versions[0].checksum = Some(molt_schema::Sha256::digest(b"other"));
     let issues = manifest_issues(&tampered, &targets);
     assert!(
         matches!(issues.as_slice(), [TrustError::ChecksumDisagrees { target, .. }] if target == "molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz"),

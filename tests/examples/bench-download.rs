@@ -13,13 +13,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use molt_archive::extract::Limits;
+use molt_archive::package::package;
+use molt_fetch::transport::{HttpSettings, MoltTransport, ProxySettings, Url};
+use molt_fetch::tuf::TargetInfo;
+use molt_schema::{PackageName, Platform, Version};
 use molt_tests::http_server::FileServer;
 use molt_updater::download::{DownloadRequest, RetryPolicy, download_and_stage};
-use release_manifest::extract::Limits;
-use release_manifest::package::package;
-use release_manifest::transport::{HttpSettings, MoltTransport, ProxySettings, Url};
-use release_manifest::tuf::client::TargetInfo;
-use release_manifest::{PackageName, Platform, Version};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

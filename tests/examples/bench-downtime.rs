@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use molt_host::HostLayout;
+use molt_host::state::{self, Health, Outcome};
+use molt_schema::Version;
+use molt_schema::manifest::Status;
 use molt_tests::fixture::{TestHost, TestRepo, pid_alive};
-use release_manifest::Version;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{self, Health, Outcome};
-use release_manifest::manifest::Status;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

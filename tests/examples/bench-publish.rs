@@ -36,10 +36,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use molt_schema::Platform;
 use molt_tests::fixture::workspace_bin;
 use molt_tests::s3::S3Server;
 use molt_tests::stats::median;
-use release_manifest::Platform;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

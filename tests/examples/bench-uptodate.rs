@@ -17,9 +17,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use molt_schema::manifest::Status;
 use molt_tests::fixture::{TestHost, TestRepo, workspace_bin};
 use molt_tests::http_server::{FileServer, RequestRecord};
-use release_manifest::manifest::Status;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

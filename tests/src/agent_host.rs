@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{self, Health, HealthStatus};
+use molt_host::HostLayout;
+use molt_host::state::{self, Health, HealthStatus};
 
 use crate::fixture::{kill, wait_for};
 

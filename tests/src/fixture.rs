@@ -12,14 +12,14 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{self, Health, HistoryRecord};
-use release_manifest::manifest::Status;
-use release_manifest::rollout::Rollout;
-use release_manifest::tuf::Expirations;
-use release_manifest::tuf::keys::{self, KeyDir};
-use release_manifest::tuf::repo::{self, AddOptions};
-use release_manifest::{Platform, Region, Version};
+use molt_host::HostLayout;
+use molt_host::state::{self, Health, HistoryRecord};
+use molt_publish::tuf::Expirations;
+use molt_publish::tuf::keys::{self, KeyDir};
+use molt_publish::tuf::repo::{self, AddOptions};
+use molt_schema::manifest::Status;
+use molt_schema::rollout::Rollout;
+use molt_schema::{Platform, Region, Version};
 
 fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_current_thread()
@@ -110,7 +110,7 @@ impl TestRepo {
         let dist = self.dir.path().join("dist");
         let v: Version = check(version.parse(), "version");
         check(
-            release_manifest::package::package(
+            molt_archive::package::package(
                 &v,
                 platform,
                 &workspace_bin("test-agent"),
@@ -164,7 +164,7 @@ impl TestRepo {
         let dist = self.dir.path().join(format!("dist-{version}"));
         let v: Version = check(version.parse(), "version");
         check(
-            release_manifest::package::package(&v, platform, agent, updater, &dist),
+            molt_archive::package::package(&v, platform, agent, updater, &dist),
             "package",
         );
         let opts = AddOptions {

@@ -15,7 +15,7 @@
 
 use std::io::{Cursor, Write};
 
-use release_manifest::{PackageName, Platform};
+use molt_schema::{PackageName, Platform};
 
 /// The `VERSION` file of every fixture.
 pub const VERSION: &[u8] = b"1.4.0\n";

@@ -261,7 +261,7 @@ fn issue_token(request: &Request<Incoming>, shared: &Shared) -> Response<Full<By
         return text(StatusCode::BAD_REQUEST, "");
     };
     let mut raw = [0u8; 24];
-    if release_manifest::host::random_bytes(&mut raw).is_err() {
+    if molt_host::random_bytes(&mut raw).is_err() {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "");
     }
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();

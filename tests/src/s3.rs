@@ -137,7 +137,7 @@ impl S3Server {
         format!("{}/{bucket}/{key}", self.endpoint)
     }
 
-    /// The server's credentials, as a provider for `release_manifest::s3::S3Signer`.
+    /// The server's credentials, as a provider for `molt_fetch::s3::S3Signer`.
     pub fn credentials_provider(&self) -> SharedCredentialsProvider {
         SharedCredentialsProvider::new(Credentials::new(
             ACCESS_KEY,

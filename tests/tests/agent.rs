@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use molt_host::state::{self, HealthStatus};
 use molt_tests::agent_host::AgentHost;
 use molt_tests::fixture::{TestRepo, pid_alive, stamped_build, wait_for, workspace_bin};
 use molt_tests::imds::{ImdsConfig, ImdsRole, ImdsServer};
 use molt_tests::s3::S3Server;
-use release_manifest::host::state::{self, HealthStatus};
 
 fn sigterm(pid: u32) {
     let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
@@ -72,7 +72,7 @@ fn health_first_sigterm_stops_and_sighup_reloads() {
     let pid = host.start(&agent, &[("MOLT_HEALTH_NONCE", "n-123")]);
     let h = host.wait_ready(pid);
     assert_eq!(h.nonce, "n-123");
-    assert_eq!(h.version.to_string(), release_manifest::BUILD_VERSION);
+    assert_eq!(h.version.to_string(), molt_updater::BUILD_VERSION);
 
     // a good new config is taken
     host.write_config("region = \"us-east-1\"\n[agent]\nschedule = \"cron(0 3 * * *)\"\n");

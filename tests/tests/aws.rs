@@ -1,4 +1,4 @@
-//! `release_manifest::aws` against a real (loopback) IMDS and real credentials files: region
+//! `molt_fetch::aws` against a real (loopback) IMDS and real credentials files: region
 //! precedence, IMDSv2 enforcement and the IMDSv1 fallback, an unreachable IMDS, the instance id,
 //! and the credentials chain's precedence and sources.
 //!
@@ -15,10 +15,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use molt_tests::imds::{ImdsConfig, ImdsRole, ImdsServer};
-use release_manifest::aws::{
+use molt_fetch::aws::{
     self, AwsError, CredentialsFailure, ImdsFailure, ImdsSettings, RegionSource,
 };
+use molt_tests::imds::{ImdsConfig, ImdsRole, ImdsServer};
 use serde_json::{Value, json};
 
 const CHILD_VAR: &str = "MOLT_AWS_CHILD";

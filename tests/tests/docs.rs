@@ -29,8 +29,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The source trees of the three binaries, relative to the workspace root.
-const SOURCES: [&str; 3] = ["release-manifest/src", "updater/src", "agent/src"];
+/// The source trees of the libraries and the three binaries, relative to the workspace root.
+const SOURCES: [&str; 4] = ["crates", "release-manifest/src", "updater/src", "agent/src"];
 
 /// The document that must list every message.
 const GUIDE: &str = "docs/operations.md";

@@ -7,17 +7,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use molt_archive::extract::{ExtractError, Limits};
+use molt_archive::package::package;
+use molt_fetch::transport::{HttpSettings, MoltTransport, ProxySettings, Url};
+use molt_fetch::tuf::TargetInfo;
+use molt_host::HostLayout;
+use molt_schema::{PackageName, Platform, Sha256, Version};
 use molt_tests::http_server::{Fault, FileServer, Times};
 use molt_updater::download::{
     DownloadError, DownloadReport, DownloadRequest, RetryPolicy, check_free_space,
     download_and_stage,
 };
-use release_manifest::extract::{ExtractError, Limits};
-use release_manifest::host::HostLayout;
-use release_manifest::package::package;
-use release_manifest::transport::{HttpSettings, MoltTransport, ProxySettings, Url};
-use release_manifest::tuf::client::TargetInfo;
-use release_manifest::{PackageName, Platform, Sha256, Version};
 
 const PLATFORM: Platform = Platform::LinuxAmd64;
 

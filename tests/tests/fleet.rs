@@ -28,13 +28,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use molt_host::state::{self, HealthStatus, HistoryRecord, Outcome};
+use molt_schema::Platform;
+use molt_schema::rollout::{Delay, Rollout, Seed, Wave};
 use molt_tests::agent_host::AgentHost;
 use molt_tests::fixture::{pid_alive, stamped_build, wait_for, workspace_bin};
 use molt_tests::http_server::{Fault, FileServer, Times};
 use molt_tests::s3::S3Server;
-use release_manifest::Platform;
-use release_manifest::host::state::{self, HealthStatus, HistoryRecord, Outcome};
-use release_manifest::rollout::{Delay, Rollout, Seed, Wave};
 
 const CANARY: &str = "us-east-1";
 const REST: &str = "eu-west-1";

@@ -8,13 +8,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use molt_archive::extract::{ExtractError, Extracted, Limits, extract};
+use molt_schema::{PackageName, Platform};
 use molt_tests::hostile::{
     self, TarMember, ZipKind, ZipMember, central, central_header, gzip, gzip_of_zeros, local,
     local_header, package_tar_members, package_zip_members, program_contents, replace_all, set_u16,
     set_u16_in_both, set_u32, set_u32_in_both, tar, tar_gz, tar_without_end, zip, zip_streamed,
 };
-use release_manifest::extract::{ExtractError, Extracted, Limits, extract};
-use release_manifest::{PackageName, Platform};
 
 const SENTINEL: &[u8] = b"the sentinel must not change\n";
 const UNIX: Platform = Platform::LinuxAmd64;

@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use molt_host::HostLayout;
+use molt_host::config::{Config, ServiceKind};
+use molt_host::schedule::Schedule;
+use molt_host::state::{self, Health, HealthStatus};
+use molt_schema::{Platform, Sha256, Version};
 use molt_tests::fixture::{TestRepo, kill, pid_alive, wait_for, workspace_bin};
 use molt_tests::http_server::FileServer;
-use release_manifest::host::HostLayout;
-use release_manifest::host::config::{Config, ServiceKind};
-use release_manifest::host::state::{self, Health, HealthStatus};
-use release_manifest::schedule::Schedule;
-use release_manifest::{Platform, Sha256, Version};
 
 const REGION: &str = "us-east-1";
 
@@ -36,7 +36,7 @@ fn install_sh() -> PathBuf {
 /// The version the workspace's `agent --version` prints; the release is published as it,
 /// since the updater's pre-flight requires the agent to print the version it installs.
 fn version() -> Version {
-    release_manifest::BUILD_VERSION.parse().unwrap()
+    molt_updater::BUILD_VERSION.parse().unwrap()
 }
 
 /// A repository in `REGION` with one release of the real agent and updater.

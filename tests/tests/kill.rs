@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use molt_schema::Version;
+use molt_schema::manifest::Status;
 use molt_tests::fixture::{TestHost, TestRepo, kill};
-use release_manifest::Version;
-use release_manifest::manifest::Status;
 
 fn v(s: &str) -> Version {
     s.parse().unwrap()

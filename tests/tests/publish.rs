@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use molt_schema::Platform;
 use molt_tests::fixture::{TestHost, TestRepo, workspace_bin};
 use molt_tests::s3::S3Server;
-use release_manifest::Platform;
 
 const REGIONS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
 
@@ -604,9 +604,9 @@ fn refresh_and_check_expiry_work_on_the_buckets() {
 /// ones fail it either way.
 #[test]
 fn the_read_back_accepts_only_the_signed_bytes_of_each_target() {
-    use release_manifest::publish::{Options, Reader, RegionStore, read_back};
-    use release_manifest::s3::S3Signer;
-    use release_manifest::store::{Condition, ObjectStore, S3Store, S3StoreConfig};
+    use molt_fetch::s3::S3Signer;
+    use molt_publish::publish::{Options, Reader, RegionStore, read_back};
+    use molt_publish::store::{Condition, ObjectStore, S3Store, S3StoreConfig};
     use std::sync::Arc;
 
     let f = Fleet::new("0s");

@@ -1,16 +1,16 @@
-//! molt's S3 client code (`release_manifest::s3`) against a real S3-compatible server
+//! molt's S3 client code (`molt_fetch::s3`) against a real S3-compatible server
 //! (`molt-s3`: s3s + s3s-fs) on 127.0.0.1, and the server's access policy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use molt_tests::s3::{REGION, S3Server};
-use release_manifest::Region;
-use release_manifest::s3::{
+use molt_fetch::s3::{
     self, S3Endpoint, S3Error, S3Location, S3Signer, get_object, list_objects, put_new_object,
     put_object,
 };
+use molt_schema::Region;
+use molt_tests::s3::{REGION, S3Server};
 use reqwest::StatusCode;
 
 const MIB: u64 = 1 << 20;

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
+use molt_schema::manifest::Status;
 use molt_tests::fixture::{TestHost, TestRepo};
 use molt_tests::s3::S3Server;
-use release_manifest::manifest::Status;
 
 /// Copies the repository's files into `bucket` under `prefix` on the server.
 fn mirror(repo: &Path, dest: &Path) {

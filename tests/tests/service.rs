@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use molt_host::HostLayout;
+use molt_host::state::{self, Health, HealthStatus};
+use molt_schema::Version;
 use molt_updater::health::{HealthCheck, HealthFailure, wait_healthy};
 use molt_updater::service::{DirectService, ServiceError, ServiceManager, SystemdService};
-use release_manifest::Version;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{self, Health, HealthStatus};
 
 const TEST_AGENT: &str = env!("CARGO_BIN_EXE_test-agent");
 const UNIT: &str = "molt-agent.service";

@@ -1,4 +1,4 @@
-//! `release_manifest::store`, the publisher's object store, on both backends: a directory
+//! `molt_publish::store`, the publisher's object store, on both backends: a directory
 //! (`FsStore`) and a real S3-compatible server (`molt-s3`: s3s + s3s-fs) on loopback through
 //! aws-sdk-s3 (`S3Store`). The same test bodies run on both, through `dyn ObjectStore`.
 //!
@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
-use molt_tests::http_server::{Fault, FileServer, Times};
-use molt_tests::s3::{REGION, S3Server};
-use release_manifest::Sha256;
-use release_manifest::artifact::HashedFile;
-use release_manifest::store::s3::MAX_ATTEMPTS;
-use release_manifest::store::{
+use molt_publish::store::s3::MAX_ATTEMPTS;
+use molt_publish::store::{
     Body, Condition, FsStore, ObjectStore, Operation, S3Store, S3StoreConfig, StoreError,
 };
+use molt_schema::Sha256;
+use molt_schema::artifact::HashedFile;
+use molt_tests::http_server::{Fault, FileServer, Times};
+use molt_tests::s3::{REGION, S3Server};
 
 /// A failing request to a dead endpoint must end well within this.
 const DEAD_ENDPOINT_BUDGET: Duration = Duration::from_secs(30);

@@ -7,11 +7,11 @@ use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use molt_tests::http_server::{Fault, FileServer, Times};
-use release_manifest::transport::{
+use molt_fetch::transport::{
     HttpSettings, MoltTransport, ProxySettings, RangeResponse, TransferError, Transport,
     TransportError, TransportErrorKind, TransportStream, Url,
 };
+use molt_tests::http_server::{Fault, FileServer, Times};
 
 const FILE: &str = "/pkg/molt-agent-linux-amd64.tar.gz";
 const LEN: usize = 512 * 1024;

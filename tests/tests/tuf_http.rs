@@ -6,14 +6,14 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use jiff::Timestamp;
+use molt_fetch::transport::{HttpSettings, MoltTransport, Url};
+use molt_fetch::tuf::{LoadOptions, RegionSource, TrustError, load_region};
+use molt_publish::tuf::Expirations;
+use molt_publish::tuf::keys;
+use molt_publish::tuf::repo::{self, AddOptions};
+use molt_schema::manifest::Status;
+use molt_schema::{Platform, Region};
 use molt_tests::http_server::{Fault, FileServer, Times};
-use release_manifest::manifest::Status;
-use release_manifest::transport::{HttpSettings, MoltTransport, Url};
-use release_manifest::tuf::Expirations;
-use release_manifest::tuf::client::{LoadOptions, RegionSource, TrustError, load_region};
-use release_manifest::tuf::keys;
-use release_manifest::tuf::repo::{self, AddOptions};
-use release_manifest::{Platform, Region};
 
 async fn build_repo(dir: &Path) -> Vec<u8> {
     let keys = keys::generate(&dir.join("keys"), 1, 1).unwrap();
@@ -30,7 +30,7 @@ async fn build_repo(dir: &Path) -> Vec<u8> {
     std::fs::write(dir.join("agent"), "agent").unwrap();
     std::fs::write(dir.join("updater"), "updater").unwrap();
     let v = "1.0.0".parse().unwrap();
-    release_manifest::package::package(
+    molt_archive::package::package(
         &v,
         Platform::LinuxAmd64,
         &dir.join("agent"),

@@ -4,10 +4,10 @@
 
 use std::process::Output;
 
+use molt_host::state::{Outcome, Quarantine};
+use molt_schema::Version;
+use molt_schema::manifest::Status;
 use molt_tests::fixture::{TestHost, TestRepo, kill, pid_alive};
-use release_manifest::Version;
-use release_manifest::host::state::{Outcome, Quarantine};
-use release_manifest::manifest::Status;
 
 fn v(s: &str) -> Version {
     s.parse().unwrap()
@@ -330,7 +330,7 @@ fn not_enough_disk_space_exits_1_and_changes_nothing() {
     assert_eq!(host.layout().installed_versions(), vec![v("1.0.0")]);
     assert_eq!(
         host.history().pop().unwrap().result,
-        release_manifest::host::state::Outcome::Failed
+        molt_host::state::Outcome::Failed
     );
 }
 
@@ -354,8 +354,8 @@ fn self_update_checks_the_new_updater_keeps_the_previous_and_reexecs() {
     // ...and quarantined, so no later run fetches it again. (This test's updater reports
     // 0.1.0, so molt-updater 1.0.0, which holds the same binary, is "newer" too: the next
     // run tries that one once, and after it nothing is tried.)
-    let quarantined = || -> Vec<release_manifest::Version> {
-        release_manifest::host::state::read_json::<release_manifest::host::state::Quarantine>(
+    let quarantined = || -> Vec<molt_schema::Version> {
+        molt_host::state::read_json::<molt_host::state::Quarantine>(
             &host.layout().updater_quarantine(),
         )
         .unwrap()

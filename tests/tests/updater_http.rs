@@ -4,11 +4,11 @@
 
 use std::process::Output;
 
+use molt_host::state::Outcome;
+use molt_schema::Version;
+use molt_schema::manifest::Status;
 use molt_tests::fixture::{TestHost, TestRepo};
 use molt_tests::http_server::{Fault, FileServer, Times};
-use release_manifest::Version;
-use release_manifest::host::state::Outcome;
-use release_manifest::manifest::Status;
 
 fn v(s: &str) -> Version {
     s.parse().unwrap()

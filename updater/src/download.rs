@@ -2,7 +2,7 @@
 //!
 //! [`download_and_stage`] streams a TUF target from the network and, as the bytes arrive,
 //! appends them to `cache/<sha256>.partial`, hashes them, and feeds them to the safe
-//! extractor ([`release_manifest::extract::extract`]), which writes the staging directory.
+//! extractor ([`molt_archive::extract::extract`]), which writes the staging directory.
 //! Nothing is buffered in memory beyond a few chunks, and the archive is read once.
 //!
 //! ```text
@@ -52,13 +52,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use release_manifest::extract::{self, ExtractError, Extracted, Limits};
-use release_manifest::transport::{
+use molt_archive::extract::{self, ExtractError, Extracted, Limits};
+use molt_fetch::transport::{
     MoltTransport, RangeResponse, TransferError, Transport, TransportError, TransportErrorKind,
     display_url,
 };
-use release_manifest::tuf::client::TargetInfo;
-use release_manifest::{PackageName, Platform, Sha256};
+use molt_fetch::tuf::TargetInfo;
+use molt_schema::{PackageName, Platform, Sha256};
 use sha2::Digest;
 use tokio::sync::{mpsc, oneshot};
 use url::Url;

@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use release_manifest::Version;
-use release_manifest::cli::exit;
-use release_manifest::host::state::StateError;
-use release_manifest::resolve::Refusal;
-use release_manifest::tuf::client::TrustError;
+use molt_fetch::tuf::TrustError;
+use molt_host::state::StateError;
+use molt_schema::Version;
+use molt_schema::cli::exit;
+use molt_schema::resolve::Refusal;
 
 use crate::download::DownloadError;
 use crate::lock::LockError;

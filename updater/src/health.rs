@@ -10,9 +10,9 @@
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use release_manifest::Version;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{self, Health, HealthStatus};
+use molt_host::HostLayout;
+use molt_host::state::{self, Health, HealthStatus};
+use molt_schema::Version;
 
 use crate::service::ServiceManager;
 
@@ -302,7 +302,7 @@ fn soak(
 mod tests {
     use super::*;
     use crate::service::ServiceError;
-    use release_manifest::host::state::STATE_VERSION;
+    use molt_host::state::STATE_VERSION;
 
     /// A scripted service manager: `main_pid` answers from `mains` (the last answer
     /// repeats), and pids in `dead` are not alive.

@@ -1,14 +1,16 @@
 //! The updater's stages (SPEC §6), one module each.
 //!
-//! [`lock`] → [`recover`] → trust (`release_manifest::tuf::client`) → resolve
-//! (`release_manifest::resolve`) → [`download`] → [`stage`] → [`switch`] → [`health`] →
-//! commit or roll back ([`update`]) → history (`release_manifest::host::state`).
+//! [`lock`] → [`recover`] → trust (`molt_fetch::tuf`) → resolve
+//! (`molt_schema::resolve`) → [`download`] → [`stage`] → [`switch`] → [`health`] →
+//! commit or roll back ([`update`]) → history (`molt_host::state`).
 //! [`service`] controls the agent (systemd or direct).
 
+mod build_info;
+pub use build_info::BUILD_VERSION;
 pub mod download;
 pub mod error;
 pub mod health;
-pub use release_manifest::host::lock;
+pub use molt_host::lock;
 pub mod recover;
 pub mod self_update;
 pub mod service;

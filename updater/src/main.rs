@@ -5,14 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use molt_host::config::{Config, DEFAULT_CONFIG, ServiceKind};
+use molt_schema::cli::{self, Failure, exit};
+use molt_schema::resolve::Target;
+use molt_schema::{Platform, Region};
 use molt_updater::error::UpdateError;
 use molt_updater::settings::{Overrides, Settings};
 use molt_updater::update::{UpdateOptions, UpdateReport};
 use molt_updater::{recover, status, update};
-use release_manifest::cli::{self, Failure, exit};
-use release_manifest::host::config::{Config, DEFAULT_CONFIG, ServiceKind};
-use release_manifest::resolve::Target;
-use release_manifest::{Platform, Region};
 
 /// Moves this host to another version of molt-agent: verified, atomic, rolled back by itself
 /// when the new version is unhealthy.
@@ -21,7 +21,7 @@ use release_manifest::{Platform, Region};
 /// a rule · 4 verification failed · 5 new version failed health, rolled back · 6 another
 /// update in progress · 7 rollback failed.
 #[derive(Debug, Parser)]
-#[command(name = "updater", version = release_manifest::BUILD_VERSION, about)]
+#[command(name = "updater", version = molt_updater::BUILD_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

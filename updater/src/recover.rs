@@ -16,9 +16,7 @@
 use std::time::Instant;
 
 use jiff::Timestamp;
-use release_manifest::host::state::{
-    self, HistoryRecord, Journal, Outcome, STATE_VERSION, Step, Timings,
-};
+use molt_host::state::{self, HistoryRecord, Journal, Outcome, STATE_VERSION, Step, Timings};
 use serde::Serialize;
 
 use crate::error::UpdateError;

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use jiff::Timestamp;
-use release_manifest::host::state;
-use release_manifest::resolve::{Decision, Request, Target, resolve};
-use release_manifest::rollout::Seed;
-use release_manifest::transport::{MoltTransport, Url};
-use release_manifest::tuf::client::LoadedRegion;
-use release_manifest::{PackageName, Platform, Version};
+use molt_fetch::transport::{MoltTransport, Url};
+use molt_fetch::tuf::LoadedRegion;
+use molt_host::state;
+use molt_schema::resolve::{Decision, Request, Target, resolve};
+use molt_schema::rollout::Seed;
+use molt_schema::{PackageName, Platform, Version};
 
 use crate::download::{DownloadRequest, RetryPolicy, check_free_space, download_and_stage};
 use crate::error::UpdateError;
@@ -46,7 +46,7 @@ pub async fn maybe_self_update(
     if std::env::var_os(REEXEC_ENV).is_some() || !running_as_standalone(settings) {
         return Ok(None);
     }
-    let Ok(current) = release_manifest::BUILD_VERSION.parse::<Version>() else {
+    let Ok(current) = crate::BUILD_VERSION.parse::<Version>() else {
         return Ok(None);
     };
     // molt-updater versions that failed their pre-flight here are not fetched again on
@@ -94,7 +94,7 @@ pub async fn maybe_self_update(
             platform,
             staging: &staging,
             partial: &layout.partial(&info.sha256),
-            limits: &release_manifest::extract::Limits::default(),
+            limits: &molt_archive::extract::Limits::default(),
             retry: RetryPolicy::default(),
             progress,
         },

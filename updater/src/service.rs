@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use release_manifest::host::state::StateError;
+use molt_host::state::StateError;
 
 pub use direct::DirectService;
 pub use systemd::SystemdService;

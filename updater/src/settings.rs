@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use release_manifest::aws::{self, ImdsSettings, RegionSource};
-use release_manifest::host::config::{Config, ServiceKind};
-use release_manifest::host::{DEFAULT_ROOT, HostLayout};
-use release_manifest::region::{SourceTemplate, Template};
-use release_manifest::s3::S3Location;
-use release_manifest::transport::{HttpSettings, Url};
-use release_manifest::{Platform, Region};
+use molt_fetch::aws::{self, ImdsSettings, RegionSource};
+use molt_fetch::s3::S3Location;
+use molt_fetch::transport::{HttpSettings, Url};
+use molt_host::config::{Config, ServiceKind};
+use molt_host::{DEFAULT_ROOT, HostLayout};
+use molt_schema::region::{SourceTemplate, Template};
+use molt_schema::{Platform, Region};
 
 /// Everything an update needs, resolved.
 #[derive(Clone, Debug)]
@@ -62,17 +62,17 @@ pub enum SettingsError {
     #[error("cannot tell this host's region")]
     Region(#[source] aws::AwsError),
     #[error("the source {0:?} is not a usable URL template")]
-    BadSource(String, #[source] release_manifest::region::TemplateError),
+    BadSource(String, #[source] molt_schema::region::TemplateError),
     #[error("the source renders to {url:?}, which is not a URL")]
     BadUrl { url: String },
     #[error("the source renders to {url:?}, which is not a usable s3:// location")]
     BadS3 {
         url: String,
         #[source]
-        source: release_manifest::s3::S3Error,
+        source: molt_fetch::s3::S3Error,
     },
     #[error(transparent)]
-    Platform(#[from] release_manifest::platform::PlatformError),
+    Platform(#[from] molt_schema::platform::PlatformError),
 }
 
 const REGION_HINT: &str = "set `region` in /etc/molt/agent.toml, pass --region, or set AWS_REGION";

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use release_manifest::Version;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::sync_dir;
+use molt_host::HostLayout;
+use molt_host::state::sync_dir;
+use molt_schema::Version;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -34,7 +34,7 @@ pub enum InstallError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    State(#[from] release_manifest::host::state::StateError),
+    State(#[from] molt_host::state::StateError),
     #[error("pre-flight check failed: `{program} --version` did not finish within {seconds} s")]
     Hung { program: PathBuf, seconds: u64 },
 }

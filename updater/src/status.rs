@@ -1,6 +1,6 @@
 //! `updater status` and `updater history`.
 
-use release_manifest::host::state::{self, Journal, Outcome, Quarantine};
+use molt_host::state::{self, Journal, Outcome, Quarantine};
 use serde::Serialize;
 
 use crate::error::UpdateError;
@@ -84,7 +84,7 @@ pub fn print_status(settings: &Settings, json: bool) -> Result<(), UpdateError> 
     Ok(())
 }
 
-fn fmt_opt(v: &Option<release_manifest::Version>) -> String {
+fn fmt_opt(v: &Option<molt_schema::Version>) -> String {
     v.as_ref()
         .map_or_else(|| "(nothing)".to_owned(), ToString::to_string)
 }

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use release_manifest::Version;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{StateError, sync_dir};
+use molt_host::HostLayout;
+use molt_host::state::{StateError, sync_dir};
+use molt_schema::Version;
 
 /// Points `current` at `versions/<v>` atomically and durably.
 pub fn point_current(layout: &HostLayout, v: &Version) -> Result<(), StateError> {

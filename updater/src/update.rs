@@ -8,16 +8,16 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use release_manifest::host::state::{
-    self, HistoryRecord, Journal, Outcome, Quarantine, STATE_VERSION, Step, Timings,
-};
-use release_manifest::host::{HostLayout, seed};
-use release_manifest::resolve::{Decision, Plan, Request, Target, resolve};
-use release_manifest::transport::{MoltTransport, Url};
-use release_manifest::tuf::client::{
+use molt_fetch::transport::{MoltTransport, Url};
+use molt_fetch::tuf::{
     LoadOptions, LoadedRegion, RegionSource, TargetInfo, TrustError, load_region,
 };
-use release_manifest::{PackageName, Version};
+use molt_host::state::{
+    self, HistoryRecord, Journal, Outcome, Quarantine, STATE_VERSION, Step, Timings,
+};
+use molt_host::{HostLayout, seed};
+use molt_schema::resolve::{Decision, Plan, Request, Target, resolve};
+use molt_schema::{PackageName, Version};
 use serde::Serialize;
 
 use crate::download::{DownloadRequest, RetryPolicy, check_free_space, download_and_stage};
@@ -103,7 +103,7 @@ impl JournalWriter<'_> {
 /// A fresh random token (for nonces and ids).
 pub fn random_token() -> String {
     let mut buf = [0u8; 12];
-    if release_manifest::host::random_bytes(&mut buf).is_err() {
+    if molt_host::random_bytes(&mut buf).is_err() {
         let nanos = Timestamp::now().as_nanosecond();
         buf[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
     }
@@ -124,15 +124,15 @@ pub(crate) fn target_url(base: &Url, info: &TargetInfo) -> Result<Url, UpdateErr
 
 /// The persisted rollout seed, or a new one: from the instance id (IMDS, asked only
 /// when no seed is persisted yet), else the machine id, else random (SPEC §4).
-async fn host_seed(settings: &Settings) -> Result<release_manifest::rollout::Seed, UpdateError> {
+async fn host_seed(settings: &Settings) -> Result<molt_schema::rollout::Seed, UpdateError> {
     let path = settings.layout.seed();
     let instance = if path.exists() {
         None
     } else {
-        let imds = release_manifest::aws::ImdsSettings {
+        let imds = molt_fetch::aws::ImdsSettings {
             v1_fallback: settings.imds_v1_fallback,
         };
-        release_manifest::aws::instance_id(&imds).await.ok()
+        molt_fetch::aws::instance_id(&imds).await.ok()
     };
     let (seed, _) = seed::load_or_create(
         &path,
@@ -170,11 +170,8 @@ pub async fn run(
     let mut transport =
         MoltTransport::new(settings.http.clone()).map_err(|e| UpdateError::Failed(e.into()))?;
     if repository.private.is_some() {
-        let provider = release_manifest::aws::credentials_provider(&region).await;
-        transport = transport.with_signer(release_manifest::s3::S3Signer::new(
-            provider,
-            region.clone(),
-        ));
+        let provider = molt_fetch::aws::credentials_provider(&region).await;
+        transport = transport.with_signer(molt_fetch::s3::S3Signer::new(provider, region.clone()));
     }
     let loaded = load_region(LoadOptions {
         source: RegionSource::new(base.clone()),
@@ -235,7 +232,7 @@ pub async fn run(
     if opts.dry_run {
         return Ok(UpdateReport::Plan {
             plan,
-            download_url: release_manifest::transport::display_url(&url),
+            download_url: molt_fetch::transport::display_url(&url),
             download_size: info.length,
             seed: seed.get(),
         });
@@ -319,7 +316,7 @@ async fn install_and_switch(
                     platform: plan.platform,
                     staging: &staging,
                     partial: &layout.partial(&info.sha256),
-                    limits: &release_manifest::extract::Limits::default(),
+                    limits: &molt_archive::extract::Limits::default(),
                     retry: RetryPolicy::default(),
                     progress: opts.progress,
                 },

@@ -20,7 +20,7 @@ fn version_and_usage() {
     let out = updater(dir.path()).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("updater {}", release_manifest::BUILD_VERSION)
+        format!("updater {}", molt_updater::BUILD_VERSION)
     );
     let out = updater(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

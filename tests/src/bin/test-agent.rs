@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use release_manifest::Version;
-use release_manifest::host::HostLayout;
-use release_manifest::host::state::{self, Health, HealthStatus, STATE_VERSION};
+use molt_host::HostLayout;
+use molt_host::state::{self, Health, HealthStatus, STATE_VERSION};
+use molt_schema::Version;
 
 fn main() -> ExitCode {
     match real_main() {

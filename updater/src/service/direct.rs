@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use release_manifest::host::HostLayout;
-use release_manifest::host::state;
+use molt_host::HostLayout;
+use molt_host::state;
 use rustix::process::Signal;
 
 use super::{
@@ -381,7 +381,7 @@ impl ServiceManager for DirectService {
             .stdout(out)
             .stderr(err)
             .current_dir("/");
-        release_manifest::host::process::detach(&mut cmd);
+        molt_host::process::detach(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|source| ServiceError::Spawn { program, source })?;

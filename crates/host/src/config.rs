@@ -1,0 +1,531 @@
+//! `/etc/molt/agent.toml`: one file read by both the agent and the updater. Shared keys
+//! at the top, then `[updater]` and `[agent]`. Strict: a human writes it, so an unknown
+//! key or a bad value is an error that names the key and the line, never ignored.
+//! `MOLT_*` environment variables override the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::schedule::{MAX_WINDOW, MaintenanceWindow, Plan, Schedule};
+use molt_schema::platform::Platform;
+use molt_schema::region::{Region, Template};
+
+/// The default config path.
+pub const DEFAULT_CONFIG: &str = "/etc/molt/agent.toml";
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The install root (default /opt/molt).
+    pub root: Option<PathBuf>,
+    /// The host's region; else the environment, then IMDS.
+    pub region: Option<Region>,
+    /// The repository URL template, e.g. `https://{bucket}.s3.{region}.{domain}/`, or a
+    /// `file://` directory. There is no default.
+    #[serde(default, deserialize_with = "template")]
+    pub source: Option<Template>,
+    /// The bucket name template, e.g. `acme-molt-{region}`. There is no default.
+    #[serde(default, deserialize_with = "template")]
+    pub bucket: Option<Template>,
+    /// Overrides the partition's DNS domain.
+    pub domain: Option<String>,
+    /// The root metadata this host trusts.
+    pub trusted_root: Option<PathBuf>,
+    /// Overrides platform detection.
+    pub platform: Option<Platform>,
+    /// Allow IMDSv1 when IMDSv2 is unavailable.
+    #[serde(default)]
+    pub imds_v1_fallback: bool,
+    #[serde(default)]
+    pub updater: UpdaterConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+/// How the agent service is controlled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Systemd,
+    Direct,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdaterConfig {
+    pub service: Option<ServiceKind>,
+    /// How long the new agent must stay healthy before the update commits (default 30s).
+    #[serde(default, deserialize_with = "duration")]
+    pub soak: Option<Duration>,
+    /// How long the new agent has to report healthy (default 60s).
+    #[serde(default, deserialize_with = "duration")]
+    pub health_timeout: Option<Duration>,
+    /// Grace between SIGTERM and SIGKILL when stopping the agent directly (default 10s).
+    #[serde(default, deserialize_with = "duration")]
+    pub stop_grace: Option<Duration>,
+    /// Total deadline of one download (default 30m).
+    #[serde(default, deserialize_with = "duration")]
+    pub download_deadline: Option<Duration>,
+    /// Minimum download throughput in bytes per second (default 1024).
+    pub min_throughput: Option<u64>,
+}
+
+/// The agent's section: its association (when it runs the updater on its own), hold,
+/// and where it reports results. See [`crate::schedule`] for how the keys combine.
+///
+/// ```toml
+/// [agent]
+/// schedule = "cron(0 2 * * sat)"
+/// jitter = "1h"
+/// maintenance_window = { start = "02:00", duration = "4h", days = ["sat", "sun"] }
+/// on_boot = true
+/// report = "s3://acme-molt-results/fleet"
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `rate(N second|minute|hour|day[s])` or `cron(MIN HOUR DOM MONTH DOW)` in UTC
+    /// (default `rate(14 days)`). Rate slots count from when the host first ran the agent.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    /// Hosts spread their runs over this long after each slot, by seed (default 30m,
+    /// at most 7 days; capped at the rate of a rate schedule).
+    #[serde(default, deserialize_with = "jitter")]
+    pub jitter: Option<Duration>,
+    /// Runs happen only inside this window (UTC), e.g.
+    /// `{ start = "02:00", duration = "4h", days = ["sat", "sun"] }`; `days` may be
+    /// left out for every day. Default: none, any time.
+    #[serde(default)]
+    pub maintenance_window: Option<MaintenanceWindow>,
+    /// Also run once shortly after the agent starts (default false).
+    #[serde(default)]
+    pub on_boot: bool,
+    /// How long after the agent starts the `on_boot` run happens (default 5m, to stay
+    /// out of cloud-init's way at boot).
+    #[serde(default, deserialize_with = "duration")]
+    pub on_boot_delay: Option<Duration>,
+    /// When true, scheduled updates don't run (default false).
+    #[serde(default)]
+    pub hold: bool,
+    /// `s3://bucket/prefix` where the agent uploads history records (default: none).
+    #[serde(default, deserialize_with = "report_sink")]
+    pub report: Option<String>,
+    /// How often the agent looks for new history records to report (default 60s, at
+    /// least 1s).
+    #[serde(default, deserialize_with = "poll")]
+    pub poll: Option<Duration>,
+}
+
+impl AgentConfig {
+    pub const DEFAULT_SCHEDULE: Schedule = Schedule::Rate(Duration::from_secs(14 * 86_400));
+    pub const DEFAULT_JITTER: Duration = Duration::from_secs(30 * 60);
+    pub const DEFAULT_ON_BOOT_DELAY: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_POLL: Duration = Duration::from_secs(60);
+
+    /// The association with defaults filled in: `schedule` (default `rate(14 days)`),
+    /// `jitter` (default 30m, capped at the rate of a rate schedule so a host's offset
+    /// never exceeds a period), `maintenance_window` (default none) and, when `on_boot`
+    /// is set, `on_boot_delay` (default 5m). `hold` is not part of the plan: the caller
+    /// skips scheduled runs while it is set.
+    pub fn plan(&self) -> Plan {
+        let schedule = self.schedule.clone().unwrap_or(Self::DEFAULT_SCHEDULE);
+        let mut jitter = self.jitter.unwrap_or(Self::DEFAULT_JITTER);
+        if let Schedule::Rate(rate) = &schedule {
+            jitter = jitter.min(*rate);
+        }
+        Plan {
+            schedule,
+            jitter,
+            window: self.maintenance_window.clone(),
+            on_boot: self
+                .on_boot
+                .then(|| self.on_boot_delay.unwrap_or(Self::DEFAULT_ON_BOOT_DELAY)),
+        }
+    }
+
+    /// `poll`, or its default (60s).
+    pub fn poll_interval(&self) -> Duration {
+        self.poll.unwrap_or(Self::DEFAULT_POLL)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("invalid value {value:?} in the environment variable {name}: {message}")]
+    Env {
+        name: String,
+        value: String,
+        message: String,
+    },
+}
+
+fn template<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Template>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| Template::parse(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| {
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad duration {s:?} ({e}); write e.g. \"30s\" or \"5m\""
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn jitter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let jitter = duration(d)?;
+    if let Some(j) = jitter.filter(|j| *j > MAX_WINDOW) {
+        return Err(serde::de::Error::custom(format!(
+            "jitter {} is longer than 7 days; write at most \"7days\"",
+            humantime::format_duration(j)
+        )));
+    }
+    Ok(jitter)
+}
+
+fn poll<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let poll = duration(d)?;
+    if let Some(p) = poll.filter(|p| *p < Duration::from_secs(1)) {
+        return Err(serde::de::Error::custom(format!(
+            "poll {} is shorter than 1s; write at least \"1s\"",
+            humantime::format_duration(p)
+        )));
+    }
+    Ok(poll)
+}
+
+/// A simple check of `s3://bucket/prefix`; the s3 module parses it fully.
+fn report_sink<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    if let Some(s) = &s {
+        let bucket = s
+            .strip_prefix("s3://")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("");
+        if bucket.is_empty() {
+            return Err(serde::de::Error::custom(format!(
+                "bad report sink {s:?}; write s3://BUCKET or s3://BUCKET/PREFIX"
+            )));
+        }
+    }
+    Ok(s)
+}
+
+impl Config {
+    /// Parses a config file's text. `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Reads the file at `path` when it exists; an absent file is an empty config.
+    pub fn load_optional(path: &Path) -> Result<Config, ConfigError> {
+        if path.exists() {
+            Config::load(path)
+        } else {
+            Ok(Config::default())
+        }
+    }
+
+    /// Applies `MOLT_ROOT`, `MOLT_REGION`, `MOLT_SOURCE`, `MOLT_BUCKET`, `MOLT_DOMAIN`,
+    /// `MOLT_TRUSTED_ROOT`, `MOLT_PLATFORM`, and the agent's `MOLT_SCHEDULE`, `MOLT_HOLD`
+    /// and `MOLT_REPORT` from `lookup` (the environment).
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let err = |name: &str, value: &str, message: String| ConfigError::Env {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            message,
+        };
+        if let Some(v) = lookup("MOLT_ROOT") {
+            self.root = Some(PathBuf::from(v));
+        }
+        if let Some(v) = lookup("MOLT_REGION") {
+            self.region = Some(v.parse().map_err(|e: molt_schema::region::BadRegion| {
+                err("MOLT_REGION", &v, e.to_string())
+            })?);
+        }
+        if let Some(v) = lookup("MOLT_SOURCE") {
+            self.source =
+                Some(Template::parse(&v).map_err(|e| err("MOLT_SOURCE", &v, e.to_string()))?);
+        }
+        if let Some(v) = lookup("MOLT_BUCKET") {
+            self.bucket =
+                Some(Template::parse(&v).map_err(|e| err("MOLT_BUCKET", &v, e.to_string()))?);
+        }
+        if let Some(v) = lookup("MOLT_DOMAIN") {
+            self.domain = Some(v);
+        }
+        if let Some(v) = lookup("MOLT_TRUSTED_ROOT") {
+            self.trusted_root = Some(PathBuf::from(v));
+        }
+        if let Some(v) = lookup("MOLT_SCHEDULE") {
+            self.agent.schedule =
+                Some(v.parse().map_err(|e: crate::schedule::ScheduleError| {
+                    err("MOLT_SCHEDULE", &v, e.to_string())
+                })?);
+        }
+        if let Some(v) = lookup("MOLT_HOLD") {
+            self.agent.hold = match v.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => {
+                    return Err(err("MOLT_HOLD", &v, "expected true or false".to_owned()));
+                }
+            };
+        }
+        if let Some(v) = lookup("MOLT_REPORT") {
+            self.agent.report = Some(v);
+        }
+        if let Some(v) = lookup("MOLT_PLATFORM") {
+            self.platform = Some(v.parse().map_err(
+                |e: molt_schema::platform::PlatformError| err("MOLT_PLATFORM", &v, e.to_string()),
+            )?);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+region = "us-east-1"
+source = "https://{bucket}.s3.{region}.{domain}/"
+bucket = "acme-molt-{region}"
+trusted_root = "/etc/molt/root.json"
+
+[updater]
+service = "direct"
+soak = "30s"
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let c = Config::parse(GOOD, Path::new("agent.toml")).unwrap();
+        assert_eq!(c.region.unwrap().as_str(), "us-east-1");
+        assert_eq!(c.updater.service, Some(ServiceKind::Direct));
+        assert_eq!(c.updater.soak, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_and_line() {
+        let typo = GOOD.replace("soak =", "soack =");
+        let err = Config::parse(&typo, Path::new("/etc/molt/agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soack") && err.contains("line 9"), "{err}");
+        assert!(err.contains("/etc/molt/agent.toml"), "{err}");
+        let bad = GOOD.replace("\"30s\"", "\"30 parsecs\"");
+        let err = Config::parse(&bad, Path::new("agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad duration") && err.contains("line 9"),
+            "{err}"
+        );
+        let bad = GOOD.replace("{bucket}.s3", "{bukket}.s3");
+        let err = Config::parse(&bad, Path::new("agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bukket") && err.contains("line 3"), "{err}");
+        let bad = GOOD.replace("\"direct\"", "\"upstart\"");
+        let err = Config::parse(&bad, Path::new("agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstart") && err.contains("line 8"), "{err}");
+        let top_typo = format!("regoin = \"x\"\n{GOOD}");
+        let err = Config::parse(&top_typo, Path::new("agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("regoin") && err.contains("line 1"), "{err}");
+    }
+
+    const AGENT: &str = r#"
+region = "us-east-1"
+
+[agent]
+schedule = "cron(0 2 * * sat)"
+jitter = "1h"
+maintenance_window = { start = "02:00", duration = "4h", days = ["sat", "Sunday"] }
+on_boot = true
+on_boot_delay = "2m"
+hold = true
+report = "s3://acme-molt-results/fleet"
+poll = "5m"
+"#;
+
+    #[test]
+    fn agent_keys_parse_and_make_a_plan() {
+        let c = Config::parse(AGENT, Path::new("agent.toml")).unwrap();
+        let a = &c.agent;
+        assert!(a.hold);
+        assert_eq!(a.report.as_deref(), Some("s3://acme-molt-results/fleet"));
+        assert_eq!(a.poll_interval(), Duration::from_secs(300));
+        let plan = a.plan();
+        assert_eq!(plan.schedule, "cron(0 2 * * sat)".parse().unwrap());
+        assert_eq!(plan.jitter, Duration::from_secs(3600));
+        assert_eq!(plan.on_boot, Some(Duration::from_secs(120)));
+        let w = plan.window.unwrap();
+        assert_eq!(w.duration(), Duration::from_secs(4 * 3600));
+        assert_eq!(w.days().map(<[_]>::len), Some(2));
+    }
+
+    #[test]
+    fn agent_defaults() {
+        let a = AgentConfig::default();
+        assert!(!a.hold && a.report.is_none());
+        assert_eq!(a.poll_interval(), Duration::from_secs(60));
+        let plan = a.plan();
+        assert_eq!(plan.schedule.to_string(), "rate(14 days)");
+        assert_eq!(plan.jitter, Duration::from_secs(1800));
+        assert_eq!((plan.window, plan.on_boot), (None, None));
+        let boot = AgentConfig {
+            on_boot: true,
+            ..AgentConfig::default()
+        };
+        assert_eq!(boot.plan().on_boot, Some(Duration::from_secs(300)));
+        // the jitter never exceeds a rate
+        let fast = AgentConfig {
+            schedule: Some("rate(10 minutes)".parse().unwrap()),
+            ..AgentConfig::default()
+        };
+        assert_eq!(fast.plan().jitter, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bad_agent_values_name_the_key_and_line() {
+        for (from, to, want, line) in [
+            (
+                "\"1h\"",
+                "\"1 fortnight\"",
+                "bad duration \"1 fortnight\"",
+                6,
+            ),
+            (
+                "\"1h\"",
+                "\"8days\"",
+                "jitter 8days is longer than 7 days",
+                6,
+            ),
+            ("\"2m\"", "\"soon\"", "bad duration \"soon\"", 9),
+            ("\"5m\"", "\"500ms\"", "poll 500ms is shorter than 1s", 12),
+            (
+                "cron(0 2 * * sat)",
+                "cron(61 * * * *)",
+                "\"cron(61 * * * *)\"",
+                5,
+            ),
+            ("cron(0 2 * * sat)", "rate(0 days)", "\"rate(0 days)\"", 5),
+            (
+                "cron(0 2 * * sat)",
+                "rate(3 fortnights)",
+                "unit \"fortnights\"",
+                5,
+            ),
+            (
+                "cron(0 2 * * sat)",
+                "every sunday",
+                "\"every sunday\" is not a schedule",
+                5,
+            ),
+            ("\"Sunday\"", "\"Sundae\"", "unknown day \"Sundae\"", 7),
+            ("\"02:00\"", "\"2am\"", "bad window start \"2am\"", 7),
+            ("\"4h\"", "\"9days\"", "at most 7 days", 7),
+            (
+                "s3://acme-molt-results/fleet",
+                "https://example.com/x",
+                "\"https://example.com/x\"",
+                11,
+            ),
+            (
+                "s3://acme-molt-results/fleet",
+                "s3:///fleet",
+                "s3://BUCKET/PREFIX",
+                11,
+            ),
+            ("hold =", "hodl =", "unknown field `hodl`", 10),
+            ("on_boot = true", "on_boot = \"yes\"", "invalid type", 8),
+        ] {
+            let bad = AGENT.replacen(from, to, 1);
+            assert_ne!(bad, AGENT, "{from}");
+            let err = Config::parse(&bad, Path::new("agent.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{to}: {err}");
+            assert!(err.contains(&format!("line {line}")), "{to}: {err}");
+            // the snippet shows the key
+            let key = bad
+                .lines()
+                .nth(line - 1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            assert!(err.contains(key), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let mut c = Config::parse(GOOD, Path::new("agent.toml")).unwrap();
+        c.apply_env(|k| match k {
+            "MOLT_REGION" => Some("eu-west-1".into()),
+            "MOLT_ROOT" => Some("/srv/molt".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.region.unwrap().as_str(), "eu-west-1");
+        assert_eq!(c.root.unwrap(), PathBuf::from("/srv/molt"));
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "MOLT_SCHEDULE" => Some("rate(2 hours)".into()),
+            "MOLT_HOLD" => Some("true".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.agent.schedule.unwrap().to_string(), "rate(2 hours)");
+        assert!(c.agent.hold);
+        let err = Config::default()
+            .apply_env(|k| (k == "MOLT_SCHEDULE").then(|| "rate(3 fortnights)".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("MOLT_SCHEDULE"), "{err}");
+        let err = Config::default()
+            .apply_env(|k| (k == "MOLT_HOLD").then(|| "maybe".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("MOLT_HOLD"), "{err}");
+        let mut c = Config::default();
+        let err = c
+            .apply_env(|k| (k == "MOLT_REGION").then(|| "Mars".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("MOLT_REGION"), "{err}");
+    }
+}

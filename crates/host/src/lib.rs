@@ -1,0 +1,168 @@
+//! The host: its directory layout (SPEC §5) and the versioned state files that the
+//! updater and the agent both read and write.
+//!
+//! ```text
+//! <root>/versions/<v>/bin/{agent,updater}, VERSION   immutable once installed; `.valid` written last
+//! <root>/current -> versions/<v>                     switched by rename(2) of a fresh symlink
+//! <root>/bin/updater, <root>/bin/updater.previous    the standalone updater (a real file)
+//! <root>/state/                                      journal.json, history.jsonl, update.lock, seed,
+//!                                                    health.json, agent.pid, agent.log,
+//!                                                    quarantine.json, tuf/<region>/, cache/
+//! ```
+
+pub mod config;
+pub mod lock;
+pub mod process;
+pub mod schedule;
+pub mod seed;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+
+use molt_schema::artifact::Sha256;
+use molt_schema::version::Version;
+
+/// Fills `buf` from the kernel's random source (for nonces, ids and random seeds).
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// The default install root.
+pub const DEFAULT_ROOT: &str = "/opt/molt";
+
+/// Paths under one install root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLayout {
+    root: PathBuf,
+}
+
+impl HostLayout {
+    pub fn new(root: impl Into<PathBuf>) -> HostLayout {
+        HostLayout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn versions_dir(&self) -> PathBuf {
+        self.root.join("versions")
+    }
+    pub fn version_dir(&self, v: &Version) -> PathBuf {
+        self.versions_dir().join(v.to_string())
+    }
+    /// `versions/<v>/.valid`: written last when a version is installed.
+    pub fn valid_marker(&self, v: &Version) -> PathBuf {
+        self.version_dir(v).join(".valid")
+    }
+    pub fn current_link(&self) -> PathBuf {
+        self.root.join("current")
+    }
+    pub fn bin_dir(&self) -> PathBuf {
+        self.root.join("bin")
+    }
+    pub fn updater_bin(&self) -> PathBuf {
+        self.bin_dir().join("updater")
+    }
+    pub fn updater_previous(&self) -> PathBuf {
+        self.bin_dir().join("updater.previous")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.state_dir().join("journal.json")
+    }
+    pub fn history(&self) -> PathBuf {
+        self.state_dir().join("history.jsonl")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.state_dir().join("update.lock")
+    }
+    pub fn seed(&self) -> PathBuf {
+        self.state_dir().join("seed")
+    }
+    pub fn health(&self) -> PathBuf {
+        self.state_dir().join("health.json")
+    }
+    pub fn agent_pid(&self) -> PathBuf {
+        self.state_dir().join("agent.pid")
+    }
+    pub fn agent_log(&self) -> PathBuf {
+        self.state_dir().join("agent.log")
+    }
+    pub fn quarantine(&self) -> PathBuf {
+        self.state_dir().join("quarantine.json")
+    }
+    /// `state/updater-quarantine.json`: molt-updater versions that failed their pre-flight.
+    pub fn updater_quarantine(&self) -> PathBuf {
+        self.state_dir().join("updater-quarantine.json")
+    }
+    /// `state/tuf`: one datastore per region below it.
+    pub fn tuf_dir(&self) -> PathBuf {
+        self.state_dir().join("tuf")
+    }
+    pub fn cache_dir(&self) -> PathBuf {
+        self.state_dir().join("cache")
+    }
+    pub fn staging_dir(&self, v: &Version) -> PathBuf {
+        self.cache_dir().join(format!("staging-{v}"))
+    }
+    /// `cache/<sha256>.partial`: a download's bytes so far.
+    pub fn partial(&self, sha: &Sha256) -> PathBuf {
+        self.cache_dir().join(format!("{sha}.partial"))
+    }
+
+    /// The version `current` points at, if it points at an installed, valid version.
+    pub fn current_version(&self) -> Option<Version> {
+        let target = std::fs::read_link(self.current_link()).ok()?;
+        let name = target.file_name()?.to_str()?;
+        let v: Version = name.parse().ok()?;
+        self.is_valid(&v).then_some(v)
+    }
+
+    /// True when `versions/<v>` was installed completely (`.valid` exists).
+    pub fn is_valid(&self, v: &Version) -> bool {
+        self.valid_marker(v).is_file()
+    }
+
+    /// Every directory under `versions/` whose name is a version, valid or not.
+    pub fn installed_versions(&self) -> Vec<Version> {
+        let mut out: Vec<Version> = std::fs::read_dir(self.versions_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// The agent program of the current version.
+    pub fn current_agent(&self) -> PathBuf {
+        self.current_link().join("bin").join("agent")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_version_requires_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HostLayout::new(dir.path());
+        let v: Version = "1.2.0".parse().unwrap();
+        assert_eq!(layout.current_version(), None);
+        std::fs::create_dir_all(layout.version_dir(&v)).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("versions/1.2.0", layout.current_link()).unwrap();
+        assert_eq!(layout.current_version(), None, "no .valid yet");
+        std::fs::write(layout.valid_marker(&v), b"").unwrap();
+        assert_eq!(layout.current_version(), Some(v.clone()));
+        std::fs::create_dir_all(layout.versions_dir().join("not-a-version")).unwrap();
+        assert_eq!(layout.installed_versions(), vec![v]);
+    }
+}

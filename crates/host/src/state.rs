@@ -1,0 +1,409 @@
+//! The versioned state files (SPEC §5): written atomically (temporary file, fsync,
+//! rename, fsync of the directory), each with a `version` field. Readers ignore fields
+//! they do not know, so a downgraded updater or agent never breaks on newer state.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use molt_schema::version::Version;
+
+/// The schema version molt writes into every state file.
+pub const STATE_VERSION: u32 = 1;
+
+fn state_version() -> u32 {
+    STATE_VERSION
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
+    let path = path.to_owned();
+    move |source| StateError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// fsyncs a directory, so a rename or a new entry in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
+}
+
+/// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync,
+/// rename over `path`, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    tmp.write_all(bytes).map_err(io_err("write", path))?;
+    tmp.as_file().sync_all().map_err(io_err("sync", path))?;
+    tmp.persist(path).map_err(|e| StateError::Io {
+        action: "rename into place",
+        path: path.to_owned(),
+        source: e.error,
+    })?;
+    sync_dir(dir)
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+/// Reads a JSON state file; `None` when it does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// Removes a state file and syncs its directory; a missing file is fine.
+pub fn remove(path: &Path) -> Result<(), StateError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+/// The steps of an update, in order. The journal records each one before it is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Lock held, target resolved; downloading and staging.
+    Started,
+    /// `versions/<to>` is installed and valid.
+    Installed,
+    /// About to stop the old agent. `current` still points at `from`.
+    Stopping,
+    /// About to rename the new `current` into place (it may or may not have happened).
+    Switching,
+    /// `current` points at `to`; starting and checking the new agent.
+    Switched,
+    /// The new agent passed its health check and soak; the update is final.
+    Committed,
+    /// Putting `from` back.
+    RollingBack,
+    /// `from` is back and running.
+    RolledBack,
+    /// A step this version of molt does not know (written by a newer one).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Step {
+    /// True for the steps after which `current` may point at the new version.
+    pub fn after_switch(self) -> bool {
+        matches!(self, Step::Switching | Step::Switched | Step::RollingBack)
+    }
+}
+
+/// `state/journal.json`: the update in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    #[serde(default = "state_version")]
+    pub version: u32,
+    /// The update's id; the history record carries the same id.
+    pub id: String,
+    pub from: Option<Version>,
+    pub to: Version,
+    pub step: Step,
+    /// The nonce the new agent must echo in health.json.
+    #[serde(default)]
+    pub nonce: Option<String>,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// When the old agent was stopped (for the downtime figure).
+    #[serde(default)]
+    pub stopped_at: Option<Timestamp>,
+    /// Why a rollback started.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// How an update ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The new version runs and passed its health check.
+    Success,
+    /// The new version failed its health check; the old one runs again.
+    RolledBack,
+    /// The update failed before the switch; nothing changed.
+    Failed,
+    /// Putting the old version back failed.
+    RollbackFailed,
+    /// An outcome this version of molt does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Durations of an update, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    #[serde(default)]
+    pub total_ms: u64,
+    #[serde(default)]
+    pub download_ms: Option<u64>,
+    /// From stopping the old agent to the new (or restored) agent being healthy.
+    #[serde(default)]
+    pub agent_downtime_ms: Option<u64>,
+}
+
+/// One line of `state/history.jsonl`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    #[serde(default = "state_version")]
+    pub version: u32,
+    pub id: String,
+    pub from: Option<Version>,
+    pub to: Version,
+    pub result: Outcome,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    #[serde(default)]
+    pub timings: Timings,
+}
+
+/// Appends a record to `history.jsonl` and fsyncs it.
+pub fn append_history(path: &Path, record: &HistoryRecord) -> Result<(), StateError> {
+    let mut line = serde_json::to_vec(record).map_err(|e| StateError::Corrupt {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    line.push(b'\n');
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    f.write_all(&line).map_err(io_err("append to", path))?;
+    f.sync_all().map_err(io_err("sync", path))
+}
+
+/// Reads `history.jsonl`, oldest first. Lines that do not parse (a torn last line after a
+/// crash, or a record from a far newer molt) are skipped.
+pub fn read_history(path: &Path) -> Result<Vec<HistoryRecord>, StateError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// The agent's readiness, `state/health.json`.
+///
+/// Deviation from the other state files: here `version` is the agent's version (SPEC
+/// §6 step 9 names the field so), and the schema version is `schema`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    #[serde(default = "state_version")]
+    pub schema: u32,
+    /// The agent's version.
+    pub version: Version,
+    pub pid: u32,
+    /// The nonce from `MOLT_HEALTH_NONCE` at the agent's start ("" when none was given).
+    pub nonce: String,
+    pub started_at: Timestamp,
+    pub status: HealthStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Serving.
+    Ready,
+    /// Shutting down.
+    Stopping,
+    #[serde(other)]
+    Unknown,
+}
+
+/// One quarantined version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub version: Version,
+    pub at: Timestamp,
+    pub reason: String,
+}
+
+/// `state/quarantine.json`: versions that failed their health check on this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    #[serde(default = "state_version")]
+    pub version: u32,
+    #[serde(default)]
+    pub entries: Vec<QuarantineEntry>,
+}
+
+impl Quarantine {
+    pub fn load(path: &Path) -> Result<Quarantine, StateError> {
+        Ok(read_json(path)?.unwrap_or(Quarantine {
+            version: STATE_VERSION,
+            entries: Vec::new(),
+        }))
+    }
+
+    pub fn versions(&self) -> std::collections::BTreeSet<Version> {
+        self.entries.iter().map(|e| e.version.clone()).collect()
+    }
+
+    pub fn add(&mut self, version: Version, at: Timestamp, reason: String) {
+        self.entries.retain(|e| e.version != version);
+        self.entries.push(QuarantineEntry {
+            version,
+            at,
+            reason,
+        });
+    }
+
+    pub fn remove(&mut self, version: &Version) {
+        self.entries.retain(|e| &e.version != version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn journal_round_trips_and_tolerates_newer_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/journal.json");
+        let j = Journal {
+            version: STATE_VERSION,
+            id: "u1".into(),
+            from: Some(v("1.0.0")),
+            to: v("2.0.0"),
+            step: Step::Stopping,
+            nonce: Some("n".into()),
+            started_at: Timestamp::UNIX_EPOCH,
+            updated_at: Timestamp::UNIX_EPOCH,
+            stopped_at: None,
+            reason: None,
+        };
+        write_json(&path, &j).unwrap();
+        assert_eq!(read_json::<Journal>(&path).unwrap(), Some(j.clone()));
+        // a newer molt wrote a field and a step we do not know
+        let newer = r#"{"version":2,"id":"u2","from":"1.0.0","to":"2.0.0","step":"verifying_sbom",
+            "started_at":"2026-01-01T00:00:00Z","updated_at":"2026-01-01T00:00:00Z","future":true}"#;
+        std::fs::write(&path, newer).unwrap();
+        let read: Journal = read_json(&path).unwrap().unwrap();
+        assert_eq!(read.step, Step::Unknown);
+        assert_eq!(
+            read_json::<Journal>(&dir.path().join("missing.json")).unwrap(),
+            None
+        );
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(
+            read_json::<Journal>(&path),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn history_appends_and_skips_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let rec = HistoryRecord {
+            version: STATE_VERSION,
+            id: "a".into(),
+            from: None,
+            to: v("1.0.0"),
+            result: Outcome::Success,
+            reason: None,
+            started_at: Timestamp::UNIX_EPOCH,
+            finished_at: Timestamp::UNIX_EPOCH,
+            timings: Timings::default(),
+        };
+        append_history(&path, &rec).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"version\":1,\"id\":\"torn").unwrap();
+        drop(f);
+        let mut rec2 = rec.clone();
+        rec2.id = "b".into();
+        // a torn line is followed by a newline only when the next append starts one
+        std::fs::write(
+            &path,
+            format!("{}\n{{torn\n", serde_json::to_string(&rec).unwrap()),
+        )
+        .unwrap();
+        append_history(&path, &rec2).unwrap();
+        let all = read_history(&path).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn quarantine_add_remove() {
+        let mut q = Quarantine::default();
+        q.add(v("2.0.0"), Timestamp::UNIX_EPOCH, "failed health".into());
+        q.add(v("2.0.0"), Timestamp::UNIX_EPOCH, "again".into());
+        assert_eq!(q.entries.len(), 1);
+        assert!(q.versions().contains(&v("2.0.0")));
+        q.remove(&v("2.0.0"));
+        assert!(q.entries.is_empty());
+    }
+
+    #[test]
+    fn health_has_agent_version_and_schema() {
+        let h = Health {
+            schema: STATE_VERSION,
+            version: v("2.0.0"),
+            pid: 42,
+            nonce: "abc".into(),
+            started_at: Timestamp::UNIX_EPOCH,
+            status: HealthStatus::Ready,
+        };
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["version"], "2.0.0");
+        assert_eq!(json["schema"], 1);
+    }
+}

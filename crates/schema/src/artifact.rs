@@ -1,0 +1,421 @@
+//! Package names, checksums and the TUF target names that carry a version.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::platform::Platform;
+use crate::version::Version;
+
+/// The packages molt publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PackageName {
+    /// `molt-agent`: `bin/agent`, `bin/updater`, `VERSION`.
+    Agent,
+    /// `molt-updater`: the standalone updater, `bin/updater`, `VERSION`.
+    Updater,
+}
+
+/// One file a package's archive holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackageFile {
+    /// Path inside the archive, with `/` separators and no leading `/`.
+    pub path: &'static str,
+    /// True for programs (mode 0755 on unix), false for data (0644).
+    pub executable: bool,
+}
+
+impl PackageName {
+    pub const ALL: [PackageName; 2] = [PackageName::Agent, PackageName::Updater];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageName::Agent => "molt-agent",
+            PackageName::Updater => "molt-updater",
+        }
+    }
+
+    /// Exactly the files this package's archive holds (SPEC §4), in archive order.
+    /// Windows archives name the programs with `.exe`; see [`PackageName::files_for`].
+    pub fn files(self) -> &'static [PackageFile] {
+        const AGENT: &[PackageFile] = &[
+            PackageFile {
+                path: "VERSION",
+                executable: false,
+            },
+            PackageFile {
+                path: "bin/agent",
+                executable: true,
+            },
+            PackageFile {
+                path: "bin/updater",
+                executable: true,
+            },
+        ];
+        const UPDATER: &[PackageFile] = &[
+            PackageFile {
+                path: "VERSION",
+                executable: false,
+            },
+            PackageFile {
+                path: "bin/updater",
+                executable: true,
+            },
+        ];
+        match self {
+            PackageName::Agent => AGENT,
+            PackageName::Updater => UPDATER,
+        }
+    }
+
+    /// The files for a platform: on windows, programs carry `.exe`.
+    pub fn files_for(self, platform: Platform) -> Vec<(String, bool)> {
+        self.files()
+            .iter()
+            .map(|f| {
+                let path = if f.executable && !platform.is_unix() {
+                    format!("{}.exe", f.path)
+                } else {
+                    f.path.to_owned()
+                };
+                (path, f.executable)
+            })
+            .collect()
+    }
+
+    /// The archive's file name, e.g. `molt-agent-linux-amd64.tar.gz`.
+    pub fn file_name(self, platform: Platform) -> String {
+        format!(
+            "{}-{}.{}",
+            self.as_str(),
+            platform,
+            platform.archive_kind().extension()
+        )
+    }
+
+    /// The TUF target name, e.g. `molt-agent/1.4.0/molt-agent-linux-amd64.tar.gz`.
+    pub fn target_name(self, version: &Version, platform: Platform) -> String {
+        format!("{}/{}/{}", self.as_str(), version, self.file_name(platform))
+    }
+
+    /// Reads a platform back from a file name of this package, e.g.
+    /// `molt-agent-linux-musl-amd64.tar.gz` → `linux-musl-amd64`. The extension must
+    /// be the one that platform uses.
+    pub fn platform_of_file(self, file_name: &str) -> Option<Platform> {
+        crate::manifest::platform_of_file(self.as_str(), file_name)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown package {0:?}; molt publishes molt-agent and molt-updater")]
+pub struct UnknownPackage(pub String);
+
+impl FromStr for PackageName {
+    type Err = UnknownPackage;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PackageName::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPackage(s.to_owned()))
+    }
+}
+
+impl fmt::Display for PackageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A SHA-256 digest, parsed from 64 hex digits (either case) and printed in lower case.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256([u8; 32]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a SHA-256 digest (64 hex digits)")]
+pub struct BadSha256(pub String);
+
+impl Sha256 {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Sha256(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Hashes a byte slice.
+    pub fn digest(data: &[u8]) -> Self {
+        use sha2::Digest;
+        Sha256(sha2::Sha256::digest(data).into())
+    }
+}
+
+impl FromStr for Sha256 {
+    type Err = BadSha256;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| BadSha256(s.to_owned()))?;
+        Ok(Sha256(out))
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({self})")
+    }
+}
+
+impl Serialize for Sha256 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A file, with the length and SHA-256 of its bytes as [`HashedFile::hash`] read them in one
+/// pass. That function is the only way to make one, so the digest always belongs to the file:
+/// the publisher hashes each archive once and hands the same `HashedFile` to every region,
+/// instead of hashing it again for each use.
+///
+/// The file can still change on disk after it was hashed. Whoever sends or copies its bytes
+/// checks them against the digest on the way: [`HashedFile::read_verified`] here, and an S3
+/// upload through the checksum the server verifies (`store::Body`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HashedFile {
+    path: std::path::PathBuf,
+    len: u64,
+    sha256: Sha256,
+}
+
+impl HashedFile {
+    /// Reads `path` once, counting and hashing its bytes.
+    pub fn hash(path: impl Into<std::path::PathBuf>) -> std::io::Result<HashedFile> {
+        let path = path.into();
+        let (len, sha256) = hash_reader(std::fs::File::open(&path)?)?;
+        Ok(HashedFile { path, len, sha256 })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn sha256(&self) -> Sha256 {
+        self.sha256
+    }
+
+    /// The file's bytes, read whole, after checking that they are still the ones hashed
+    /// (length and SHA-256); an `InvalidData` error says that the file changed.
+    pub fn read_verified(&self) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(&self.path)?;
+        if bytes.len() as u64 != self.len || Sha256::digest(&bytes) != self.sha256 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} changed after it was hashed (it had {} bytes, SHA-256 {})",
+                    self.path.display(),
+                    self.len,
+                    self.sha256
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl fmt::Debug for HashedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashedFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("sha256", &format_args!("{}", self.sha256))
+            .finish()
+    }
+}
+
+/// Length and SHA-256 of everything `reader` yields.
+pub fn hash_reader(mut reader: impl std::io::Read) -> std::io::Result<(u64, Sha256)> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, Sha256(hasher.finalize().into())))
+}
+
+/// A relative path inside a repository or package tree, checked at construction: no
+/// empty or absolute path, no `.` or `..` component, no backslash, no NUL or control
+/// character. Like tough's `TargetName`, a value of this type can be joined to a
+/// directory without escaping it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ArtifactName(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unsafe artifact name {name:?}: {reason}")]
+pub struct BadArtifactName {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+impl ArtifactName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ArtifactName {
+    type Err = BadArtifactName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason| BadArtifactName {
+            name: s.to_owned(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        if s.starts_with('/') {
+            return Err(bad("absolute path"));
+        }
+        if s.contains('\\') {
+            return Err(bad("backslash"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(bad("control character"));
+        }
+        if s.len() > 1024 {
+            return Err(bad("longer than 1024 bytes"));
+        }
+        for part in s.split('/') {
+            match part {
+                "" => return Err(bad("empty path component")),
+                "." | ".." => return Err(bad("'.' or '..' component")),
+                _ => {}
+            }
+        }
+        Ok(ArtifactName(s.to_owned()))
+    }
+}
+
+impl fmt::Display for ArtifactName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn target_names_carry_the_version() {
+        let v: Version = "1.4.0".parse().unwrap();
+        assert_eq!(
+            PackageName::Agent.target_name(&v, Platform::LinuxAmd64),
+            "molt-agent/1.4.0/molt-agent-linux-amd64.tar.gz"
+        );
+        assert_eq!(
+            PackageName::Updater.target_name(&v, Platform::WindowsAmd64),
+            "molt-updater/1.4.0/molt-updater-windows-amd64.zip"
+        );
+    }
+
+    #[test]
+    fn platform_from_file_name() {
+        for pkg in PackageName::ALL {
+            for p in Platform::ALL {
+                assert_eq!(pkg.platform_of_file(&pkg.file_name(p)), Some(p));
+            }
+        }
+        assert_eq!(
+            PackageName::Agent.platform_of_file("molt-agent-linux-amd64.zip"),
+            None
+        );
+        assert_eq!(
+            PackageName::Agent.platform_of_file("molt-updater-linux-amd64.tar.gz"),
+            None
+        );
+        assert_eq!(
+            PackageName::Agent.platform_of_file("molt-agent-linux-amd64.tar.gz.sig"),
+            None
+        );
+    }
+
+    #[test]
+    fn sha256_parses_hex_only() {
+        let h = Sha256::digest(b"abc");
+        assert_eq!(
+            h.to_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(h.to_string().to_uppercase().parse::<Sha256>(), Ok(h));
+        assert!("abc".parse::<Sha256>().is_err());
+        assert!("zz".repeat(32).parse::<Sha256>().is_err());
+    }
+
+    #[test]
+    fn artifact_names_refuse_escapes() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "..",
+            "./a",
+            "a//b",
+            "a\\b",
+            "a/\u{0}b",
+            "a/",
+        ] {
+            assert!(
+                bad.parse::<ArtifactName>().is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        assert!(
+            "molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz"
+                .parse::<ArtifactName>()
+                .is_ok()
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_names_never_escape(s in "[a-z./\\\\]{0,12}") {
+            if let Ok(name) = s.parse::<ArtifactName>() {
+                let joined = std::path::Path::new("/base").join(name.as_str());
+                prop_assert!(joined.starts_with("/base"));
+                prop_assert!(joined.components().all(|c| matches!(c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_))));
+            }
+        }
+    }
+}
