@@ -2,7 +2,7 @@
 # molt demo, on the embedded default: a local directory repository, no server to install,
 # nothing left running.
 #
-#   1. build the same source as v1.0.0 and v2.0.0 (version stamping), and a broken v3.0.0
+#   1. build the same source once and stamp it as v1.0.0 and v2.0.0, and a broken v3.0.0
 #      (an agent that passes its --version pre-flight but dies at start);
 #   2. sign a region's repository and publish v1 to it, as CI publishes to a bucket;
 #   3. install v1 into a temporary root, which starts the agent with a 3-second schedule;
@@ -27,20 +27,29 @@ if [ -e /lib/ld-musl-x86_64.so.1 ] || [ -e /lib/ld-musl-aarch64.so.1 ]; then
   platform=${platform/linux-/linux-musl-}
 fi
 
+# One dev-profile build of the three programs (the profile the tests use), then a re-stamp
+# per version: only the binaries' main.rs reads MOLT_BUILD_VERSION, so each re-stamp
+# recompiles two files and links. The same three packages are named each time, so cargo
+# resolves the same features and reuses everything else.
+packages=(-p agent -p updater -p release-manifest)
+step "build agent, updater and release-manifest"
+cargo build --quiet --locked "${packages[@]}"
+rm_tool="$work/bin/release-manifest"
+mkdir -p "$work/bin"
+cp target/debug/release-manifest "$rm_tool"
+
 build() { # version
-  step "build v$1 (MOLT_BUILD_VERSION=$1)"
-  MOLT_BUILD_VERSION=$1 cargo build --quiet --release -p agent -p updater
+  step "stamp v$1 (MOLT_BUILD_VERSION=$1)"
+  MOLT_BUILD_VERSION=$1 cargo build --quiet --locked "${packages[@]}" --bin agent --bin updater
   mkdir -p "$work/bin/$1"
-  cp target/release/agent target/release/updater "$work/bin/$1/"
+  cp target/debug/agent target/debug/updater "$work/bin/$1/"
+  # Without symbols the packages are half the size; `strip` comes with the C toolchain.
+  strip "$work/bin/$1/agent" "$work/bin/$1/updater" 2>/dev/null || true
   "$work/bin/$1/agent" --version
 }
 
 build 1.0.0
 build 2.0.0
-step "build the release tool"
-cargo build --quiet -p release-manifest
-rm_tool="$work/bin/release-manifest"
-cp target/debug/release-manifest "$rm_tool"
 
 step "a broken v3.0.0: its agent answers --version, then exits at start"
 mkdir -p "$work/bin/3.0.0"

@@ -6,8 +6,6 @@
 //! - [`status`] and [`diagnose`]: what an operator asks a host.
 //! - [`hold`] and [`identity`]: per-host state (the hold, the seed, the host id).
 
-mod build_info;
-pub use build_info::BUILD_VERSION;
 pub mod diagnose;
 pub mod hold;
 pub mod identity;

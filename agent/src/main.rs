@@ -9,9 +9,17 @@ use molt_agent::settings::AgentSettings;
 use molt_agent::{diagnose, hold, run, status};
 use molt_schema::cli::{self, Failure, exit};
 
+/// The version stamped into this build: `MOLT_BUILD_VERSION` at compile time, else the
+/// crate version. Only this file reads the variable, so a re-stamp recompiles only it
+/// (`molt_host::build`).
+const BUILD_VERSION: &str = match option_env!("MOLT_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// molt's host agent: runs as a service and keeps this host's molt up to date.
 #[derive(Debug, Parser)]
-#[command(name = "agent", version = molt_agent::BUILD_VERSION, about)]
+#[command(name = "agent", version = BUILD_VERSION, about)]
 struct Cli {
     /// The config file [default: $MOLT_CONFIG, else /etc/molt/agent.toml].
     #[arg(long, global = true, value_name = "FILE")]
@@ -66,6 +74,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 fn main() -> ExitCode {
+    molt_host::build::set_version(BUILD_VERSION);
     let cli = Cli::parse();
     let default_verbosity = u8::from(matches!(cli.command, Cmd::Run));
     cli::init_logging(cli.verbose.max(default_verbosity), false);
@@ -138,5 +147,16 @@ fn real_main(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn build_version_parses() {
+        let parsed: molt_schema::Version = super::BUILD_VERSION
+            .parse()
+            .expect("MOLT_BUILD_VERSION must be a valid molt version");
+        assert_eq!(parsed.to_string(), super::BUILD_VERSION);
     }
 }

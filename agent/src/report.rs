@@ -106,7 +106,7 @@ pub async fn send_pending(
                 .map(|p| p.to_string())
                 .or_else(|| molt_schema::Platform::detect().ok().map(|p| p.to_string())),
             seed: seed.get(),
-            agent_version: crate::BUILD_VERSION,
+            agent_version: molt_host::build::version(),
             record,
         };
         let body = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;

@@ -60,10 +60,10 @@ fn write_health(
     status: HealthStatus,
 ) -> Result<(), RunError> {
     let path = settings.layout.health();
-    let version = crate::BUILD_VERSION
+    let version = molt_host::build::version()
         .parse::<molt_schema::Version>()
         .map_err(|e| RunError::BuildVersion {
-            version: crate::BUILD_VERSION,
+            version: molt_host::build::version(),
             detail: e.to_string(),
         })?;
     state::write_json(
@@ -222,7 +222,7 @@ pub async fn run(
     write_health(&settings, &nonce, started_at, HealthStatus::Ready)?;
     tracing::info!(
         "molt agent {} ready (pid {}, root {})",
-        crate::BUILD_VERSION,
+        molt_host::build::version(),
         std::process::id(),
         settings.layout.root().display()
     );

@@ -344,7 +344,7 @@ pub async fn gather(settings: &AgentSettings) -> AgentStatus {
         .filter(|r| r.alive)
         .map_or(now, |r| r.started_at);
     AgentStatus {
-        agent_version: crate::BUILD_VERSION,
+        agent_version: molt_host::build::version(),
         root: layout.root().display().to_string(),
         config: if settings.config_exists {
             settings.config_path.display().to_string()

@@ -34,7 +34,7 @@ fn version_and_usage() {
     let out = agent(dir.path()).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("agent {}", molt_agent::BUILD_VERSION)
+        format!("agent {}", molt_host::build::version())
     );
     let out = agent(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

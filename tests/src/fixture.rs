@@ -54,12 +54,54 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .unwrap_or_default();
     let path = dir.join(name);
     if !path.exists() {
+        build_workspace_bins(&dir);
+    }
+    if !path.exists() {
         panic_with(&format!(
             "{} is not built; run the tests with `cargo test --workspace`",
             path.display()
         ));
     }
     path
+}
+
+/// Builds every binary of the workspace into `profile_dir`, for a test file run on its own
+/// (`cargo test -p molt-tests --test publish` builds only this crate's binaries, not the
+/// release tool, the agent or the updater). It resolves features for the whole workspace
+/// with an example, as `cargo test --workspace` does, so it reuses what that built. One
+/// build at a time, under a file lock shared by every test process.
+fn build_workspace_bins(profile_dir: &Path) {
+    let target_root = profile_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let lock = check(
+        std::fs::File::create(target_root.join(".molt-bins.lock")),
+        "create the workspace build lock",
+    );
+    check(lock.lock(), "take the workspace build lock");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.join("Cargo.toml"))
+        .unwrap_or_default();
+    let status = check(
+        Command::new(&cargo)
+            .args(["build", "--quiet", "--locked", "--offline", "--workspace"])
+            .args(["--bins", "--example", "bench-uptodate"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_root)
+            .env_remove("MOLT_BUILD_VERSION")
+            .stdout(std::process::Stdio::null())
+            .status(),
+        "run cargo build for the workspace's binaries",
+    );
+    if !status.success() {
+        panic_with("cargo build --workspace --bins failed");
+    }
+    drop(lock);
 }
 
 /// A region's signed repository on disk.
@@ -409,10 +451,16 @@ pub fn kill(pid: u32) {
 }
 
 /// The real `agent` and `updater` built with `MOLT_BUILD_VERSION=version`, for tests that
-/// need two real versions of the agent. Built once per version into a target directory of
-/// their own beside this build's (so this build's binaries are never replaced), under a
-/// file lock shared by every test process; later calls are cargo's no-op check. Returns
-/// the directory holding both binaries.
+/// need two real versions of the agent. Returns the directory holding both binaries.
+///
+/// Only the binaries' `main.rs` reads the variable (`molt_host::build`), so a stamped build
+/// recompiles those two files and links them, and reuses everything else this build
+/// compiled: it shares this build's intermediate directory (cargo's `build.build-dir`)
+/// and resolves features for the whole workspace with its examples, as `cargo test
+/// --workspace` does, so every other unit's fingerprint matches. Its binaries land in a
+/// target directory of their own (`<target>/stamped/<version>`), so this build's are
+/// never replaced. Builds run one at a time under a file lock shared by every test process;
+/// a later call for the same version is cargo's no-op check.
 pub fn stamped_build(version: &str) -> PathBuf {
     let profile_dir = workspace_bin("updater")
         .parent()
@@ -422,14 +470,15 @@ pub fn stamped_build(version: &str) -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let build_dir = target_root.join("stamped-build");
-    let out = target_root.join("stamped").join(version);
+    let stamped = target_root.join("stamped");
+    let artifacts = stamped.join(version);
+    let out = artifacts.join("bin");
     check(
         std::fs::create_dir_all(&out),
         "create the stamped directory",
     );
     let lock = check(
-        std::fs::File::create(target_root.join("stamped").join(".lock")),
+        std::fs::File::create(stamped.join(".lock")),
         "create the stamped build lock",
     );
     check(lock.lock(), "take the stamped build lock");
@@ -438,26 +487,22 @@ pub fn stamped_build(version: &str) -> PathBuf {
         .parent()
         .map(|p| p.join("Cargo.toml"))
         .unwrap_or_default();
+    let build_dir = std::env::var_os("CARGO_BUILD_BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_root.clone());
     let status = check(
         Command::new(&cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--locked",
-                "--offline",
-                "-p",
-                "agent",
-                "-p",
-                "updater",
-            ])
+            .args(["build", "--quiet", "--locked", "--offline", "--workspace"])
+            .args(["--bin", "agent", "--bin", "updater"])
+            // An example makes cargo resolve dev-dependencies' features too, exactly as
+            // the test build did; without it, shared dependencies would be rebuilt.
+            .args(["--example", "bench-uptodate"])
             .arg("--manifest-path")
             .arg(&manifest)
             .arg("--target-dir")
-            .arg(&build_dir)
+            .arg(&artifacts)
+            .env("CARGO_BUILD_BUILD_DIR", &build_dir)
             .env("MOLT_BUILD_VERSION", version)
-            // Without symbols the programs are half the size: every test that packages
-            // them (the fleet installs them 80 times) hashes, compresses and unpacks less.
-            .env("CARGO_PROFILE_DEV_STRIP", "symbols")
             .env_remove("CARGO_TARGET_DIR")
             .stdout(std::process::Stdio::null())
             .status(),
@@ -469,10 +514,18 @@ pub fn stamped_build(version: &str) -> PathBuf {
         ));
     }
     for name in ["agent", "updater"] {
-        let built = build_dir.join("debug").join(name);
+        let built = artifacts.join("debug").join(name);
         let dest = out.join(name);
         let tmp = out.join(format!(".{name}.tmp"));
         check(std::fs::copy(&built, &tmp), "copy a stamped binary");
+        // Without symbols the programs are half the size: every test that packages them
+        // (the fleet installs them 80 times) hashes, compresses and unpacks less. `strip`
+        // comes with the C toolchain the build needs anyway; without it they stay as built.
+        let _ = Command::new("strip")
+            .arg(&tmp)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         check(std::fs::rename(&tmp, &dest), "place a stamped binary");
     }
     drop(lock);

@@ -72,7 +72,7 @@ fn health_first_sigterm_stops_and_sighup_reloads() {
     let pid = host.start(&agent, &[("MOLT_HEALTH_NONCE", "n-123")]);
     let h = host.wait_ready(pid);
     assert_eq!(h.nonce, "n-123");
-    assert_eq!(h.version.to_string(), molt_updater::BUILD_VERSION);
+    assert_eq!(h.version.to_string(), molt_host::build::version());
 
     // a good new config is taken
     host.write_config("region = \"us-east-1\"\n[agent]\nschedule = \"cron(0 3 * * *)\"\n");

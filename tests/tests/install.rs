@@ -36,7 +36,7 @@ fn install_sh() -> PathBuf {
 /// The version the workspace's `agent --version` prints; the release is published as it,
 /// since the updater's pre-flight requires the agent to print the version it installs.
 fn version() -> Version {
-    molt_updater::BUILD_VERSION.parse().unwrap()
+    molt_host::build::version().parse().unwrap()
 }
 
 /// A repository in `REGION` with one release of the real agent and updater.

@@ -396,7 +396,8 @@ fn clobbers_are_refused_and_racing_publishers_lose_nothing() {
 
 #[test]
 fn rollout_guards_halt_resume_and_recall() {
-    let f = Fleet::new("3s");
+    // A bake of an hour: the first advance is refused however slow the machine is.
+    let f = Fleet::new("1h");
     f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1,us-west-2,eu-west-1"]));
     f.ok(&mut f.publish("2.0.0", &["--wave", "1"]));
     let advance = |f: &Fleet| {
@@ -410,6 +411,8 @@ fn rollout_guards_halt_resume_and_recall() {
     let out = advance(&f);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("bakes until"), "{}", text(&out));
+    // From here on the plan says the bake is over, instead of the test waiting for it.
+    f.write_plan("0s", "");
     // halted
     f.ok(&mut f.plan_cmd(&[
         "rollout",
@@ -424,7 +427,6 @@ fn rollout_guards_halt_resume_and_recall() {
         "1.0.0",
         "a halted version is offered to no new host"
     );
-    std::thread::sleep(Duration::from_secs(3));
     let out = advance(&f);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("halted"), "{}", text(&out));
@@ -559,10 +561,14 @@ fn the_fs_backend_publishes_the_same_way() {
 #[test]
 fn refresh_and_check_expiry_work_on_the_buckets() {
     let f = Fleet::new("0s");
+    f.ok(&mut f.publish("1.0.0", &["--regions", "us-east-1,us-west-2"]));
+    // A timestamp that expires soon, from a refresh (no archives, so its own read-back is
+    // quick); 8 s leaves that read-back room on a loaded machine. Then wait it out.
+    let refreshed = std::time::Instant::now();
     f.ok(f
-        .publish("1.0.0", &["--regions", "us-east-1,us-west-2"])
-        .args(["--timestamp-expires", "2s"]));
-    std::thread::sleep(Duration::from_secs(3));
+        .plan_cmd(&["refresh", "--regions", "us-east-1,us-west-2"])
+        .args(["--timestamp-expires", "8s"]));
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(refreshed.elapsed()));
     let check = |f: &Fleet| {
         f.tool()
             .args([

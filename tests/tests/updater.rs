@@ -156,6 +156,17 @@ fn broken_v2(behaviour: &str, expect_in_reason: &str) {
     assert_eq!(last.result, Outcome::RolledBack, "{behaviour}");
     let reason = last.reason.unwrap();
     assert!(reason.contains(expect_in_reason), "{behaviour}: {reason}");
+    // The operator sees why on the terminal too, as the renderer's cause line: the health
+    // check's finding that the history records.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let cause = err
+        .lines()
+        .find_map(|l| l.strip_prefix("  caused by: "))
+        .unwrap_or_else(|| panic!("{behaviour}: no cause in {err}"));
+    assert!(
+        cause.len() > 10 && reason.ends_with(cause),
+        "{behaviour}: {err} / {reason}"
+    );
     let q = Quarantine::load(&host.layout().quarantine()).unwrap();
     assert!(
         q.versions().contains(&v("2.0.0")),

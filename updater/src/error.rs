@@ -37,7 +37,9 @@ pub enum UpdateError {
     RolledBack {
         to: Version,
         from: Option<Version>,
-        reason: String,
+        /// Why the new version failed: the renderer's `caused by:` line.
+        #[source]
+        reason: Why,
     },
     #[error("CRITICAL: {to} failed and putting {} back failed too: {reason}", from.as_ref().map_or_else(|| "the previous version".to_owned(), ToString::to_string))]
     RollbackFailed {
@@ -56,6 +58,12 @@ pub enum UpdateError {
     #[error(transparent)]
     Failed(anyhow::Error),
 }
+
+/// Why a new version was rolled back (what its health check saw), kept as the source of
+/// [`UpdateError::RolledBack`] so that the one renderer prints it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Why(pub String);
 
 impl UpdateError {
     pub fn state(e: StateError) -> UpdateError {
@@ -79,7 +87,14 @@ impl UpdateError {
             UpdateError::Download(e) if e.is_verification() => exit::VERIFICATION,
             UpdateError::RolledBack { .. } => exit::ROLLED_BACK,
             UpdateError::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
-            UpdateError::Settings(SettingsError::Platform(_)) => exit::FAILED,
+            // A config that names no source, or one that is not a URL: the operator's
+            // input, like a usage error (every binary exits 2 for these).
+            UpdateError::Settings(
+                SettingsError::NoSource
+                | SettingsError::BadSource(..)
+                | SettingsError::BadUrl { .. }
+                | SettingsError::BadS3 { .. },
+            ) => exit::USAGE,
             _ => exit::FAILED,
         }
     }

@@ -5,8 +5,6 @@
 //! commit or roll back ([`update`]) → history (`molt_host::state`).
 //! [`service`] controls the agent (systemd or direct).
 
-mod build_info;
-pub use build_info::BUILD_VERSION;
 pub mod download;
 pub mod error;
 pub mod health;

@@ -14,6 +14,14 @@ use molt_updater::settings::{Overrides, Settings};
 use molt_updater::update::{UpdateOptions, UpdateReport};
 use molt_updater::{recover, status, update};
 
+/// The version stamped into this build: `MOLT_BUILD_VERSION` at compile time, else the
+/// crate version. Only this file reads the variable, so a re-stamp recompiles only it
+/// (`molt_host::build`).
+const BUILD_VERSION: &str = match option_env!("MOLT_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 /// Moves this host to another version of molt-agent: verified, atomic, rolled back by itself
 /// when the new version is unhealthy.
 ///
@@ -21,7 +29,7 @@ use molt_updater::{recover, status, update};
 /// a rule · 4 verification failed · 5 new version failed health, rolled back · 6 another
 /// update in progress · 7 rollback failed.
 #[derive(Debug, Parser)]
-#[command(name = "updater", version = molt_updater::BUILD_VERSION, about)]
+#[command(name = "updater", version = BUILD_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -120,6 +128,7 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    molt_host::build::set_version(BUILD_VERSION);
     let cli = Cli::parse();
     cli::init_logging(cli.common.verbose, cli.common.quiet);
     let json = cli.common.json;
@@ -164,12 +173,12 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Config::load_optional(&config_path)
     }
     .map_err(|e| {
-        Failure::new(exit::FAILED, e)
+        Failure::new(exit::USAGE, e)
             .with_hint("fix the config file; every key is listed in docs/operations.md")
     })?;
     config
         .apply_env(|k| std::env::var(k).ok())
-        .map_err(|e| Failure::new(exit::FAILED, e))?;
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
     let u = &cli.update;
     let overrides = Overrides {
         root: cli.common.root.clone(),
@@ -280,5 +289,16 @@ fn print_report(r: &UpdateReport) {
                 record.timings.agent_downtime_ms.unwrap_or_default()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn build_version_parses() {
+        let parsed: molt_schema::Version = super::BUILD_VERSION
+            .parse()
+            .expect("MOLT_BUILD_VERSION must be a valid molt version");
+        assert_eq!(parsed.to_string(), super::BUILD_VERSION);
     }
 }

@@ -46,7 +46,7 @@ pub async fn maybe_self_update(
     if std::env::var_os(REEXEC_ENV).is_some() || !running_as_standalone(settings) {
         return Ok(None);
     }
-    let Ok(current) = crate::BUILD_VERSION.parse::<Version>() else {
+    let Ok(current) = molt_host::build::version().parse::<Version>() else {
         return Ok(None);
     };
     // molt-updater versions that failed their pre-flight here are not fetched again on

@@ -128,7 +128,10 @@ impl Settings {
             }
             None => config.source.clone(),
         };
-        let mut http = HttpSettings::default();
+        let mut http = HttpSettings {
+            user_agent: format!("molt/{}", molt_host::build::version()),
+            ..HttpSettings::default()
+        };
         if let Some(d) = config.updater.download_deadline {
             http.deadline = d;
         }

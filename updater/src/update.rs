@@ -59,8 +59,10 @@ pub enum UpdateReport {
     Updated { record: HistoryRecord },
 }
 
-/// Test hook: `MOLT_TEST_KILL_AT=<checkpoint>` makes the updater SIGKILL itself at that
-/// checkpoint, so tests can prove recovery from every step. Unset in production.
+/// Test hook, compiled only with the `test-hooks` feature (the tests crate turns it on;
+/// release builds never do): `MOLT_TEST_KILL_AT=<checkpoint>` makes the updater SIGKILL
+/// itself at that checkpoint, so tests can prove recovery from every step.
+#[cfg(feature = "test-hooks")]
 pub fn checkpoint(name: &str) {
     if std::env::var("MOLT_TEST_KILL_AT").is_ok_and(|v| v == name) {
         let _ =
@@ -69,6 +71,10 @@ pub fn checkpoint(name: &str) {
         std::process::abort();
     }
 }
+
+/// Without the `test-hooks` feature a checkpoint does nothing.
+#[cfg(not(feature = "test-hooks"))]
+pub fn checkpoint(_name: &str) {}
 
 fn step_name(step: Step) -> &'static str {
     match step {
@@ -572,10 +578,12 @@ pub(crate) fn roll_back(
             if let Err(e) = finish(layout, &record, from.as_ref(), None) {
                 return e;
             }
+            let prefix = format!("{to} failed its health check: ");
+            let why = reason.strip_prefix(&prefix).unwrap_or(reason).to_owned();
             UpdateError::RolledBack {
                 to,
                 from,
-                reason: reason.to_owned(),
+                reason: crate::error::Why(why),
             }
         }
         Some(e) => {

@@ -20,7 +20,7 @@ fn version_and_usage() {
     let out = updater(dir.path()).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("updater {}", molt_updater::BUILD_VERSION)
+        format!("updater {}", molt_host::build::version())
     );
     let out = updater(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -53,7 +53,7 @@ fn a_config_typo_names_the_key_and_line_and_changes_nothing() {
         .args(["--target-version", "latest"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a config error exits 2");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("soack") && err.contains("line 3"), "{err}");
     assert!(!dir.path().join("root").exists(), "nothing was created");
@@ -93,6 +93,11 @@ fn no_source_and_no_region_give_hints() {
         err.contains("no repository source is configured") && err.contains("hint: set `source`"),
         "{err}"
     );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing source is a config error"
+    );
     let out = updater(dir.path())
         .args([
             "--target-version",
@@ -131,4 +136,34 @@ fn status_history_and_recover_on_an_empty_root() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "nothing to recover"
     );
+}
+
+/// A typo in the config file and a config file that cannot be read are the operator's
+/// input: exit 2 (usage or config), as from the agent (agent/tests/cli.rs).
+#[test]
+fn config_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "regoin = \"us-east-1\"\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    for config in [&typo, &missing] {
+        let out = updater(dir.path())
+            .arg("--config")
+            .arg(config)
+            .args(["--target-version", "latest"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "updater with {config:?}: {err}");
+        assert!(err.contains("config file"), "{err}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_updater"))
+            .arg("status")
+            .arg("--root")
+            .arg(dir.path())
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "updater status with {config:?}");
+    }
 }

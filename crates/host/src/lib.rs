@@ -10,6 +10,7 @@
 //!                                                    quarantine.json, tuf/<region>/, cache/
 //! ```
 
+pub mod build;
 pub mod config;
 pub mod lock;
 pub mod process;

@@ -364,9 +364,11 @@ fn rank(key: &str) -> u8 {
     }
 }
 
-/// Test hook: `MOLT_TEST_KILL_AFTER_PUTS=<n>` makes the publisher SIGKILL itself right
-/// after its n-th successful upload (across all regions), so tests can stop it between
-/// any two writes. Unset, it costs one environment lookup per upload.
+/// Test hook, compiled only with the `test-hooks` feature (the tests crate turns it on;
+/// release builds of the release tool never do): `MOLT_TEST_KILL_AFTER_PUTS=<n>` makes the
+/// publisher SIGKILL itself right after its n-th successful upload (across all regions),
+/// so tests can stop it between any two writes.
+#[cfg(feature = "test-hooks")]
 fn kill_point() {
     static PUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let done = PUTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
@@ -380,6 +382,10 @@ fn kill_point() {
         std::process::abort();
     }
 }
+
+/// Without the `test-hooks` feature there is no kill point.
+#[cfg(not(feature = "test-hooks"))]
+fn kill_point() {}
 
 async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, StoreError>
 where
