@@ -21,8 +21,10 @@ for bin in agent updater; do
       found=1
     fi
   done
+  # Crates present in two versions (what a version bump or a feature change might remove).
+  dups=$(sed 's/ v[^ ]*$//; s/ v[^ ]* .*$//' <<<"$tree" | sort | uniq -d | tr '\n' ' ')
   if [ "$found" -eq 0 ]; then
-    echo "$bin: $count crates in its normal dependency tree, none of: ${forbidden[*]}"
+    echo "$bin: $count crates in its normal dependency tree, none of: ${forbidden[*]}; in two versions: ${dups:-none}"
   else
     status=1
   fi

@@ -4,17 +4,15 @@
 //! keep distinct places once they have run, and restarts never move a host between waves.
 //! The instance id (IMDS) is asked for only when nothing is persisted yet.
 
-use std::path::Path;
-
 use molt_fetch::aws::{self, ImdsSettings};
-use molt_host::seed::{self, SeedSource};
+use molt_host::seed::SeedSource;
 use molt_host::state;
 use molt_schema::rollout::Seed;
 use sha2::{Digest as _, Sha256};
 
 use crate::settings::AgentSettings;
 
-const MACHINE_ID: &str = "/etc/machine-id";
+use molt_fetch::aws::MACHINE_ID;
 const HOST_ID_SALT: &[u8] = b"molt-host-id-v1";
 
 async fn instance_id(imds: &ImdsSettings) -> Option<String> {
@@ -27,21 +25,13 @@ async fn instance_id(imds: &ImdsSettings) -> Option<String> {
     }
 }
 
-/// The persisted seed, or a new one from the instance id, the machine id or randomness.
+/// The persisted seed, or a new one from the instance id, the machine id or randomness
+/// (the same derivation as the updater's: `molt_fetch::aws::host_seed`).
 pub async fn seed(
     settings: &AgentSettings,
     imds: &ImdsSettings,
 ) -> Result<(Seed, SeedSource), state::StateError> {
-    let path = settings.layout.seed();
-    let persisted = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
-        .and_then(|n| Seed::new(n).ok());
-    let instance = match persisted {
-        Some(_) => None,
-        None => instance_id(imds).await,
-    };
-    seed::load_or_create(&path, instance.as_deref(), Path::new(MACHINE_ID))
+    aws::host_seed(&settings.layout.seed(), imds).await
 }
 
 fn valid_host_id(s: &str) -> bool {
@@ -76,11 +66,7 @@ pub async fn host_id(
                     .finalize();
                 format!("m-{}", hex::encode(&digest[..8]))
             }
-            None => {
-                let mut buf = [0u8; 8];
-                let _ = molt_host::random_bytes(&mut buf);
-                format!("r-{}", hex::encode(buf))
-            }
+            None => format!("r-{}", &molt_host::random_token()[..16]),
         },
     };
     state::write_atomic(&path, format!("{id}\n").as_bytes())?;

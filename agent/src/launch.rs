@@ -60,14 +60,10 @@ pub fn updater_program(settings: &AgentSettings) -> Option<PathBuf> {
 }
 
 fn launch_id(now: Timestamp) -> String {
-    let mut rand = [0u8; 3];
-    let _ = molt_host::random_bytes(&mut rand);
     format!(
-        "{}-{:02x}{:02x}{:02x}",
+        "{}-{}",
         now.strftime("%Y%m%dT%H%M%SZ"),
-        rand[0],
-        rand[1],
-        rand[2]
+        &molt_host::random_token()[..6]
     )
 }
 

@@ -201,10 +201,7 @@ pub fn trust(settings: &AgentSettings, region: Option<&Region>, now: Timestamp) 
 }
 
 fn read_seed(path: &Path) -> Option<Seed> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
-        .and_then(|n| Seed::new(n).ok())
+    molt_host::seed::persisted(path)
 }
 
 /// What `latest` means for this host, from the manifest verified at the last update.

@@ -366,7 +366,7 @@ pub async fn download_and_stage(
             attempt = run.attempts,
             of = max_attempts,
             retry_in = ?delay,
-            error = %error_chain(&error),
+            error = %molt_schema::cli::one_line(&error),
             "download interrupted; retrying"
         );
         tokio::time::sleep(delay).await;
@@ -631,22 +631,6 @@ fn retryable(error: &TransportError) -> bool {
 /// molt's own cause inside a transport error, if that is what it is.
 fn transfer_error(error: &TransportError) -> Option<&TransferError> {
     std::error::Error::source(error)?.downcast_ref()
-}
-
-/// The error and its causes on one line, for a log record.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        let shown = inner.to_string();
-        // tough's TransportError repeats its cause in its own message.
-        if !text.contains(&shown) {
-            text.push_str(": ");
-            text.push_str(&shown);
-        }
-        cause = inner.source();
-    }
-    text
 }
 
 fn remove_file_if_exists(path: &Path) -> io::Result<()> {

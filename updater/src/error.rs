@@ -9,9 +9,9 @@ use molt_schema::cli::exit;
 use molt_schema::resolve::Refusal;
 
 use crate::download::DownloadError;
+use crate::install::InstallError;
 use crate::lock::LockError;
 use crate::settings::SettingsError;
-use crate::stage::InstallError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {

@@ -118,18 +118,6 @@ fn never_detail(stale: &Option<StaleHealth>, problem: &Option<String>) -> String
     out
 }
 
-/// An error and its causes on one line, for messages that must stand alone.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 /// Waits for the agent `svc` just started to report ready, then soaks it.
 pub fn wait_healthy(
     layout: &HostLayout,
@@ -187,7 +175,7 @@ fn wait_ready(
             Err(e) => {
                 problem = Some(format!(
                     "cannot ask the service manager about the agent: {}",
-                    chain(&e)
+                    molt_schema::cli::one_line(&e)
                 ));
                 None
             }
@@ -222,7 +210,7 @@ fn wait_ready(
             }
             Ok(None) => stale = None,
             // Writers replace the file atomically, so this is not a half-written report.
-            Err(e) => problem = Some(chain(&e)),
+            Err(e) => problem = Some(molt_schema::cli::one_line(&e)),
         }
 
         let now = Instant::now();
@@ -271,7 +259,7 @@ fn soak(
                 });
             }
             // Maybe passing (systemctl busy): it must answer before the soak is over.
-            Err(e) => Some(chain(&e)),
+            Err(e) => Some(molt_schema::cli::one_line(&e)),
         };
         let changed = match state::read_json::<Health>(&layout.health()) {
             Ok(Some(h)) if h.pid != pid => Some(format!("it now names pid {}", h.pid)),
@@ -283,7 +271,7 @@ fn soak(
             }
             Ok(Some(_)) => None,
             Ok(None) => Some("it was removed".to_owned()),
-            Err(e) => Some(chain(&e)),
+            Err(e) => Some(molt_schema::cli::one_line(&e)),
         };
         if let Some(detail) = changed {
             return Err(HealthFailure::HealthChanged { pid, detail });

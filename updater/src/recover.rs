@@ -15,15 +15,17 @@
 
 use std::time::Instant;
 
-use jiff::Timestamp;
-use molt_host::state::{self, HistoryRecord, Journal, Outcome, STATE_VERSION, Step, Timings};
+use molt_host::state::{self, Journal, Outcome, Step, Timings};
 use serde::Serialize;
 
+use crate::commit::finish;
 use crate::error::UpdateError;
+use crate::history;
+use crate::journal::JournalWriter;
 use crate::lock::{LockError, UpdateLock};
+use crate::rollback::roll_back;
 use crate::service::ServiceManager;
 use crate::settings::Settings;
-use crate::update::{JournalWriter, finish, random_token, roll_back};
 
 /// What recovery did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -68,7 +70,7 @@ fn start_if_stopped(settings: &Settings, svc: &mut dyn ServiceManager) -> bool {
     }
     match svc.main_pid() {
         Ok(Some(pid)) if svc.is_alive(pid) => false,
-        _ => svc.start(&random_token()).is_ok(),
+        _ => svc.start(&molt_host::random_token()).is_ok(),
     }
 }
 
@@ -101,16 +103,8 @@ pub fn recover_locked(
     };
     let to = journal.to.to_string();
     let started = Instant::now();
-    let record = |result: Outcome, reason: &str| HistoryRecord {
-        version: STATE_VERSION,
-        id: journal.id.clone(),
-        from: journal.from.clone(),
-        to: journal.to.clone(),
-        result,
-        reason: Some(reason.to_owned()),
-        started_at: journal.started_at,
-        finished_at: Timestamp::now(),
-        timings: Timings::default(),
+    let record = |result: Outcome, reason: &str| {
+        history::record(&journal, result, reason, Timings::default())
     };
     match journal.step {
         Step::Started | Step::Installed | Step::Stopping => {

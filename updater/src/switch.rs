@@ -1,12 +1,85 @@
-//! The switch (SPEC §6 step 8): `current` is replaced by renaming a fresh symlink over
-//! it, then the root directory is fsynced. A reader sees the old or the new target,
-//! never neither; after a crash the rename either happened or it did not.
+//! The switch (SPEC §6 step 8), as one unit: stop the old agent, point `current` at the
+//! new version, start the new agent with a fresh health nonce, journalling each step
+//! before it is taken.
+//!
+//! `current` is replaced by renaming a fresh symlink over it, then the root directory is
+//! fsynced. A reader sees the old or the new target, never neither; after a crash the
+//! rename either happened or it did not.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use molt_host::HostLayout;
-use molt_host::state::{StateError, sync_dir};
+use molt_host::state::{StateError, Step, sync_dir};
 use molt_schema::Version;
+
+use crate::error::UpdateError;
+use crate::journal::{JournalWriter, checkpoint};
+use crate::service::ServiceManager;
+
+/// How the switch went, once the old agent was stopped.
+#[derive(Debug)]
+pub(crate) struct Switched {
+    /// The nonce the new agent must report in its health file.
+    pub nonce: String,
+    /// From the old agent's exit to the new agent's start.
+    pub before_start: Duration,
+    /// Whether the new agent could be started at all.
+    pub started: Result<(), String>,
+}
+
+/// Why the switch did not happen.
+#[derive(Debug)]
+pub(crate) enum NotSwitched {
+    /// The old agent could not be stopped: nothing switched, and it runs again.
+    NotStopped(String),
+    /// A journal write or the link failed.
+    Failed(UpdateError),
+}
+
+impl From<UpdateError> for NotSwitched {
+    fn from(e: UpdateError) -> NotSwitched {
+        NotSwitched::Failed(e)
+    }
+}
+
+/// Stops the old agent, points `current` at `to`, and starts the new agent.
+pub(crate) fn switch_to(
+    jw: &mut JournalWriter<'_>,
+    svc: &mut dyn ServiceManager,
+    to: &Version,
+) -> Result<Switched, NotSwitched> {
+    jw.journal.stopped_at = Some(Timestamp::now());
+    jw.set(Step::Stopping)?;
+    if let Err(e) = svc.stop() {
+        // Nothing has switched yet: keep the old agent running.
+        if matches!(svc.main_pid(), Ok(None)) {
+            let _ = svc.start(&molt_host::random_token());
+        }
+        return Err(NotSwitched::NotStopped(format!(
+            "could not stop the running agent: {e}"
+        )));
+    }
+    // The old agent has exited: the downtime starts here.
+    let stopped = Instant::now();
+    jw.set(Step::Switching)?;
+    point_current(jw.layout, to).map_err(UpdateError::state)?;
+    checkpoint("switched_link");
+    let nonce = molt_host::random_token();
+    jw.journal.nonce = Some(nonce.clone());
+    jw.set(Step::Switched)?;
+    let before_start = stopped.elapsed();
+    let started = svc
+        .start(&nonce)
+        .map(|_| ())
+        .map_err(|e| format!("could not start the new agent: {e}"));
+    Ok(Switched {
+        nonce,
+        before_start,
+        started,
+    })
+}
 
 /// Points `current` at `versions/<v>` atomically and durably.
 pub fn point_current(layout: &HostLayout, v: &Version) -> Result<(), StateError> {

@@ -1,8 +1,7 @@
-//! The update (SPEC §6): lock → recover → load trust → resolve → download → stage →
-//! switch → health → commit | roll back → history.
-//!
-//! Every step is written to `state/journal.json` before it is taken, so [`crate::recover`]
-//! can finish or undo an update that a crash or a kill interrupted at any instant.
+//! The update (SPEC §6), the orchestrator: lock → recover → load trust → self-update →
+//! resolve → download and stage → install → [`switch`](crate::switch) →
+//! [`health`](crate::health) → [`commit`](crate::commit) | [`roll back`](crate::rollback),
+//! each recorded in the [`journal`](crate::journal) before it is taken.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -12,10 +11,7 @@ use molt_fetch::transport::{MoltTransport, Url};
 use molt_fetch::tuf::{
     LoadOptions, LoadedRegion, RegionSource, TargetInfo, TrustError, load_region,
 };
-use molt_host::state::{
-    self, HistoryRecord, Journal, Outcome, Quarantine, STATE_VERSION, Step, Timings,
-};
-use molt_host::{HostLayout, seed};
+use molt_host::state::{self, HistoryRecord, Outcome, Quarantine, Step, Timings};
 use molt_schema::resolve::{Decision, Plan, Request, Target, resolve};
 use molt_schema::{PackageName, Version};
 use serde::Serialize;
@@ -23,10 +19,13 @@ use serde::Serialize;
 use crate::download::{DownloadRequest, RetryPolicy, check_free_space, download_and_stage};
 use crate::error::UpdateError;
 use crate::health::{HealthCheck, wait_healthy};
+use crate::history::{self, ms};
+use crate::journal::{JournalWriter, checkpoint};
 use crate::lock::UpdateLock;
 use crate::service::ServiceManager;
 use crate::settings::Settings;
-use crate::{recover, stage, switch};
+use crate::switch::NotSwitched;
+use crate::{commit, install, recover, rollback, switch};
 
 /// What the operator asked for.
 #[derive(Clone, Debug)]
@@ -59,67 +58,6 @@ pub enum UpdateReport {
     Updated { record: HistoryRecord },
 }
 
-/// Test hook, compiled only with the `test-hooks` feature (the tests crate turns it on;
-/// release builds never do): `MOLT_TEST_KILL_AT=<checkpoint>` makes the updater SIGKILL
-/// itself at that checkpoint, so tests can prove recovery from every step.
-#[cfg(feature = "test-hooks")]
-pub fn checkpoint(name: &str) {
-    if std::env::var("MOLT_TEST_KILL_AT").is_ok_and(|v| v == name) {
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // SIGKILL cannot be caught; this line is not reached.
-        std::process::abort();
-    }
-}
-
-/// Without the `test-hooks` feature a checkpoint does nothing.
-#[cfg(not(feature = "test-hooks"))]
-pub fn checkpoint(_name: &str) {}
-
-fn step_name(step: Step) -> &'static str {
-    match step {
-        Step::Started => "started",
-        Step::Installed => "installed",
-        Step::Stopping => "stopping",
-        Step::Switching => "switching",
-        Step::Switched => "switched",
-        Step::Committed => "committed",
-        Step::RollingBack => "rolling_back",
-        Step::RolledBack => "rolled_back",
-        Step::Unknown => "unknown",
-    }
-}
-
-/// Writes each step to the journal before it is taken.
-pub(crate) struct JournalWriter<'a> {
-    pub layout: &'a HostLayout,
-    pub journal: Journal,
-}
-
-impl JournalWriter<'_> {
-    pub(crate) fn set(&mut self, step: Step) -> Result<(), UpdateError> {
-        self.journal.step = step;
-        self.journal.updated_at = Timestamp::now();
-        state::write_json(&self.layout.journal(), &self.journal).map_err(UpdateError::state)?;
-        checkpoint(step_name(step));
-        Ok(())
-    }
-}
-
-/// A fresh random token (for nonces and ids).
-pub fn random_token() -> String {
-    let mut buf = [0u8; 12];
-    if molt_host::random_bytes(&mut buf).is_err() {
-        let nanos = Timestamp::now().as_nanosecond();
-        buf[..12].copy_from_slice(&nanos.to_le_bytes()[..12]);
-    }
-    hex::encode(buf)
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// The target file's URL under consistent snapshots: `targets/<sha256>.<name>`.
 pub(crate) fn target_url(base: &Url, info: &TargetInfo) -> Result<Url, UpdateError> {
     base.join(&format!("targets/{}.{}", info.sha256, info.name))
@@ -128,24 +66,15 @@ pub(crate) fn target_url(base: &Url, info: &TargetInfo) -> Result<Url, UpdateErr
         })
 }
 
-/// The persisted rollout seed, or a new one: from the instance id (IMDS, asked only
-/// when no seed is persisted yet), else the machine id, else random (SPEC §4).
+/// The persisted rollout seed, or a new one (`molt_fetch::aws::host_seed`, shared with
+/// the agent).
 async fn host_seed(settings: &Settings) -> Result<molt_schema::rollout::Seed, UpdateError> {
-    let path = settings.layout.seed();
-    let instance = if path.exists() {
-        None
-    } else {
-        let imds = molt_fetch::aws::ImdsSettings {
-            v1_fallback: settings.imds_v1_fallback,
-        };
-        molt_fetch::aws::instance_id(&imds).await.ok()
+    let imds = molt_fetch::aws::ImdsSettings {
+        v1_fallback: settings.imds_v1_fallback,
     };
-    let (seed, _) = seed::load_or_create(
-        &path,
-        instance.as_deref(),
-        std::path::Path::new("/etc/machine-id"),
-    )
-    .map_err(UpdateError::state)?;
+    let (seed, _) = molt_fetch::aws::host_seed(&settings.layout.seed(), &imds)
+        .await
+        .map_err(UpdateError::state)?;
     Ok(seed)
 }
 
@@ -276,28 +205,9 @@ async fn install_and_switch(
 ) -> Result<UpdateReport, UpdateError> {
     let layout = &settings.layout;
     let started = Instant::now();
-    let now = Timestamp::now();
     let from = plan.from.clone();
     let to = plan.to.clone();
-    let mut jw = JournalWriter {
-        layout,
-        journal: Journal {
-            version: STATE_VERSION,
-            id: format!(
-                "{}-{}",
-                now.strftime("%Y%m%dT%H%M%SZ"),
-                &random_token()[..8]
-            ),
-            from: from.clone(),
-            to: to.clone(),
-            step: Step::Started,
-            nonce: None,
-            started_at: now,
-            updated_at: now,
-            stopped_at: None,
-            reason: None,
-        },
-    };
+    let mut jw = JournalWriter::begin(layout, from.clone(), to.clone());
     jw.set(Step::Started)?;
 
     // Download and stage, unless this exact version is already installed and valid
@@ -333,7 +243,7 @@ async fn install_and_switch(
         let report = match result {
             Ok(r) => r,
             Err(e) => {
-                fail_before_switch(layout, &mut jw, started, &e.to_string())?;
+                fail_before_switch(&mut jw, started, &e.to_string())?;
                 return Err(e.into());
             }
         };
@@ -344,79 +254,50 @@ async fn install_and_switch(
             // (installed versions are immutable); the fresh copy only proved it verifies.
             let _ = std::fs::remove_dir_all(&staging);
         } else if let Err(e) =
-            stage::install(layout, &staging, &to).and_then(|_| stage::preflight(layout, &to))
+            install::install(layout, &staging, &to).and_then(|_| install::preflight(layout, &to))
         {
             let _ = std::fs::remove_dir_all(&staging);
             let _ = std::fs::remove_dir_all(layout.version_dir(&to));
-            fail_before_switch(layout, &mut jw, started, &e.to_string())?;
+            fail_before_switch(&mut jw, started, &e.to_string())?;
             return Err(e.into());
         }
     }
     jw.set(Step::Installed)?;
 
-    // Switch: stop the old agent, rename the new `current` into place, start the new agent.
-    jw.journal.stopped_at = Some(Timestamp::now());
-    jw.set(Step::Stopping)?;
-    if let Err(e) = svc.stop() {
-        // The old agent could not be stopped: nothing has switched yet; keep it.
-        let reason = format!("could not stop the running agent: {e}");
-        ensure_running(svc);
-        fail_before_switch(layout, &mut jw, started, &reason)?;
-        return Err(UpdateError::Failed(anyhow::anyhow!(reason)));
-    }
-    // The old agent has exited: the downtime starts here.
-    let stopped = Instant::now();
-    jw.set(Step::Switching)?;
-    switch::point_current(layout, &to).map_err(UpdateError::state)?;
-    checkpoint("switched_link");
-    let nonce = random_token();
-    jw.journal.nonce = Some(nonce.clone());
-    jw.set(Step::Switched)?;
+    let switched = match switch::switch_to(&mut jw, svc, &to) {
+        Ok(s) => s,
+        Err(NotSwitched::NotStopped(reason)) => {
+            fail_before_switch(&mut jw, started, &reason)?;
+            return Err(UpdateError::Failed(anyhow::anyhow!(reason)));
+        }
+        Err(NotSwitched::Failed(e)) => return Err(e),
+    };
     let check = HealthCheck {
         expected_version: to.clone(),
-        nonce: nonce.clone(),
+        nonce: switched.nonce.clone(),
         timeout: settings.health_timeout,
         soak: settings.soak,
         poll: Duration::from_millis(10),
     };
-    let before_start = stopped.elapsed();
-    let health = match svc.start(&nonce) {
-        Ok(_) => wait_healthy(layout, svc, &check).map_err(|f| f.to_string()),
-        Err(e) => Err(format!("could not start the new agent: {e}")),
-    };
+    let health = switched
+        .started
+        .and_then(|()| wait_healthy(layout, svc, &check).map_err(|f| f.to_string()));
     match health {
         Ok(report) => {
             // From stopping the old agent to the new one reporting ready (the soak runs
             // while the new agent is already serving).
-            let downtime = before_start + report.ready_after;
-            jw.set(Step::Committed)?;
-            let record = HistoryRecord {
-                version: STATE_VERSION,
-                id: jw.journal.id.clone(),
-                from: from.clone(),
-                to: to.clone(),
-                result: Outcome::Success,
-                reason: Some(plan.reason.to_string()),
-                started_at: jw.journal.started_at,
-                finished_at: Timestamp::now(),
-                timings: Timings {
-                    total_ms: ms(started.elapsed()),
-                    download_ms,
-                    agent_downtime_ms: Some(ms(downtime)),
-                },
+            let downtime = switched.before_start + report.ready_after;
+            let timings = Timings {
+                total_ms: ms(started.elapsed()),
+                download_ms,
+                agent_downtime_ms: Some(ms(downtime)),
             };
-            finish(layout, &record, Some(&to), from.as_ref())?;
-            install_standalone_updater(layout, &to)?;
-            let mut q = Quarantine::load(&layout.quarantine()).map_err(UpdateError::state)?;
-            if q.versions().contains(&to) {
-                q.remove(&to);
-                state::write_json(&layout.quarantine(), &q).map_err(UpdateError::state)?;
-            }
+            let record = commit::commit(&mut jw, &plan.reason.to_string(), timings)?;
             Ok(UpdateReport::Updated { record })
         }
         Err(reason) => {
             let reason = format!("{to} failed its health check: {reason}");
-            Err(roll_back(
+            Err(rollback::roll_back(
                 settings,
                 svc,
                 &mut jw,
@@ -429,44 +310,19 @@ async fn install_and_switch(
     }
 }
 
-/// The first install puts the standalone updater in place: `<root>/bin/updater`, a real
-/// file (never a link into `versions/`, which self-replace would overwrite in place),
-/// copied from the installed version. Later updates leave it to self-update.
-fn install_standalone_updater(layout: &HostLayout, v: &Version) -> Result<(), UpdateError> {
-    let dest = layout.updater_bin();
-    if dest.exists() {
-        return Ok(());
-    }
-    let src = layout.version_dir(v).join("bin").join("updater");
-    let bytes = std::fs::read(&src).map_err(|e| UpdateError::io("read", &src, e))?;
-    state::write_atomic(&dest, &bytes).map_err(UpdateError::state)?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| UpdateError::io("chmod", &dest, e))
-}
-
 /// An update that failed before the switch: nothing changed; record it and clear the journal.
 fn fail_before_switch(
-    layout: &HostLayout,
     jw: &mut JournalWriter<'_>,
     started: Instant,
     reason: &str,
 ) -> Result<(), UpdateError> {
-    let record = HistoryRecord {
-        version: STATE_VERSION,
-        id: jw.journal.id.clone(),
-        from: jw.journal.from.clone(),
-        to: jw.journal.to.clone(),
-        result: Outcome::Failed,
-        reason: Some(reason.to_owned()),
-        started_at: jw.journal.started_at,
-        finished_at: Timestamp::now(),
-        timings: Timings {
-            total_ms: ms(started.elapsed()),
-            download_ms: None,
-            agent_downtime_ms: None,
-        },
+    let layout = jw.layout;
+    let timings = Timings {
+        total_ms: ms(started.elapsed()),
+        download_ms: None,
+        agent_downtime_ms: None,
     };
+    let record = history::record(&jw.journal, Outcome::Failed, reason, timings);
     state::append_history(&layout.history(), &record).map_err(UpdateError::state)?;
     let staging = layout.staging_dir(&jw.journal.to);
     let _ = std::fs::remove_dir_all(staging);
@@ -474,148 +330,4 @@ fn fail_before_switch(
         let _ = std::fs::remove_dir_all(layout.version_dir(&jw.journal.to));
     }
     state::remove(&layout.journal()).map_err(UpdateError::state)
-}
-
-/// Starts the agent if nothing runs (best effort; used after a failed stop).
-fn ensure_running(svc: &mut dyn ServiceManager) {
-    if matches!(svc.main_pid(), Ok(None)) {
-        let _ = svc.start(&random_token());
-    }
-}
-
-/// Appends the history record, clears the journal, and removes every version but
-/// `keep_a` and `keep_b` (current and the last known-good), plus stale staging.
-pub(crate) fn finish(
-    layout: &HostLayout,
-    record: &HistoryRecord,
-    keep_a: Option<&Version>,
-    keep_b: Option<&Version>,
-) -> Result<(), UpdateError> {
-    let already = state::read_history(&layout.history())
-        .map_err(UpdateError::state)?
-        .iter()
-        .any(|r| r.id == record.id);
-    if !already {
-        state::append_history(&layout.history(), record).map_err(UpdateError::state)?;
-    }
-    state::remove(&layout.journal()).map_err(UpdateError::state)?;
-    for v in layout.installed_versions() {
-        if Some(&v) != keep_a && Some(&v) != keep_b {
-            let _ = std::fs::remove_dir_all(layout.version_dir(&v));
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(layout.cache_dir()) {
-        for e in entries.filter_map(Result::ok) {
-            if e.file_name().to_string_lossy().starts_with("staging-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Puts `from` back after the new version failed; returns the error to exit with (5, or 7
-/// when the rollback itself failed).
-pub(crate) fn roll_back(
-    settings: &Settings,
-    svc: &mut dyn ServiceManager,
-    jw: &mut JournalWriter<'_>,
-    reason: &str,
-    quarantine: bool,
-    started: Instant,
-    download_ms: Option<u64>,
-) -> UpdateError {
-    let layout = &settings.layout;
-    let to = jw.journal.to.clone();
-    let from = jw.journal.from.clone();
-    jw.journal.reason = Some(reason.to_owned());
-    if let Err(e) = jw.set(Step::RollingBack) {
-        return e;
-    }
-    let _ = svc.stop();
-    let restored = match from.as_ref().filter(|f| layout.is_valid(f)) {
-        None => Err("there is no earlier version to go back to (first install)".to_owned()),
-        Some(f) => restore(settings, svc, f),
-    };
-    if quarantine {
-        let mut q = Quarantine::load(&layout.quarantine()).unwrap_or_default();
-        q.add(to.clone(), Timestamp::now(), reason.to_owned());
-        let _ = state::write_json(&layout.quarantine(), &q);
-    }
-    let (result, error) = match &restored {
-        Ok(()) => (Outcome::RolledBack, None),
-        Err(e) => (Outcome::RollbackFailed, Some(e.clone())),
-    };
-    let record = HistoryRecord {
-        version: STATE_VERSION,
-        id: jw.journal.id.clone(),
-        from: from.clone(),
-        to: to.clone(),
-        result,
-        reason: Some(match &error {
-            None => reason.to_owned(),
-            Some(e) => format!("{reason}; rollback failed: {e}"),
-        }),
-        started_at: jw.journal.started_at,
-        finished_at: Timestamp::now(),
-        timings: Timings {
-            total_ms: ms(started.elapsed()),
-            download_ms,
-            agent_downtime_ms: jw.journal.stopped_at.and_then(|t| {
-                Timestamp::now()
-                    .duration_since(t)
-                    .as_millis()
-                    .try_into()
-                    .ok()
-            }),
-        },
-    };
-    match error {
-        None => {
-            if let Err(e) = jw.set(Step::RolledBack) {
-                return e;
-            }
-            if let Err(e) = finish(layout, &record, from.as_ref(), None) {
-                return e;
-            }
-            let prefix = format!("{to} failed its health check: ");
-            let why = reason.strip_prefix(&prefix).unwrap_or(reason).to_owned();
-            UpdateError::RolledBack {
-                to,
-                from,
-                reason: crate::error::Why(why),
-            }
-        }
-        Some(e) => {
-            let _ = state::append_history(&layout.history(), &record);
-            UpdateError::RollbackFailed {
-                to,
-                from,
-                reason: e,
-            }
-        }
-    }
-}
-
-/// Points `current` back at `from` and starts it; it must report healthy.
-pub(crate) fn restore(
-    settings: &Settings,
-    svc: &mut dyn ServiceManager,
-    from: &Version,
-) -> Result<(), String> {
-    let layout = &settings.layout;
-    switch::point_current(layout, from).map_err(|e| e.to_string())?;
-    let nonce = random_token();
-    svc.start(&nonce)
-        .map_err(|e| format!("could not start {from}: {e}"))?;
-    let check = HealthCheck {
-        expected_version: from.clone(),
-        nonce,
-        timeout: settings.health_timeout,
-        soak: settings.soak.min(Duration::from_secs(5)),
-        poll: Duration::from_millis(50),
-    };
-    wait_healthy(layout, svc, &check)
-        .map(|_| ())
-        .map_err(|f| format!("{from} did not come back healthy: {f}"))
 }

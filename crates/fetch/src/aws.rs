@@ -708,21 +708,38 @@ fn key_prefix(access_key_id: &str) -> String {
 }
 
 // =====================================================================================
+// The host seed
+
+/// The machine id file, the seed's second source.
+pub const MACHINE_ID: &str = "/etc/machine-id";
+
+/// The persisted rollout seed, or a new one (SPEC §4): from the instance id, asked of IMDS
+/// only when no valid seed is persisted, else the machine id, else random. The agent and
+/// the updater both call this, so they always agree on a host's wave.
+pub async fn host_seed(
+    path: &std::path::Path,
+    imds: &ImdsSettings,
+) -> Result<(molt_schema::rollout::Seed, molt_host::seed::SeedSource), molt_host::state::StateError>
+{
+    let instance = match molt_host::seed::persisted(path) {
+        Some(_) => None,
+        None => match instance_id(imds).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::debug!("no instance id from IMDS: {e}");
+                None
+            }
+        },
+    };
+    molt_host::seed::load_or_create(path, instance.as_deref(), std::path::Path::new(MACHINE_ID))
+}
+
+// =====================================================================================
 // Helpers
 
-/// An error and its causes on one line, each cause once.
+/// An error and its causes on one line, each cause once, cut to a length a message can carry.
 fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    cut(&text, DETAIL_LIMIT)
+    cut(&molt_schema::cli::one_line(error), DETAIL_LIMIT)
 }
 
 fn chain_has<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {

@@ -29,6 +29,26 @@ pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
+/// A fresh random token of 24 hex digits, for nonces and ids (the one generator both
+/// binaries use). Should the kernel's random source fail, the clock's nanoseconds stand
+/// in: an id must still be unique on this host, and a nonce only has to differ from the
+/// last one.
+pub fn random_token() -> String {
+    let mut buf = [0u8; 12];
+    if random_bytes(&mut buf).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        buf.copy_from_slice(&nanos.to_le_bytes()[..12]);
+    }
+    let mut out = String::with_capacity(24);
+    for b in buf {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 /// The default install root.
 pub const DEFAULT_ROOT: &str = "/opt/molt";
 

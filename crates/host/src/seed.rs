@@ -46,6 +46,14 @@ fn random_seed() -> Seed {
     Seed::wrapping(u16::from_be_bytes(buf))
 }
 
+/// The seed persisted at `path`, if the file holds one (the one parser of `state/seed`).
+pub fn persisted(path: &Path) -> Option<Seed> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .and_then(|n| Seed::new(n).ok())
+}
+
 /// Reads the persisted seed, or derives one (instance id, then the machine id file, then
 /// random) and persists it.
 pub fn load_or_create(
@@ -53,13 +61,7 @@ pub fn load_or_create(
     instance_id: Option<&str>,
     machine_id_file: &Path,
 ) -> Result<(Seed, SeedSource), StateError> {
-    if let Ok(text) = std::fs::read_to_string(path)
-        && let Some(seed) = text
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| Seed::new(n).ok())
-    {
+    if let Some(seed) = persisted(path) {
         return Ok((seed, SeedSource::Persisted));
     }
     let (seed, source) = if let Some(id) = instance_id.filter(|s| !s.trim().is_empty()) {

@@ -68,6 +68,23 @@ pub fn render(failure: &Failure) -> String {
     out
 }
 
+/// An error and its causes on one line, each cause once (a cause whose text the message
+/// already holds is not repeated), for a log record or a message that must stand alone.
+/// The renderer above prints causes on lines of their own instead.
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let shown = inner.to_string();
+        if !text.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 /// Sets up `tracing` to stderr. `MOLT_LOG` (an env-filter) wins; otherwise `-v` raises and
 /// `-q` lowers the default level (warn).
 pub fn init_logging(verbose: u8, quiet: bool) {
@@ -101,6 +118,21 @@ mod tests {
         assert_eq!(
             render(&f),
             "error: writing /tmp/x\n  caused by: disk full\nhint: free some space\n"
+        );
+    }
+
+    #[test]
+    fn one_line_shows_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("fetching timestamp.json: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("the region could not be read")]
+        struct Top(#[source] Repeats);
+        let e = Top(Repeats(std::io::Error::other("connection reset")));
+        assert_eq!(
+            one_line(&e),
+            "the region could not be read: fetching timestamp.json: connection reset"
         );
     }
 }
