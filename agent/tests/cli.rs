@@ -78,3 +78,32 @@ fn hold_unhold_and_status_on_an_empty_root() {
     let out = agent(dir.path()).arg("unhold").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("was not on hold"));
 }
+
+/// The text an operator reads, locked by snapshots: temporary paths are filtered.
+#[test]
+fn snapshots_of_status_and_rendered_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let filter =
+        |t: &[u8]| String::from_utf8_lossy(t).replace(&dir.path().display().to_string(), "<dir>");
+    let out = agent(dir.path()).arg("status").output().unwrap();
+    // The next run's time moves with the clock: keep the lines that do not.
+    let stable: String = filter(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("next run") && !l.contains("wave"))
+        // The version and the platform are this build's and this machine's.
+        .map(|l| match l.starts_with("agent:") {
+            true => "agent:       <version> (<platform>)\n".to_owned(),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    insta::assert_snapshot!("status_empty_root", stable);
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "regoin = \"us-east-1\"\n").unwrap();
+    let out = agent(dir.path())
+        .env("MOLT_CONFIG", &typo)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    insta::assert_snapshot!("error_config_typo", filter(&out.stderr));
+}

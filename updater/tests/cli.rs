@@ -167,3 +167,49 @@ fn config_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "updater status with {config:?}");
     }
 }
+
+/// The text an operator reads, locked by snapshots: temporary paths are filtered.
+fn snapshot(text: &str, root: &std::path::Path) -> String {
+    text.replace(&root.display().to_string(), "<root>")
+}
+
+#[test]
+fn snapshots_of_status_history_and_rendered_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = updater(dir.path()).arg("status").output().unwrap();
+    insta::assert_snapshot!(
+        "status_empty_root",
+        snapshot(&String::from_utf8_lossy(&out.stdout), dir.path())
+    );
+    let out = updater(dir.path()).arg("history").output().unwrap();
+    insta::assert_snapshot!(
+        "history_empty_root",
+        snapshot(&String::from_utf8_lossy(&out.stdout), dir.path())
+    );
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "region = \"us-east-1\"\n[updater]\nsoack = \"30s\"\n",
+    )
+    .unwrap();
+    let out = updater(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["--target-version", "latest"])
+        .output()
+        .unwrap();
+    insta::assert_snapshot!(
+        "error_config_typo",
+        snapshot(&String::from_utf8_lossy(&out.stderr), dir.path())
+    );
+    let out = updater(dir.path())
+        .args(["--target-version", "latest", "--region", "us-east-1"])
+        .arg("--trusted-root")
+        .arg(dir.path().join("missing-root.json"))
+        .output()
+        .unwrap();
+    insta::assert_snapshot!(
+        "error_no_trusted_root",
+        snapshot(&String::from_utf8_lossy(&out.stderr), dir.path())
+    );
+}
