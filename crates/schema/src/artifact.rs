@@ -103,7 +103,7 @@ impl PackageName {
     /// `molt-agent-linux-musl-amd64.tar.gz` → `linux-musl-amd64`. The extension must
     /// be the one that platform uses.
     pub fn platform_of_file(self, file_name: &str) -> Option<Platform> {
-        crate::manifest::platform_of_file(self.as_str(), file_name)
+        platform_of_file(self.as_str(), file_name)
     }
 }
 
@@ -251,6 +251,17 @@ impl fmt::Debug for HashedFile {
             .field("sha256", &format_args!("{}", self.sha256))
             .finish()
     }
+}
+
+/// The platform a file of `package` is for: `<package>-<platform>.<ext>`, with the
+/// extension that platform uses.
+pub fn platform_of_file(package: &str, file_name: &str) -> Option<Platform> {
+    let rest = file_name.strip_prefix(package)?.strip_prefix('-')?;
+    Platform::ALL.into_iter().find(|p| {
+        rest.strip_prefix(p.as_str())
+            .and_then(|ext| ext.strip_prefix('.'))
+            .is_some_and(|ext| ext == p.archive_kind().extension())
+    })
 }
 
 /// Length and SHA-256 of everything `reader` yields.

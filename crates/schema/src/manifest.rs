@@ -14,7 +14,7 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::artifact::Sha256;
+use crate::artifact::{Sha256, platform_of_file};
 use crate::platform::Platform;
 use crate::region::Region;
 use crate::rollout::Rollout;
@@ -415,17 +415,6 @@ impl Manifest {
         }
         entries.first().map(|(_, v)| v.status.clone())
     }
-}
-
-/// The platform a file of `package` is for: `<package>-<platform>.<ext>`, with the
-/// extension that platform uses.
-pub fn platform_of_file(package: &str, file_name: &str) -> Option<Platform> {
-    let rest = file_name.strip_prefix(package)?.strip_prefix('-')?;
-    Platform::ALL.into_iter().find(|p| {
-        rest.strip_prefix(p.as_str())
-            .and_then(|ext| ext.strip_prefix('.'))
-            .is_some_and(|ext| ext == p.archive_kind().extension())
-    })
 }
 
 #[cfg(test)]
