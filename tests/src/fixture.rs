@@ -80,28 +80,40 @@ fn build_workspace_bins(profile_dir: &Path) {
         "create the workspace build lock",
     );
     check(lock.lock(), "take the workspace build lock");
+    cargo_build(
+        &["--bins", "--example", "bench-uptodate"],
+        &target_root,
+        &[],
+        "the workspace's binaries",
+    );
+    drop(lock);
+}
+
+/// Runs `cargo build --quiet --locked --offline --workspace <args>` on this workspace, for
+/// the test harness's own builds (a missing binary, a stamped version).
+fn cargo_build(args: &[&str], target_dir: &Path, env: &[(&str, &std::ffi::OsStr)], what: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(|p| p.join("Cargo.toml"))
         .unwrap_or_default();
-    let status = check(
-        Command::new(&cargo)
-            .args(["build", "--quiet", "--locked", "--offline", "--workspace"])
-            .args(["--bins", "--example", "bench-uptodate"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_root)
-            .env_remove("MOLT_BUILD_VERSION")
-            .stdout(std::process::Stdio::null())
-            .status(),
-        "run cargo build for the workspace's binaries",
-    );
-    if !status.success() {
-        panic_with("cargo build --workspace --bins failed");
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "--locked", "--offline", "--workspace"])
+        .args(args)
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("MOLT_BUILD_VERSION")
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-    drop(lock);
+    let status = check(cmd.status(), &format!("run cargo build for {what}"));
+    if !status.success() {
+        panic_with(&format!("cargo build for {what} failed"));
+    }
 }
 
 /// A region's signed repository on disk.
@@ -482,37 +494,27 @@ pub fn stamped_build(version: &str) -> PathBuf {
         "create the stamped build lock",
     );
     check(lock.lock(), "take the stamped build lock");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(|p| p.join("Cargo.toml"))
-        .unwrap_or_default();
     let build_dir = std::env::var_os("CARGO_BUILD_BUILD_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_root.clone());
-    let status = check(
-        Command::new(&cargo)
-            .args(["build", "--quiet", "--locked", "--offline", "--workspace"])
-            .args(["--bin", "agent", "--bin", "updater"])
-            // An example makes cargo resolve dev-dependencies' features too, exactly as
-            // the test build did; without it, shared dependencies would be rebuilt.
-            .args(["--example", "bench-uptodate"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&artifacts)
-            .env("CARGO_BUILD_BUILD_DIR", &build_dir)
-            .env("MOLT_BUILD_VERSION", version)
-            .env_remove("CARGO_TARGET_DIR")
-            .stdout(std::process::Stdio::null())
-            .status(),
-        "run cargo build for a stamped version",
+    cargo_build(
+        // An example makes cargo resolve dev-dependencies' features too, exactly as the
+        // test build did; without it, shared dependencies would be rebuilt.
+        &[
+            "--bin",
+            "agent",
+            "--bin",
+            "updater",
+            "--example",
+            "bench-uptodate",
+        ],
+        &artifacts,
+        &[
+            ("CARGO_BUILD_BUILD_DIR", build_dir.as_os_str()),
+            ("MOLT_BUILD_VERSION", std::ffi::OsStr::new(version)),
+        ],
+        &format!("MOLT_BUILD_VERSION={version}"),
     );
-    if !status.success() {
-        panic_with(&format!(
-            "cargo build with MOLT_BUILD_VERSION={version} failed"
-        ));
-    }
     for name in ["agent", "updater"] {
         let built = artifacts.join("debug").join(name);
         let dest = out.join(name);
