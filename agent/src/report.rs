@@ -10,7 +10,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use molt_fetch::s3::{S3Location, S3Signer};
+use molt_fetch::s3::S3Location;
+use molt_fetch::transport::MoltTransport;
 use molt_host::state::{self, HistoryRecord, STATE_VERSION};
 use molt_schema::Region;
 use molt_schema::rollout::Seed;
@@ -74,13 +75,12 @@ pub fn pending(settings: &AgentSettings) -> bool {
         .any(|r| !reported.ids.contains(&r.id))
 }
 
-/// Uploads the history records not reported yet. Returns how many were sent.
-#[allow(clippy::too_many_arguments)]
+/// Uploads the history records not reported yet, through `transport` (which signs for the
+/// sink). Returns how many were sent.
 pub async fn send_pending(
     settings: &AgentSettings,
     sink: &S3Location,
-    signer: &S3Signer,
-    client: &reqwest::Client,
+    transport: &MoltTransport,
     region: &Region,
     host: &str,
     seed: Seed,
@@ -116,7 +116,7 @@ pub async fn send_pending(
             .map_err(|e| e.to_string())?;
         tokio::time::timeout(
             Duration::from_secs(60),
-            molt_fetch::s3::put_object(client, signer, url, body, "application/json"),
+            molt_fetch::s3::put_object(transport, url, body, "application/json"),
         )
         .await
         .map_err(|_| format!("uploading {key} timed out after 60 s"))?

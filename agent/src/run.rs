@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use molt_fetch::aws::{self, ImdsSettings};
+use molt_fetch::retry::RetryPolicy;
 use molt_fetch::s3::{S3Location, S3Signer};
+use molt_fetch::transport::{HttpSettings, MoltTransport};
 use molt_host::lock;
 use molt_host::schedule::{self, Due, Reason, ScheduleState};
 use molt_host::state::{self, Health, HealthStatus, STATE_VERSION};
@@ -87,7 +89,7 @@ fn write_health(
 /// a record waits, and dropped once it is sent, so an idle agent holds none of them.
 struct Reporter {
     sink: S3Location,
-    ready: Option<(Region, S3Signer, String, reqwest::Client)>,
+    ready: Option<(Region, MoltTransport, String)>,
     next_try: Timestamp,
     failures: u32,
 }
@@ -126,20 +128,17 @@ impl Reporter {
         let host = identity::host_id(settings, &imds(settings))
             .await
             .map_err(|e| e.to_string())?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        self.ready = Some((
-            region.clone(),
-            S3Signer::new(provider, region),
-            host,
-            client,
-        ));
+        // The same transport the updater reads with: its proxies, user agent, redirect rules,
+        // deadline and throughput floor, signing for the report bucket.
+        let transport = MoltTransport::new(HttpSettings::default())
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?
+            .with_signer(S3Signer::new(provider, region.clone()).for_location(&self.sink));
+        self.ready = Some((region, transport, host));
         Ok(())
     }
 
-    /// Sends what is pending, backing off (up to an hour) while the sink fails.
+    /// Sends what is pending, backing off ([`RetryPolicy::REPORTS`]: up to an hour, with
+    /// jitter) while the sink fails.
     async fn poll(&mut self, settings: &AgentSettings, seed: Seed) {
         let now = Timestamp::now();
         if now < self.next_try || !crate::report::pending(settings) {
@@ -147,11 +146,9 @@ impl Reporter {
         }
         let result = match self.prepare(settings).await {
             Ok(()) => match &self.ready {
-                Some((region, signer, host, client)) => {
-                    crate::report::send_pending(
-                        settings, &self.sink, signer, client, region, host, seed,
-                    )
-                    .await
+                Some((region, transport, host)) => {
+                    crate::report::send_pending(settings, &self.sink, transport, region, host, seed)
+                        .await
                 }
                 None => Ok(0),
             },
@@ -164,8 +161,7 @@ impl Reporter {
             }
             Err(e) => {
                 self.failures = self.failures.saturating_add(1);
-                let wait = Duration::from_secs(30u64.saturating_mul(1 << self.failures.min(7)))
-                    .min(Duration::from_secs(3600));
+                let wait = RetryPolicy::REPORTS.delay(self.failures);
                 tracing::warn!(
                     "reporting to {} failed ({e}); retrying in {} s",
                     self.sink,

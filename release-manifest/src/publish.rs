@@ -8,13 +8,14 @@ use anyhow::anyhow;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use molt_fetch::aws;
+use molt_fetch::retry::RetryPolicy;
 use molt_fetch::s3::{S3Endpoint, S3Location, S3Signer};
 use molt_fetch::transport::{HttpSettings, MoltTransport};
 use molt_publish::plan::{self, Plan, RegionFacts, ReportCounts};
 use molt_publish::publish::{self, Options, Reader, RegionReport, RegionStore, edits};
 use molt_publish::store::fs::FsStore;
 use molt_publish::store::s3::{S3Store, S3StoreConfig};
-use molt_publish::store::{ObjectStore, bucket_for};
+use molt_publish::store::{ObjectStore, Retrying, bucket_for};
 use molt_publish::tuf::Expirations;
 use molt_publish::tuf::keys::KeyDir;
 use molt_publish::tuf::repo::{self, AddOptions, ReleaseFiles};
@@ -175,7 +176,7 @@ pub async fn region_store(
         .map_err(|()| fail(anyhow!("{} cannot be a file URL", path.display())))?;
         return Ok(RegionStore {
             region: region.clone(),
-            store: Arc::new(FsStore::new(path)),
+            store: retrying(Arc::new(FsStore::new(path))),
             reader: Reader { url, signer: None },
         });
     }
@@ -194,12 +195,18 @@ pub async fn region_store(
     let signer = S3Signer::new(aws::credentials_provider(region).await, region.clone());
     Ok(RegionStore {
         region: region.clone(),
-        store: Arc::new(store),
+        store: retrying(Arc::new(store)),
         reader: Reader {
             url,
             signer: Some(signer),
         },
     })
+}
+
+/// Every store call the release tool makes is retried under the one policy (the stores
+/// themselves do not retry).
+fn retrying(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    Arc::new(Retrying::new(store, RetryPolicy::PUBLISH))
 }
 
 fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options, Failure> {
@@ -213,7 +220,6 @@ fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options,
     Ok(Options {
         dry_run,
         allow_clobber,
-        attempts: 4,
         trusted_root,
         notes: None,
         transport: Some(reader_transport()?),
@@ -375,7 +381,6 @@ async fn read_region(
     let opts = Options {
         dry_run: true,
         allow_clobber: false,
-        attempts: 3,
         trusted_root: trusted_root.to_vec(),
         notes: None,
         transport,
@@ -464,7 +469,7 @@ async fn report_counts(
     let location: S3Location = sink.parse().map_err(fail)?;
     let mut counts = ReportCounts::default();
     for region in regions {
-        let store: Arc<dyn ObjectStore> = match &args.directory {
+        let store: Arc<dyn ObjectStore> = retrying(match &args.directory {
             Some(dir) => Arc::new(FsStore::new(
                 dir.join(location.bucket())
                     .join(location.prefix().trim_matches('/')),
@@ -478,7 +483,7 @@ async fn report_counts(
                     .or_else(|| plan.endpoint_url.clone());
                 Arc::new(S3Store::new(config).await.map_err(fail)?)
             }
-        };
+        });
         let prefix = format!("{region}/{version}/");
         let keys = store.list(&prefix).await.map_err(|e| {
             fail(e).with_hint(

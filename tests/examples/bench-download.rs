@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use molt_archive::extract::Limits;
 use molt_archive::package::package;
+use molt_fetch::retry::RetryPolicy;
 use molt_fetch::transport::{HttpSettings, MoltTransport, ProxySettings, Url};
 use molt_fetch::tuf::TargetInfo;
 use molt_schema::{PackageName, Platform, Version};
 use molt_tests::http_server::FileServer;
-use molt_updater::download::{DownloadRequest, RetryPolicy, download_and_stage};
+use molt_updater::download::{DownloadRequest, download_and_stage};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -92,7 +93,7 @@ fn main() -> Result<()> {
             staging: &staging,
             partial: &partial,
             limits: &limits,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::DOWNLOAD,
             progress: false,
         };
         let started = Instant::now();

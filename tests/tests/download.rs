@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use molt_archive::extract::{ExtractError, Limits};
 use molt_archive::package::package;
+use molt_fetch::retry::RetryPolicy;
 use molt_fetch::transport::{HttpSettings, MoltTransport, ProxySettings, Url};
 use molt_fetch::tuf::TargetInfo;
 use molt_host::HostLayout;
 use molt_schema::{PackageName, Platform, Sha256, Version};
 use molt_tests::http_server::{Fault, FileServer, Times};
 use molt_updater::download::{
-    DownloadError, DownloadReport, DownloadRequest, RetryPolicy, check_free_space,
-    download_and_stage,
+    DownloadError, DownloadReport, DownloadRequest, check_free_space, download_and_stage,
 };
 
 const PLATFORM: Platform = Platform::LinuxAmd64;

@@ -659,7 +659,6 @@ fn the_read_back_accepts_only_the_signed_bytes_of_each_target() {
     let opts = Options {
         dry_run: false,
         allow_clobber: false,
-        attempts: 1,
         trusted_root: std::fs::read(f.keys().join("root.json")).unwrap(),
         notes: None,
         transport: None,

@@ -1,14 +1,19 @@
-//! molt's S3 client code (`molt_fetch::s3`) against a real S3-compatible server
-//! (`molt-s3`: s3s + s3s-fs) on 127.0.0.1, and the server's access policy.
+//! molt's S3 code on the host side (`molt_fetch::s3`: the SigV4 signer as the transport's
+//! [`RequestSigner`], and `put_object` for reports) against a real S3-compatible server
+//! (`molt-s3`: s3s + s3s-fs) on 127.0.0.1, and the server's access policy. Reads go through
+//! `MoltTransport`, as the updater's do; listings through aws-sdk-s3 (`S3Store`), as the
+//! release tool's do.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use molt_fetch::s3::{
-    self, S3Endpoint, S3Error, S3Location, S3Signer, get_object, list_objects, put_new_object,
-    put_object,
+use molt_fetch::s3::{S3Endpoint, S3Error, S3Location, S3Signer, put_object};
+use molt_fetch::transport::{
+    HttpSettings, IntoVec, MoltTransport, ProxySettings, TransferError, Transport, TransportError,
+    TransportErrorKind, Url,
 };
+use molt_publish::store::{ObjectStore, S3Store, S3StoreConfig};
 use molt_schema::Region;
 use molt_tests::s3::{REGION, S3Server};
 use reqwest::StatusCode;
@@ -28,8 +33,22 @@ fn endpoint(server: &S3Server) -> S3Endpoint {
     S3Endpoint::path_style(&server.endpoint(), "the test server").unwrap()
 }
 
-fn signer(server: &S3Server) -> S3Signer {
-    S3Signer::new(server.credentials_provider(), region())
+/// An anonymous transport, as for a public bucket.
+fn anonymous() -> MoltTransport {
+    MoltTransport::new(HttpSettings {
+        proxy: ProxySettings::none(),
+        ..HttpSettings::default()
+    })
+    .unwrap()
+}
+
+/// A transport that signs with `signer`, as for `s3://` sources and report uploads.
+fn signing(signer: S3Signer) -> MoltTransport {
+    anonymous().with_signer(signer)
+}
+
+fn signed(server: &S3Server) -> MoltTransport {
+    signing(S3Signer::new(server.credentials_provider(), region()))
 }
 
 fn signer_with(access_key: &str, secret_key: &str) -> S3Signer {
@@ -37,12 +56,28 @@ fn signer_with(access_key: &str, secret_key: &str) -> S3Signer {
     S3Signer::new(SharedCredentialsProvider::new(creds), region())
 }
 
+async fn read(transport: &MoltTransport, url: Url) -> Result<Vec<u8>, TransportError> {
+    transport.fetch(url).await?.into_vec().await
+}
+
+fn transfer_error(e: &TransportError) -> Option<&TransferError> {
+    std::error::Error::source(e)?.downcast_ref()
+}
+
+/// The release tool's view of a bucket: aws-sdk-s3, with the server's credentials.
+async fn sdk_store(server: &S3Server, bucket: &str, prefix: &str) -> S3Store {
+    let mut config = S3StoreConfig::new(bucket, region());
+    config.endpoint_url = Some(server.endpoint());
+    config.credentials = Some(server.credentials_provider());
+    config.prefix = prefix.to_owned();
+    S3Store::new(config).await.unwrap()
+}
+
 #[tokio::test]
 async fn signed_put_then_anonymous_get_returns_the_same_bytes() {
     let server = S3Server::start();
     server.create_bucket("molt-public");
     let e = endpoint(&server);
-    let client = client();
     let body: Vec<u8> = (0..3 * MIB as usize + 17)
         .map(|i| (i % 251) as u8)
         .collect();
@@ -51,8 +86,7 @@ async fn signed_put_then_anonymous_get_returns_the_same_bytes() {
         .unwrap();
 
     put_object(
-        &client,
-        &signer(&server),
+        &signed(&server),
         url.clone(),
         body.clone(),
         "application/gzip",
@@ -64,19 +98,15 @@ async fn signed_put_then_anonymous_get_returns_the_same_bytes() {
         body
     );
 
-    // Anonymous, through our code and through a plain HTTP GET.
-    let got = get_object(&client, None, url.clone(), 4 * MIB)
-        .await
-        .unwrap();
+    // Anonymous, through the updater's transport and through a plain HTTP GET.
+    let got = read(&anonymous(), url.clone()).await.unwrap();
     assert_eq!(got.len(), body.len());
     assert!(got == body, "the bytes read back differ");
-    let plain = client.get(url.clone()).send().await.unwrap();
+    let plain = client().get(url.clone()).send().await.unwrap();
     assert_eq!(plain.status(), StatusCode::OK);
     assert_eq!(plain.bytes().await.unwrap(), body);
-
-    // The size limit is enforced.
-    let e = get_object(&client, None, url, MIB).await.unwrap_err();
-    assert!(matches!(e, S3Error::TooLarge { limit: MIB, .. }), "{e:?}");
+    // And signed: a signature on a public object is fine.
+    assert!(read(&signed(&server), url).await.unwrap() == body);
 }
 
 #[tokio::test]
@@ -86,11 +116,27 @@ async fn anonymous_writes_are_refused() {
     let url = endpoint(&server)
         .object_url("molt-public", "x.json")
         .unwrap();
-    let response = client().put(url).body(b"{}".to_vec()).send().await.unwrap();
+    let response = client()
+        .put(url.clone())
+        .body(b"{}".to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let text = response.text().await.unwrap();
     assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
     assert!(!server.object_path("molt-public", "x.json").exists());
+    // Through molt's code without a signer: the hint says the bucket needs credentials.
+    let e = put_object(&anonymous(), url, b"{}".to_vec(), "application/json")
+        .await
+        .unwrap_err();
+    match &e {
+        S3Error::AccessDenied { code, hint, .. } => {
+            assert_eq!(code, "AccessDenied");
+            assert!(hint.contains("credentials"), "{hint}");
+        }
+        other => panic!("expected AccessDenied, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -98,13 +144,11 @@ async fn private_buckets_refuse_anonymous_reads_but_serve_signed_ones() {
     let server = S3Server::start();
     server.create_bucket("private-repo");
     let e = endpoint(&server);
-    let client = client();
     let url = e
         .object_url("private-repo", "metadata/timestamp.json")
         .unwrap();
     put_object(
-        &client,
-        &signer(&server),
+        &signed(&server),
         url.clone(),
         b"{\"v\":1}".to_vec(),
         "application/json",
@@ -112,30 +156,25 @@ async fn private_buckets_refuse_anonymous_reads_but_serve_signed_ones() {
     .await
     .unwrap();
 
-    let refused = get_object(&client, None, url.clone(), MIB)
-        .await
-        .unwrap_err();
-    match &refused {
-        S3Error::AccessDenied { code, hint, .. } => {
-            assert_eq!(code, "AccessDenied");
-            assert!(hint.contains("credentials"), "{hint}");
-        }
-        other => panic!("expected AccessDenied, got {other:?}"),
-    }
-    let location: S3Location = "s3://private-repo/metadata".parse().unwrap();
-    let listing = list_objects(&client, None, &e, &location, 100)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(listing, S3Error::AccessDenied { .. }),
-        "{listing:?}"
+    // Anonymous: S3's 403, which TUF must read as "not there" (it probes for newer roots).
+    let refused = read(&anonymous(), url.clone()).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        TransportErrorKind::FileNotFound,
+        "{refused:?}"
     );
-
-    let got = get_object(&client, Some(&signer(&server)), url, MIB)
+    let listing = client()
+        .get(format!("{}/private-repo?list-type=2", server.endpoint()))
+        .send()
         .await
         .unwrap();
+    assert_eq!(listing.status(), StatusCode::FORBIDDEN);
+
+    let got = read(&signed(&server), url).await.unwrap();
     assert_eq!(&got[..], b"{\"v\":1}");
-    let keys = list_objects(&client, Some(&signer(&server)), &e, &location, 100)
+    let keys = sdk_store(&server, "private-repo", "")
+        .await
+        .list("metadata/")
         .await
         .unwrap();
     assert_eq!(keys, vec!["metadata/timestamp.json"]);
@@ -144,22 +183,23 @@ async fn private_buckets_refuse_anonymous_reads_but_serve_signed_ones() {
 #[tokio::test]
 async fn a_wrong_secret_or_an_unknown_key_is_refused() {
     let server = S3Server::start();
-    server.create_bucket("molt-public");
+    server.create_bucket("private-repo");
     let url = endpoint(&server)
-        .object_url("molt-public", "x.json")
+        .object_url("private-repo", "x.json")
         .unwrap();
-    let client = client();
-
-    let wrong = signer_with(server.access_key(), "not-the-secret");
-    let e = put_object(
-        &client,
-        &wrong,
+    put_object(
+        &signed(&server),
         url.clone(),
         b"{}".to_vec(),
         "application/json",
     )
     .await
-    .unwrap_err();
+    .unwrap();
+
+    let wrong = signing(signer_with(server.access_key(), "not-the-secret"));
+    let e = put_object(&wrong, url.clone(), b"[]".to_vec(), "application/json")
+        .await
+        .unwrap_err();
     match &e {
         S3Error::AccessDenied { code, hint, .. } => {
             assert_eq!(code, "SignatureDoesNotMatch");
@@ -168,52 +208,34 @@ async fn a_wrong_secret_or_an_unknown_key_is_refused() {
         other => panic!("expected AccessDenied, got {other:?}"),
     }
     assert!(!e.to_string().contains("not-the-secret"), "{e}");
+    // A read with the wrong secret is not "not found": the transport asks the signer what
+    // the refusal means, and it names the credentials.
+    let e = read(&wrong, url.clone()).await.unwrap_err();
+    assert_eq!(e.kind(), TransportErrorKind::Other, "{e:?}");
+    match transfer_error(&e) {
+        Some(TransferError::CredentialsRefused { code }) => {
+            assert_eq!(code, "SignatureDoesNotMatch");
+        }
+        other => panic!("expected CredentialsRefused, got {other:?}"),
+    }
 
-    let unknown = signer_with("AKIAUNKNOWNKEY000000", server.secret_key());
-    let e = put_object(&client, &unknown, url, b"{}".to_vec(), "application/json")
+    let unknown = signing(signer_with("AKIAUNKNOWNKEY000000", server.secret_key()));
+    let e = put_object(&unknown, url.clone(), b"[]".to_vec(), "application/json")
         .await
         .unwrap_err();
     assert!(matches!(e, S3Error::AccessDenied { .. }), "{e:?}");
-    assert!(!server.object_path("molt-public", "x.json").exists());
-}
-
-#[tokio::test]
-async fn if_none_match_put_refuses_to_overwrite() {
-    let server = S3Server::start();
-    server.create_bucket("molt-reports");
-    let url = endpoint(&server)
-        .object_url("molt-reports", "us-east-1/1.2.0/host-1/r1.json")
-        .unwrap();
-    let client = client();
-    let signer = signer(&server);
-
-    put_new_object(
-        &client,
-        &signer,
-        url.clone(),
-        b"first".to_vec(),
-        "application/json",
-    )
-    .await
-    .unwrap();
-    let e = put_new_object(
-        &client,
-        &signer,
-        url.clone(),
-        b"second".to_vec(),
-        "application/json",
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(e, S3Error::AlreadyExists { .. }), "{e:?}");
-    let path = server.object_path("molt-reports", "us-east-1/1.2.0/host-1/r1.json");
-    assert_eq!(std::fs::read(&path).unwrap(), b"first");
-
-    // A plain PUT replaces.
-    put_object(&client, &signer, url, b"third".to_vec(), "application/json")
-        .await
-        .unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), b"third");
+    let e = read(&unknown, url).await.unwrap_err();
+    assert!(
+        matches!(
+            transfer_error(&e),
+            Some(TransferError::CredentialsRefused { .. })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        std::fs::read(server.object_path("private-repo", "x.json")).unwrap(),
+        b"{}"
+    );
 }
 
 #[tokio::test]
@@ -225,15 +247,13 @@ async fn conditional_and_ranged_reads() {
         .unwrap();
     let client = client();
     put_object(
-        &client,
-        &signer(&server),
+        &signed(&server),
         url.clone(),
         b"0123456789".to_vec(),
         "application/octet-stream",
     )
     .await
     .unwrap();
-
     let first = client.get(url.clone()).send().await.unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     let etag = first.headers()["etag"].to_str().unwrap().to_owned();
@@ -288,49 +308,47 @@ async fn missing_objects_and_buckets_are_told_apart() {
     let server = S3Server::start();
     server.create_bucket("molt-public");
     let e = endpoint(&server);
-    let client = client();
-    let signer = signer(&server);
+    let signed = signed(&server);
 
     let missing = e.object_url("molt-public", "nothing-here.json").unwrap();
-    let err = get_object(&client, Some(&signer), missing, MIB)
-        .await
-        .unwrap_err();
-    assert!(err.is_not_found(), "{err:?}");
+    let err = read(&signed, missing).await.unwrap_err();
+    assert_eq!(err.kind(), TransportErrorKind::FileNotFound, "{err:?}");
 
     let no_bucket = e.object_url("molt-nowhere", "x.json").unwrap();
-    let err = get_object(&client, Some(&signer), no_bucket.clone(), MIB)
+    let err = put_object(&signed, no_bucket, b"{}".to_vec(), "application/json")
         .await
         .unwrap_err();
     assert!(matches!(err, S3Error::NoSuchBucket { .. }), "{err:?}");
-    let err = put_object(
-        &client,
-        &signer,
-        no_bucket,
-        b"{}".to_vec(),
-        "application/json",
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, S3Error::NoSuchBucket { .. }), "{err:?}");
-    assert!(!err.is_not_found());
     assert!(err.to_string().contains("molt-nowhere"), "{err}");
     assert!(!server.root().join("molt-nowhere").exists());
+
+    // Nothing listening: the request's failure, not an S3 answer.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let url: Url = format!("http://127.0.0.1:{port}/molt-public/x.json")
+        .parse()
+        .unwrap();
+    let err = put_object(&signed, url, b"{}".to_vec(), "application/json")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, S3Error::Request { .. }), "{err:?}");
 }
 
+/// Report objects the agents write (keys that need encoding, from many hosts) are what the
+/// release tool lists, through aws-sdk-s3 and across the server's pages.
 #[tokio::test]
-async fn listing_a_prefix_follows_continuation_tokens() {
+async fn agent_written_keys_are_listed_by_the_sdk_across_pages() {
     let server = S3Server::start();
     server.create_bucket("molt-reports");
     let e = endpoint(&server);
-    let client = client();
-    let signer = signer(&server);
+    let signed = signed(&server);
 
-    // Written through S3, with keys that need encoding.
     let mut expected = Vec::new();
     for name in ["a b.json", "c+d.json", "e&f.json", "ü.json"] {
         let key = format!("reports/us-east-1/{name}");
         let url = e.object_url("molt-reports", &key).unwrap();
-        put_object(&client, &signer, url, b"{}".to_vec(), "application/json")
+        put_object(&signed, url, b"{}".to_vec(), "application/json")
             .await
             .unwrap();
         expected.push(key);
@@ -345,48 +363,19 @@ async fn listing_a_prefix_follows_continuation_tokens() {
         expected.push(format!("reports/us-west-2/{i:05}.json"));
     }
     // Outside the prefix.
-    let url = e.object_url("molt-reports", "other/x.json").unwrap();
-    put_object(&client, &signer, url, b"{}".to_vec(), "application/json")
-        .await
-        .unwrap();
-    let url = e.object_url("molt-reports", "reportsx.json").unwrap();
-    put_object(&client, &signer, url, b"{}".to_vec(), "application/json")
-        .await
-        .unwrap();
+    for key in ["other/x.json", "reportsx.json"] {
+        let url = e.object_url("molt-reports", key).unwrap();
+        put_object(&signed, url, b"{}".to_vec(), "application/json")
+            .await
+            .unwrap();
+    }
     expected.sort();
 
-    let location: S3Location = "s3://molt-reports/reports".parse().unwrap();
-    let mut keys = list_objects(&client, Some(&signer), &e, &location, 10_000)
-        .await
-        .unwrap();
+    let store = sdk_store(&server, "molt-reports", "").await;
+    let mut keys = store.list("reports/").await.unwrap();
     keys.sort();
     assert_eq!(keys, expected);
-
-    // Anonymous listing of a public bucket works too.
-    let anonymous = list_objects(&client, None, &e, &location, 10_000)
-        .await
-        .unwrap();
-    assert_eq!(anonymous.len(), expected.len());
-
-    // The cap is an error, not a silent cut.
-    let capped = list_objects(&client, Some(&signer), &e, &location, 500)
-        .await
-        .unwrap_err();
-    assert!(matches!(capped, S3Error::BadListing { .. }), "{capped:?}");
-
-    // A prefix that matches nothing is an empty list; a missing bucket is an error.
-    let empty: S3Location = "s3://molt-reports/nothing".parse().unwrap();
-    assert!(
-        list_objects(&client, Some(&signer), &e, &empty, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let nowhere: S3Location = "s3://molt-nowhere/reports".parse().unwrap();
-    let err = list_objects(&client, Some(&signer), &e, &nowhere, 10)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, S3Error::NoSuchBucket { .. }), "{err:?}");
+    assert!(store.list("nothing/").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -404,17 +393,11 @@ async fn the_environment_names_the_endpoint() {
     let url = location
         .object_url(&location.key("VERSION"), &region(), &lookup)
         .unwrap();
-    put_object(
-        &client(),
-        &signer(&server),
-        url,
-        b"1.0.0\n".to_vec(),
-        "text/plain",
-    )
-    .await
-    .unwrap();
+    put_object(&signed(&server), url, b"1.0.0\n".to_vec(), "text/plain")
+        .await
+        .unwrap();
     let joined = base.join("VERSION").unwrap();
-    let got = s3::get_object(&client(), None, joined, MIB).await.unwrap();
+    let got = read(&anonymous(), joined).await.unwrap();
     assert_eq!(&got[..], b"1.0.0\n");
 }
 
@@ -431,15 +414,9 @@ async fn the_fault_proxy_serves_the_servers_objects_with_faults() {
     let body: Vec<u8> = (0..MIB as usize).map(|i| (i % 253) as u8).collect();
     for bucket in ["molt-public", "private-molt"] {
         let url = e.object_url(bucket, "repo/targets/a.tar.gz").unwrap();
-        put_object(
-            &client,
-            &signer(&server),
-            url,
-            body.clone(),
-            "application/gzip",
-        )
-        .await
-        .unwrap();
+        put_object(&signed(&server), url, body.clone(), "application/gzip")
+            .await
+            .unwrap();
     }
     let upstream = server.endpoint();
     let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');

@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
-use molt_publish::store::s3::MAX_ATTEMPTS;
+use std::sync::Arc;
+
+use molt_fetch::retry::RetryPolicy;
 use molt_publish::store::{
-    Body, Condition, FsStore, ObjectStore, Operation, S3Store, S3StoreConfig, StoreError,
+    Body, Condition, FsStore, ObjectStore, Operation, Retrying, S3Store, S3StoreConfig, StoreError,
 };
 use molt_schema::Sha256;
 use molt_schema::artifact::HashedFile;
@@ -647,17 +649,27 @@ async fn s3_silent_endpoint_times_out() {
     drop(listener);
 }
 
-/// A 5xx is retried by the SDK (MAX_ATTEMPTS requests in all), then reported as retryable;
-/// a 404 from something that is not S3 (no NoSuchKey) is an error, not "no such object".
+/// A 5xx is one request from the store itself (the SDK does not retry), and a retryable
+/// error; under `Retrying` it is tried exactly the policy's attempts, never more (no retries
+/// stacked on retries), and a passing 503 costs one extra request. A 404 from something that
+/// is not S3 (no NoSuchKey) is an error, not "no such object".
 #[tokio::test]
 async fn s3_server_errors_and_non_s3_answers() {
     let dir = tempfile::tempdir().unwrap();
     let server = FileServer::start(dir.path()).unwrap();
     let endpoint = server.base_url();
     let credentials = dummy_credentials();
-    let store = S3Store::new(config("acme-molt-us-east-1", &endpoint, credentials))
-        .await
-        .unwrap();
+    let store = Arc::new(
+        S3Store::new(config("acme-molt-us-east-1", &endpoint, credentials))
+            .await
+            .unwrap(),
+    );
+    let policy = RetryPolicy {
+        attempts: 3,
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+    };
+    let retrying = Retrying::new(store.clone(), policy);
     let path = "/acme-molt-us-east-1/metadata/timestamp.json";
 
     server
@@ -667,8 +679,27 @@ async fn s3_server_errors_and_non_s3_answers() {
         Err(e @ StoreError::Transport { .. }) => assert!(e.is_retryable(), "{e:?}"),
         other => panic!("503: expected a retryable Transport error, got {other:?}"),
     }
-    assert_eq!(server.requests(path), MAX_ATTEMPTS as usize);
+    assert_eq!(server.requests(path), 1, "the store itself must not retry");
+    match retrying.get("metadata/timestamp.json").await {
+        Err(e @ StoreError::Transport { .. }) => assert!(e.is_retryable(), "{e:?}"),
+        other => panic!("503: expected a retryable Transport error, got {other:?}"),
+    }
+    assert_eq!(
+        server.requests(path),
+        1 + 3,
+        "the policy's attempts, no more"
+    );
     server.faults().clear();
+
+    // One passing 503: the retry gets the server's real answer (here a plain 404).
+    server
+        .faults()
+        .on_path(path, Fault::Status(503), Times::Once);
+    match retrying.get("metadata/timestamp.json").await {
+        Err(StoreError::Status { status: 404, .. }) => {}
+        other => panic!("after one 503: expected the plain 404, got {other:?}"),
+    }
+    assert_eq!(server.requests(path), 4 + 2);
 
     match store.get("metadata/timestamp.json").await {
         Err(StoreError::Status { status: 404, .. }) => {}

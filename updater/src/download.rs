@@ -34,7 +34,7 @@
 //!
 //! Retries: a transport failure (connection reset, truncated body, 5xx, the deadline or
 //! the throughput floor) removes the half-written staging directory, keeps the partial
-//! file, and retries after a capped exponential backoff with jitter ([`RetryPolicy`]). 404
+//! file, and retries after a capped exponential backoff with jitter ([`RetryPolicy::DOWNLOAD`], the shared policy). 404
 //! and 403 are not retried ([`DownloadError::NotFound`]), nor are verification failures, nor
 //! extraction errors. When this function returns an error, the staging directory does not
 //! exist; the partial file is kept only after a transport failure, so that the next run
@@ -42,9 +42,7 @@
 //!
 //! Free space is checked separately, before the download, with [`check_free_space`].
 
-use std::collections::hash_map::RandomState;
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,6 +51,7 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use molt_archive::extract::{self, ExtractError, Extracted, Limits};
+use molt_fetch::retry::{RetryPolicy, is_transient, transfer_error};
 use molt_fetch::transport::{
     MoltTransport, RangeResponse, TransferError, Transport, TransportError, TransportErrorKind,
     display_url,
@@ -76,53 +75,6 @@ const READ_CHUNK: usize = 64 * 1024;
 
 // =====================================================================================
 // Public types
-
-/// How often, and how patiently, a failed transfer is tried again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first one included (0 counts as 1).
-    pub attempts: u32,
-    /// The delay before the first retry; it doubles for each further retry.
-    pub initial: Duration,
-    /// The longest delay.
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 5 attempts, 500 ms before the first retry, at most 10 s between attempts.
-    fn default() -> Self {
-        Self {
-            attempts: 5,
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The delay before retry number `retry` (1 for the first retry): `initial × 2^(retry−1)`,
-    /// capped at `max`, of which the upper half is random ("equal jitter"), so a fleet that
-    /// failed together does not come back together.
-    pub fn delay(&self, retry: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        let capped = self.initial.saturating_mul(factor).min(self.max);
-        let half = capped / 2;
-        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let jitter = if span == 0 {
-            0
-        } else {
-            random_u64() % span.saturating_add(1)
-        };
-        half.saturating_add(Duration::from_nanos(jitter))
-    }
-}
-
-/// A random number for jitter: std's hasher keys are random per process and per call.
-fn random_u64() -> u64 {
-    RandomState::new().build_hasher().finish()
-}
 
 /// What to download and where to stage it.
 #[derive(Debug)]
@@ -305,7 +257,7 @@ pub async fn download_and_stage(
     let shown = display_url(&req.url);
     prepare(req)?;
     let progress = Progress::new(req.progress, req.expected.length);
-    let max_attempts = req.retry.attempts.max(1);
+    let max_attempts = req.retry.max_attempts();
     let mut run = Run::default();
     let mut fresh_retry_used = false;
 
@@ -340,7 +292,7 @@ pub async fn download_and_stage(
         if error.kind() == TransportErrorKind::FileNotFound {
             break Err(DownloadError::NotFound { url: shown.clone() });
         }
-        if !retryable(&error) || run.attempts >= max_attempts {
+        if !is_transient(&error) || !req.retry.allows_another(run.attempts) {
             break Err(DownloadError::Transport {
                 url: shown.clone(),
                 attempts: run.attempts,
@@ -610,27 +562,6 @@ async fn pump(
     }
     let _ = tx.send(Msg::End).await;
     Ok(())
-}
-
-/// Whether another attempt may succeed where this one failed.
-fn retryable(error: &TransportError) -> bool {
-    match error.kind() {
-        TransportErrorKind::Other => match transfer_error(error) {
-            Some(TransferError::Status { status }) => {
-                *status >= 500 || *status == 408 || *status == 429
-            }
-            Some(TransferError::TooManyRedirects { .. } | TransferError::RedirectScheme { .. }) => {
-                false
-            }
-            _ => true,
-        },
-        _ => false,
-    }
-}
-
-/// molt's own cause inside a transport error, if that is what it is.
-fn transfer_error(error: &TransportError) -> Option<&TransferError> {
-    std::error::Error::source(error)?.downcast_ref()
 }
 
 fn remove_file_if_exists(path: &Path) -> io::Result<()> {
@@ -1083,34 +1014,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
-        let policy = RetryPolicy::default();
-        for (retry, full) in [
-            (1, 500),
-            (2, 1000),
-            (3, 2000),
-            (4, 4000),
-            (5, 8000),
-            (6, 10_000),
-        ] {
-            let full = Duration::from_millis(full);
-            for _ in 0..50 {
-                let delay = policy.delay(retry);
-                assert!(delay >= full / 2 && delay <= full, "{retry}: {delay:?}");
-            }
-        }
-        assert!(policy.delay(u32::MAX) <= policy.max);
-        let zero = RetryPolicy {
-            initial: Duration::ZERO,
-            ..policy
-        };
-        assert_eq!(zero.delay(3), Duration::ZERO);
-        // Not all the same: the jitter is random.
-        let delays: std::collections::HashSet<_> = (0..20).map(|_| policy.delay(3)).collect();
-        assert!(delays.len() > 1);
-    }
-
-    #[test]
     fn verification_errors_are_told_apart() {
         let sha = Sha256::digest(b"x");
         let url = "https://example.com/a.tar.gz".to_owned();
@@ -1171,40 +1074,5 @@ mod tests {
              564.0 MiB on that file system (old versions, logs, stale files in the download \
              cache) and try again"
         );
-    }
-
-    #[test]
-    fn retry_classification() {
-        let with = |kind, cause: TransferError| {
-            TransportError::new_with_cause(kind, "http://example.com/a", cause)
-        };
-        let status = |status| with(TransportErrorKind::Other, TransferError::Status { status });
-        assert!(retryable(&status(500)));
-        assert!(retryable(&status(503)));
-        assert!(retryable(&status(429)));
-        assert!(!retryable(&status(400)));
-        assert!(!retryable(&with(
-            TransportErrorKind::FileNotFound,
-            TransferError::Status { status: 404 }
-        )));
-        assert!(retryable(&with(
-            TransportErrorKind::Other,
-            TransferError::Deadline {
-                limit: Duration::from_secs(1)
-            }
-        )));
-        assert!(!retryable(&with(
-            TransportErrorKind::Other,
-            TransferError::TooManyRedirects { max: 5 }
-        )));
-        assert!(retryable(&TransportError::new_with_cause(
-            TransportErrorKind::Other,
-            "http://example.com/a",
-            io::Error::from(io::ErrorKind::ConnectionReset),
-        )));
-        assert!(!retryable(&TransportError::new(
-            TransportErrorKind::UnsupportedUrlScheme,
-            "ftp://example.com/a"
-        )));
     }
 }

@@ -16,9 +16,10 @@ use molt_schema::resolve::{Decision, Request, Target, resolve};
 use molt_schema::rollout::Seed;
 use molt_schema::{PackageName, Platform, Version};
 
-use crate::download::{DownloadRequest, RetryPolicy, check_free_space, download_and_stage};
+use crate::download::{DownloadRequest, check_free_space, download_and_stage};
 use crate::error::UpdateError;
 use crate::settings::Settings;
+use molt_fetch::retry::RetryPolicy;
 
 /// Set on the re-exec'd updater, so it does not self-update again.
 pub const REEXEC_ENV: &str = "MOLT_UPDATER_REEXEC";
@@ -95,7 +96,7 @@ pub async fn maybe_self_update(
             staging: &staging,
             partial: &layout.partial(&info.sha256),
             limits: &molt_archive::extract::Limits::default(),
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::DOWNLOAD,
             progress,
         },
     )

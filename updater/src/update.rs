@@ -16,7 +16,7 @@ use molt_schema::resolve::{Decision, Plan, Request, Target, resolve};
 use molt_schema::{PackageName, Version};
 use serde::Serialize;
 
-use crate::download::{DownloadRequest, RetryPolicy, check_free_space, download_and_stage};
+use crate::download::{DownloadRequest, check_free_space, download_and_stage};
 use crate::error::UpdateError;
 use crate::health::{HealthCheck, wait_healthy};
 use crate::history::{self, ms};
@@ -26,6 +26,7 @@ use crate::service::ServiceManager;
 use crate::settings::Settings;
 use crate::switch::NotSwitched;
 use crate::{commit, install, recover, rollback, switch};
+use molt_fetch::retry::RetryPolicy;
 
 /// What the operator asked for.
 #[derive(Clone, Debug)]
@@ -233,7 +234,7 @@ async fn install_and_switch(
                     staging: &staging,
                     partial: &layout.partial(&info.sha256),
                     limits: &molt_archive::extract::Limits::default(),
-                    retry: RetryPolicy::default(),
+                    retry: RetryPolicy::DOWNLOAD,
                     progress: opts.progress,
                 },
             )

@@ -6,8 +6,10 @@
 //!   region check, and reading targets that TUF verifies.
 //! - [`s3`]: S3 locations and endpoints, and SigV4 signing for private buckets.
 //! - [`aws`]: region, IMDS and credentials through aws-config.
+//! - [`retry`]: the one retry policy (capped exponential backoff with equal jitter).
 
 pub mod aws;
+pub mod retry;
 pub mod s3;
 pub mod transport;
 pub mod tuf;

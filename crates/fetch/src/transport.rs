@@ -22,6 +22,9 @@
 //!   lower-case forms) are honoured, read through [`ProxySettings::from_env`] so the rules are
 //!   ours, explicit and tested (see [`ProxySettings::from_lookup`]).
 //! - **Redirects**: at most [`MAX_REDIRECTS`], never to another scheme except `http` → `https`.
+//! - **Signing** is the [`RequestSigner`]'s business (SigV4 for `s3://` sources, in
+//!   [`crate::s3`]): the transport knows only that requests are signed, and asks the signer
+//!   what a 403 to a signed request means.
 //! - **No secrets in messages**: every URL in an error or a log line goes through
 //!   [`display_url`], which drops the query, the fragment and any user info (pre-signed URLs
 //!   carry credentials in the query).
@@ -385,8 +388,24 @@ impl fmt::Debug for RangeResponse {
 pub struct MoltTransport {
     client: reqwest::Client,
     limits: Limits,
-    /// Signs every HTTP request with SigV4, for a private bucket (`s3://` sources).
-    signer: Option<std::sync::Arc<crate::s3::S3Signer>>,
+    /// Signs every HTTP request, for a private bucket (`s3://` sources).
+    signer: Option<std::sync::Arc<dyn RequestSigner>>,
+}
+
+/// What signs a request in place before it is sent (SigV4 for S3, in the `s3` module).
+#[async_trait]
+pub trait RequestSigner: fmt::Debug + Send + Sync {
+    /// Signs `request`, replacing any earlier signature (a retry signs again).
+    async fn sign(
+        &self,
+        request: &mut reqwest::Request,
+    ) -> Result<(), Box<dyn StdError + Send + Sync>>;
+
+    /// What a 403 answer to a signed request means, from (the start of) its body: `Some`
+    /// with the server's code when the credentials themselves were refused, `None` when the
+    /// refusal may just mean "no such object" (S3 says 403 for a missing key to callers who
+    /// may not list the bucket).
+    fn credentials_refused(&self, body: &[u8]) -> Option<String>;
 }
 
 /// The per-transfer limits, from [`HttpSettings`].
@@ -428,10 +447,39 @@ impl MoltTransport {
         })
     }
 
-    /// Signs every request with SigV4 (a private bucket, `source = "s3://…"`).
-    pub fn with_signer(mut self, signer: crate::s3::S3Signer) -> Self {
+    /// Signs every request (a private bucket, `source = "s3://…"`).
+    pub fn with_signer(mut self, signer: impl RequestSigner + 'static) -> Self {
         self.signer = Some(std::sync::Arc::new(signer));
         self
+    }
+
+    /// Whether requests are signed.
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A request of any method on the shared client (its proxies, user agent and redirect
+    /// policy), for [`MoltTransport::execute`].
+    pub fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        self.client.request(method, url)
+    }
+
+    /// Signs `request` (when the transport has a signer) and sends it within the deadline
+    /// and the first throughput window, as every transfer is. The response comes back
+    /// whatever its status: the caller decodes the protocol's errors (S3's XML, say).
+    pub async fn execute(
+        &self,
+        mut request: reqwest::Request,
+    ) -> Result<reqwest::Response, TransportError> {
+        let started = Instant::now();
+        let shown = display_url(request.url());
+        if let Some(signer) = &self.signer {
+            signer
+                .sign(&mut request)
+                .await
+                .map_err(|e| other(&shown, e))?;
+        }
+        self.send(request, started, &shown).await
     }
 
     /// Fetches `url` from byte `offset` on, to resume an interrupted download.
@@ -581,8 +629,11 @@ impl MoltTransport {
             // 206 to a request without Range is as wrong as any other surprise.
             (StatusCode::PARTIAL_CONTENT, None) => return Err(status_error(status, &shown)),
             (status, _) if status.is_success() => None,
-            (StatusCode::FORBIDDEN, _) if self.signer.is_some() => {
-                return Err(signed_refusal(response, &shown).await);
+            (StatusCode::FORBIDDEN, _) => {
+                if let Some(signer) = &self.signer {
+                    return Err(signed_refusal(signer.as_ref(), response, &shown).await);
+                }
+                return Err(status_error(status, &shown));
             }
             (status, _) => return Err(status_error(status, &shown)),
         };
@@ -675,18 +726,15 @@ impl Transport for MoltTransport {
     }
 }
 
-/// S3's answer to a signed request it refused. A missing key reads as 403 AccessDenied
-/// when the caller may not list the bucket, so that stays "not found" (TUF probes for
-/// files that may not exist); a refused signature or key is an error of its own that
-/// names S3's code, so the operator fixes the credentials instead of the repository.
-async fn signed_refusal(response: reqwest::Response, shown: &str) -> TransportError {
-    const CREDENTIAL_CODES: [&str; 5] = [
-        "SignatureDoesNotMatch",
-        "InvalidAccessKeyId",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-    ];
+/// The answer to a signed request that was refused. A missing key reads as 403 when the
+/// caller may not list the bucket, so that stays "not found" (TUF probes for files that may
+/// not exist); refused credentials are an error of their own that names the server's code,
+/// so the operator fixes the credentials instead of the repository.
+async fn signed_refusal(
+    signer: &dyn RequestSigner,
+    response: reqwest::Response,
+    shown: &str,
+) -> TransportError {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {
@@ -695,14 +743,12 @@ async fn signed_refusal(response: reqwest::Response, shown: &str) -> TransportEr
             break;
         }
     }
-    let text = String::from_utf8_lossy(&body);
-    match crate::s3::xml::first(&text, "Code") {
-        Some(code) if CREDENTIAL_CODES.contains(&code) => {
-            let code = crate::s3::xml::sanitize(code, 64);
-            tracing::debug!(url = %shown, %code, "the bucket refused the signed request");
+    match signer.credentials_refused(&body) {
+        Some(code) => {
+            tracing::debug!(url = %shown, %code, "the server refused the signed request");
             other(shown, TransferError::CredentialsRefused { code })
         }
-        _ => status_error(StatusCode::FORBIDDEN, shown),
+        None => status_error(StatusCode::FORBIDDEN, shown),
     }
 }
 

@@ -67,8 +67,6 @@ pub struct Reader {
 pub struct Options {
     pub dry_run: bool,
     pub allow_clobber: bool,
-    /// Attempts per object on errors worth retrying.
-    pub attempts: u32,
     /// The root of trust the read-back starts from (`<keys>/root.json`).
     pub trusted_root: Vec<u8>,
     /// Release notes for the feed: (version, text).
@@ -387,25 +385,6 @@ fn kill_point() {
 #[cfg(not(feature = "test-hooks"))]
 fn kill_point() {}
 
-async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match f().await {
-            Err(e) if e.is_retryable() && attempt < attempts.max(1) => {
-                let wait = Duration::from_millis(200u64 << attempt.min(6));
-                tracing::warn!("{e}; retrying in {} ms", wait.as_millis());
-                tokio::time::sleep(wait).await;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Whether `key` holds `body`'s bytes (`None`: no object there). Decided by the length and
 /// the SHA-256 the store keeps with the object; an object without one (uploaded by an
 /// older publisher) is downloaded and hashed.
@@ -413,9 +392,8 @@ async fn holds(
     store: &dyn ObjectStore,
     key: &str,
     body: &Body,
-    attempts: u32,
 ) -> Result<Option<bool>, StoreError> {
-    let Some(meta) = with_retries(attempts, || store.stat(key)).await? else {
+    let Some(meta) = store.stat(key).await? else {
         return Ok(None);
     };
     if meta.len != body.len() {
@@ -424,7 +402,8 @@ async fn holds(
     if let Some(sha256) = meta.sha256 {
         return Ok(Some(sha256 == body.sha256()));
     }
-    Ok(with_retries(attempts, || store.get(key))
+    Ok(store
+        .get(key)
         .await?
         .map(|o| o.bytes.len() as u64 == body.len() && Sha256::digest(&o.bytes) == body.sha256()))
 }
@@ -508,7 +487,7 @@ where
         .iter_mut()
         .filter(|w| w.change.action == Action::Create)
     {
-        match holds(store, &w.change.key, &w.body, opts.attempts)
+        match holds(store, &w.change.key, &w.body)
             .await
             .map_err(pull_error(&w.change.key, &shown))?
         {
@@ -549,10 +528,7 @@ where
             Action::Clobber => Condition::None,
             Action::Replace => Condition::IfMatch(pulled.timestamp_etag.clone()),
         };
-        let result = with_retries(opts.attempts, || {
-            store.put_body(&c.key, w.body.clone(), cond.clone())
-        })
-        .await;
+        let result = store.put_body(&c.key, w.body.clone(), cond.clone()).await;
         match result {
             Ok(()) => {
                 out.uploaded += 1;
@@ -560,7 +536,7 @@ where
             }
             Err(StoreError::PreconditionFailed { .. }) if c.action == Action::Create => {
                 // Someone created it since the guard: fine only with the very same bytes.
-                let same = holds(store, &c.key, &w.body, opts.attempts).await;
+                let same = holds(store, &c.key, &w.body).await;
                 if !matches!(same, Ok(Some(true))) {
                     return Err(PublishError::Raced {
                         key: c.key.clone(),
@@ -701,10 +677,7 @@ async fn write_feed(
     let mut bytes = serde_json::to_vec_pretty(&feed).unwrap_or_default();
     bytes.push(b'\n');
     let body = Body::from_bytes(bytes);
-    with_retries(opts.attempts, || {
-        store.put_body(FEED, body.clone(), Condition::None)
-    })
-    .await
+    store.put_body(FEED, body.clone(), Condition::None).await
 }
 
 /// Loads the region as a host would, from the trusted root (root chain, timestamp,
@@ -754,7 +727,7 @@ pub async fn read_back(
         let key = tough::TargetName::new(name)
             .map(|t| format!("targets/{}.{}", signed.sha256, t.resolved()))
             .map_err(|e| fail(format!("{name}: {e}")))?;
-        let stored = with_retries(opts.attempts, || rs.store.stat(&key)).await;
+        let stored = rs.store.stat(&key).await;
         match stored {
             Ok(Some(meta)) if meta.sha256.is_some() => {
                 if meta.sha256 == Some(signed.sha256) && meta.len == signed.length {
@@ -915,10 +888,9 @@ pub async fn upload_new(
             source,
         })?;
         let body = Body::from_bytes(bytes);
-        let result = with_retries(opts.attempts, || {
-            store.put_body(&key, body.clone(), Condition::IfNoneMatch)
-        })
-        .await;
+        let result = store
+            .put_body(&key, body.clone(), Condition::IfNoneMatch)
+            .await;
         match result {
             Ok(()) => uploaded += 1,
             Err(StoreError::PreconditionFailed { .. }) => {

@@ -38,9 +38,11 @@ use molt_schema::artifact::{HashedFile, Sha256};
 use molt_schema::region::{Region, Template, Var};
 
 pub mod fs;
+pub mod retrying;
 pub mod s3;
 
 pub use fs::FsStore;
+pub use retrying::Retrying;
 pub use s3::{S3Store, S3StoreConfig};
 
 /// A boxed error from a lower layer (the AWS SDK), kept as the source of a [`StoreError`].
@@ -470,7 +472,7 @@ impl StoreError {
 /// [`RESERVED_PREFIX`].
 pub fn check_key(key: &str) -> Result<(), StoreError> {
     let bad = |reason| StoreError::BadKey {
-        key: molt_fetch::s3::xml::sanitize(key, 256),
+        key: molt_fetch::s3::sanitize(key, 256),
         reason,
     };
     if key.is_empty() {

@@ -7,10 +7,11 @@
 //!   `AWS_ENDPOINT_URL` (unless `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), the same rules as
 //!   the hosts' [`molt_fetch::s3::S3Endpoint::resolve`]; an explicit endpoint is addressed
 //!   path-style (`{endpoint}/{bucket}/{key}`). Else AWS itself, virtual-hosted.
-//! - Retries and timeouts: the SDK's standard retry mode with [`MAX_ATTEMPTS`] attempts
-//!   (5xx, throttling, timeouts and connection failures are retried, with backoff), a
-//!   [`CONNECT_TIMEOUT`] and an [`ATTEMPT_TIMEOUT`] per attempt, so a dead endpoint fails in
-//!   bounded time; a download whose body stalls is cut by the SDK's stalled-stream
+//! - Retries and timeouts: none of the SDK's own. Each call is one attempt, bounded by a
+//!   [`CONNECT_TIMEOUT`] and an [`ATTEMPT_TIMEOUT`], so a dead endpoint fails in bounded
+//!   time; 5xx, throttling, timeouts and connection failures are a retryable
+//!   [`StoreError::Transport`], which the caller retries under molt's one policy
+//!   ([`super::Retrying`]) rather than on top of the SDK's; a download whose body stalls is cut by the SDK's stalled-stream
 //!   protection (on with the latest behaviour version).
 //! - Conditional writes: `If-None-Match: *` and `If-Match: "<etag>"` on PutObject. A 412
 //!   is [`StoreError::PreconditionFailed`]; so is a `NoSuchKey` to an `If-Match` PUT (S3's
@@ -27,7 +28,7 @@
 //! are `Ok(None)`; `NoSuchBucket` (or HeadBucket's 404) is [`StoreError::NoSuchBucket`]; 403 is
 //! [`StoreError::AccessDenied`] naming the permission that is likely missing; a bucket in
 //! another region is [`StoreError::WrongRegion`]; timeouts, connection failures, 5xx and
-//! throttling (after the SDK's retries) are a retryable [`StoreError::Transport`]; missing
+//! throttling are a retryable [`StoreError::Transport`]; missing
 //! credentials are [`StoreError::Credentials`].
 
 use std::error::Error as StdError;
@@ -51,12 +52,9 @@ use super::{
     Body, Condition, Contents, Object, ObjectMeta, ObjectStore, Operation, StoreError, bare_etag,
     check_key, check_prefix,
 };
-use molt_fetch::s3::{MAX_KEY_LEN, S3Endpoint, S3Location, xml};
+use molt_fetch::s3::{MAX_KEY_LEN, S3Endpoint, S3Location, sanitize};
 use molt_schema::artifact::Sha256;
 use molt_schema::region::Region;
-
-/// Attempts per request (the first one included).
-pub const MAX_ATTEMPTS: u32 = 3;
 
 /// Time allowed to open a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,7 +172,7 @@ impl S3Store {
         let sdk_config = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(config.region.as_str().to_owned()))
             .credentials_provider(credentials)
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
@@ -296,7 +294,7 @@ impl S3Store {
                     .raw()
                     .headers()
                     .get("x-amz-bucket-region")
-                    .map(|r| xml::sanitize(r, 64))
+                    .map(|r| sanitize(r, 64))
                     .filter(|r| !r.is_empty() && r != self.region.as_str());
                 if let Some(bucket_region) = bucket_region
                     && (matches!(status, 301 | 307)
@@ -352,7 +350,7 @@ impl S3Store {
                         object,
                         detail: format!(
                             "HTTP {status}: {}",
-                            xml::sanitize(&DisplayErrorContext(&err).to_string(), 1000)
+                            sanitize(&DisplayErrorContext(&err).to_string(), 1000)
                         ),
                     }
                 }
@@ -545,7 +543,7 @@ impl ObjectStore for S3Store {
                 let Some(key) = full.strip_prefix(root).filter(|k| k.starts_with(prefix)) else {
                     return Err(bad(format!(
                         "the server listed {:?}, which is outside the prefix",
-                        xml::sanitize(full, MAX_SHOWN)
+                        sanitize(full, MAX_SHOWN)
                     )));
                 };
                 // A "folder" made in the console: a zero-byte `dir/` object, not a key of ours.
@@ -598,7 +596,7 @@ impl ObjectStore for S3Store {
 fn etag_of(etag: Option<&str>) -> Option<String> {
     etag.map(bare_etag)
         .filter(|e| !e.is_empty())
-        .map(|e| xml::sanitize(e, MAX_SHOWN))
+        .map(|e| sanitize(e, MAX_SHOWN))
 }
 
 /// A SHA-256 in standard, padded base64, as S3's checksum headers write it (44 characters).
@@ -620,9 +618,7 @@ fn sha256_from_base64(text: &str) -> Option<Sha256> {
 
 /// A server's code or message, cleaned for a terminal.
 fn shown(value: Option<&str>) -> String {
-    value
-        .map(|v| xml::sanitize(v, MAX_SHOWN))
-        .unwrap_or_default()
+    value.map(|v| sanitize(v, MAX_SHOWN)).unwrap_or_default()
 }
 
 fn or(value: String, default: &str) -> String {
