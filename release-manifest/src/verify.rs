@@ -270,7 +270,7 @@ async fn fetch_all(transport: &MoltTransport, url: Url) -> anyhow::Result<Vec<u8
     let mut stream = transport.fetch(url.clone()).await.map_err(|e| {
         anyhow::Error::new(TrustError::Transport {
             url: redact(&url),
-            detail: e.to_string(),
+            source: e.into(),
         })
     })?;
     let mut out = Vec::new();

@@ -11,6 +11,8 @@ use molt_schema::resolve::Refusal;
 use crate::download::DownloadError;
 use crate::install::InstallError;
 use crate::lock::LockError;
+use crate::rollback::RestoreError;
+use crate::service::ServiceError;
 use crate::settings::SettingsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +43,24 @@ pub enum UpdateError {
         #[source]
         reason: Why,
     },
-    #[error("CRITICAL: {to} failed and putting {} back failed too: {reason}", from.as_ref().map_or_else(|| "the previous version".to_owned(), ToString::to_string))]
+    #[error("CRITICAL: {to} failed and putting {} back failed too", from.as_ref().map_or_else(|| "the previous version".to_owned(), ToString::to_string))]
     RollbackFailed {
         to: Version,
         from: Option<Version>,
-        reason: String,
+        /// Why the previous version could not be put back: the `caused by:` lines.
+        #[source]
+        reason: Box<RestoreError>,
+    },
+    #[error("could not stop the running agent")]
+    NotStopped {
+        #[source]
+        source: ServiceError,
+    },
+    /// Only ever a rollback's reason (the new version could not be started).
+    #[error("could not start the new agent")]
+    NotStarted {
+        #[source]
+        source: ServiceError,
     },
     #[error(transparent)]
     State(#[from] StateError),
@@ -116,6 +131,9 @@ impl UpdateError {
             UpdateError::RolledBack { to, .. } => Some(format!(
                 "{to} is quarantined on this host; scheduled updates skip it until a newer version appears (retry with --force); see `updater history` and state/agent.log"
             )),
+            UpdateError::NotStopped { .. } => Some(
+                "nothing was switched and the running agent was kept; fix what the cause names (systemd, permissions) and retry".into(),
+            ),
             UpdateError::RollbackFailed { .. } => Some(
                 "run `updater recover` (the systemd timer also runs it every few minutes); if that fails, check state/agent.log and point <root>/current at the last version under <root>/versions that has a .valid file"
                     .into(),

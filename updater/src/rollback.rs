@@ -5,15 +5,15 @@
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use molt_host::state::{self, Outcome, Quarantine, Step, Timings};
+use molt_host::state::{self, Outcome, Quarantine, StateError, Step, Timings};
 use molt_schema::Version;
 
 use crate::commit::finish;
 use crate::error::{UpdateError, Why};
-use crate::health::{HealthCheck, wait_healthy};
+use crate::health::{HealthCheck, HealthFailure, wait_healthy};
 use crate::history;
 use crate::journal::JournalWriter;
-use crate::service::ServiceManager;
+use crate::service::{ServiceError, ServiceManager};
 use crate::settings::Settings;
 use crate::switch;
 
@@ -37,7 +37,7 @@ pub(crate) fn roll_back(
     }
     let _ = svc.stop();
     let restored = match from.as_ref().filter(|f| layout.is_valid(f)) {
-        None => Err("there is no earlier version to go back to (first install)".to_owned()),
+        None => Err(RestoreError::NoEarlierVersion),
         Some(f) => restore(settings, svc, f),
     };
     if quarantine {
@@ -77,17 +77,46 @@ pub(crate) fn roll_back(
             let record = history::record(
                 &jw.journal,
                 Outcome::RollbackFailed,
-                format!("{reason}; rollback failed: {e}"),
+                format!(
+                    "{reason}; rollback failed: {}",
+                    molt_schema::cli::one_line(&e)
+                ),
                 timings,
             );
             let _ = state::append_history(&layout.history(), &record);
             UpdateError::RollbackFailed {
                 to,
                 from,
-                reason: e,
+                reason: Box::new(e),
             }
         }
     }
+}
+
+/// Why the previous version could not be put back (the source of
+/// [`UpdateError::RollbackFailed`], exit 7).
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("there is no earlier version to go back to (first install)")]
+    NoEarlierVersion,
+    #[error("cannot point current back at {from}")]
+    Link {
+        from: Version,
+        #[source]
+        source: StateError,
+    },
+    #[error("could not start {from}")]
+    Start {
+        from: Version,
+        #[source]
+        source: ServiceError,
+    },
+    #[error("{from} did not come back healthy")]
+    Unhealthy {
+        from: Version,
+        #[source]
+        source: Box<HealthFailure>,
+    },
 }
 
 /// Points `current` back at `from` and starts it; it must report healthy.
@@ -95,12 +124,17 @@ pub(crate) fn restore(
     settings: &Settings,
     svc: &mut dyn ServiceManager,
     from: &Version,
-) -> Result<(), String> {
+) -> Result<(), RestoreError> {
     let layout = &settings.layout;
-    switch::point_current(layout, from).map_err(|e| e.to_string())?;
+    switch::point_current(layout, from).map_err(|source| RestoreError::Link {
+        from: from.clone(),
+        source,
+    })?;
     let nonce = molt_host::random_token();
-    svc.start(&nonce)
-        .map_err(|e| format!("could not start {from}: {e}"))?;
+    svc.start(&nonce).map_err(|source| RestoreError::Start {
+        from: from.clone(),
+        source,
+    })?;
     let check = HealthCheck {
         expected_version: from.clone(),
         nonce,
@@ -110,5 +144,8 @@ pub(crate) fn restore(
     };
     wait_healthy(layout, svc, &check)
         .map(|_| ())
-        .map_err(|f| format!("{from} did not come back healthy: {f}"))
+        .map_err(|source| RestoreError::Unhealthy {
+            from: from.clone(),
+            source: Box::new(source),
+        })
 }

@@ -115,9 +115,10 @@ pub async fn maybe_self_update(
     let _ = std::fs::remove_dir_all(&staging);
     match result {
         Ok(()) => Ok(Some(layout.updater_bin())),
-        Err(reason) => {
+        Err(error) => {
             // A new updater that does not pass its pre-flight is not installed, and not
             // tried again; this one carries on with the agent update.
+            let reason = molt_schema::cli::one_line(&error);
             tracing::warn!(
                 "not self-updating to molt-updater {}: {reason}; it is quarantined on this host ({})",
                 plan.to,
@@ -132,25 +133,63 @@ pub async fn maybe_self_update(
     }
 }
 
-fn replace(bin: &Path, previous: &Path, new: &Path, version: &Version) -> Result<(), String> {
+/// Why a downloaded updater was not installed (logged, and kept as its quarantine reason).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    #[error("cannot run {path}")]
+    Run {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("its --version printed {printed:?}, expected \"updater {expected}\"")]
+    WrongVersion { printed: String, expected: Version },
+    #[error("cannot read {path}")]
+    ReadCurrent {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot keep the running updater as {path}")]
+    KeepPrevious {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("self-replace failed")]
+    SelfReplace(#[source] std::io::Error),
+}
+
+fn replace(bin: &Path, previous: &Path, new: &Path, version: &Version) -> Result<(), ReplaceError> {
     let out = Command::new(new)
         .arg("--version")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", new.display()))?;
+        .map_err(|source| ReplaceError::Run {
+            path: new.to_owned(),
+            source,
+        })?;
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if printed != format!("updater {version}") {
-        return Err(format!(
-            "its --version printed {printed:?}, expected \"updater {version}\""
-        ));
+        return Err(ReplaceError::WrongVersion {
+            printed,
+            expected: version.clone(),
+        });
     }
-    let current = std::fs::read(bin).map_err(|e| format!("cannot read {}: {e}", bin.display()))?;
-    state::write_atomic(previous, &current).map_err(|e| e.to_string())?;
+    let current = std::fs::read(bin).map_err(|source| ReplaceError::ReadCurrent {
+        path: bin.to_owned(),
+        source,
+    })?;
+    let keep = |source: Box<dyn std::error::Error + Send + Sync>| ReplaceError::KeepPrevious {
+        path: previous.to_owned(),
+        source,
+    };
+    state::write_atomic(previous, &current).map_err(|e| keep(e.into()))?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(previous, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
-    self_replace::self_replace(new).map_err(|e| format!("self-replace failed: {e}"))
+        .map_err(|e| keep(e.into()))?;
+    self_replace::self_replace(new).map_err(ReplaceError::SelfReplace)
 }
 
 /// Replaces this process with `program`, same arguments, marked as re-exec'd.

@@ -16,7 +16,7 @@ use molt_schema::Version;
 
 use crate::error::UpdateError;
 use crate::journal::{JournalWriter, checkpoint};
-use crate::service::ServiceManager;
+use crate::service::{ServiceError, ServiceManager};
 
 /// How the switch went, once the old agent was stopped.
 #[derive(Debug)]
@@ -26,14 +26,14 @@ pub(crate) struct Switched {
     /// From the old agent's exit to the new agent's start.
     pub before_start: Duration,
     /// Whether the new agent could be started at all.
-    pub started: Result<(), String>,
+    pub started: Result<(), ServiceError>,
 }
 
 /// Why the switch did not happen.
 #[derive(Debug)]
 pub(crate) enum NotSwitched {
     /// The old agent could not be stopped: nothing switched, and it runs again.
-    NotStopped(String),
+    NotStopped(ServiceError),
     /// A journal write or the link failed.
     Failed(UpdateError),
 }
@@ -57,9 +57,7 @@ pub(crate) fn switch_to(
         if matches!(svc.main_pid(), Ok(None)) {
             let _ = svc.start(&molt_host::random_token());
         }
-        return Err(NotSwitched::NotStopped(format!(
-            "could not stop the running agent: {e}"
-        )));
+        return Err(NotSwitched::NotStopped(e));
     }
     // The old agent has exited: the downtime starts here.
     let stopped = Instant::now();
@@ -70,10 +68,7 @@ pub(crate) fn switch_to(
     jw.journal.nonce = Some(nonce.clone());
     jw.set(Step::Switched)?;
     let before_start = stopped.elapsed();
-    let started = svc
-        .start(&nonce)
-        .map(|_| ())
-        .map_err(|e| format!("could not start the new agent: {e}"));
+    let started = svc.start(&nonce).map(|_| ());
     Ok(Switched {
         nonce,
         before_start,

@@ -267,9 +267,10 @@ async fn install_and_switch(
 
     let switched = match switch::switch_to(&mut jw, svc, &to) {
         Ok(s) => s,
-        Err(NotSwitched::NotStopped(reason)) => {
-            fail_before_switch(&mut jw, started, &reason)?;
-            return Err(UpdateError::Failed(anyhow::anyhow!(reason)));
+        Err(NotSwitched::NotStopped(source)) => {
+            let error = UpdateError::NotStopped { source };
+            fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error))?;
+            return Err(error);
         }
         Err(NotSwitched::Failed(e)) => return Err(e),
     };
@@ -282,6 +283,7 @@ async fn install_and_switch(
     };
     let health = switched
         .started
+        .map_err(|e| molt_schema::cli::one_line(&UpdateError::NotStarted { source: e }))
         .and_then(|()| wait_healthy(layout, svc, &check).map_err(|f| f.to_string()));
     match health {
         Ok(report) => {

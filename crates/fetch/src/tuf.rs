@@ -26,6 +26,9 @@ use molt_schema::manifest::MANIFEST_TARGET;
 use molt_schema::manifest::{Manifest, ManifestError};
 use molt_schema::region::Region;
 
+/// A cause kept as the source of a [`TrustError`], for the renderer's `caused by:` lines.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a region's repository could not be trusted or read. The security failures have
 /// their own variants so callers and tests can match them; all of them exit 4.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +43,12 @@ pub enum TrustError {
         trusted: u64,
         offered: u64,
     },
-    #[error("{role} metadata is not validly signed: {detail}")]
-    Signature { role: String, detail: String },
+    #[error("{role} metadata is not validly signed")]
+    Signature {
+        role: String,
+        #[source]
+        source: BoxError,
+    },
     #[error(
         "{role} version {fetched} does not match version {expected} listed by the metadata above it (mix-and-match)"
     )]
@@ -67,26 +74,32 @@ pub enum TrustError {
         now: Timestamp,
         latest_known: Timestamp,
     },
-    #[error("{what} is malformed: {detail}")]
-    Malformed { what: String, detail: String },
+    #[error("{what} is malformed")]
+    Malformed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("manifest entry {target} disagrees with its signed TUF target: {detail}")]
     ChecksumDisagrees { target: String, detail: String },
     #[error("{url} was not found")]
     NotFound { url: String },
     #[error("the repository lists no target {name}")]
     NoTarget { name: String },
-    #[error("cannot fetch {url}: {detail}")]
-    Transport { url: String, detail: String },
-    #[error("cannot use the trusted root {path}")]
-    TrustedRoot { path: PathBuf, detail: String },
+    #[error("cannot fetch {url}")]
+    Transport {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("cannot {action} the datastore {path}")]
     Datastore {
         action: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("TUF: {0}")]
-    Other(String),
+    #[error("the TUF client failed")]
+    Other(#[source] BoxError),
 }
 
 impl TrustError {
@@ -99,7 +112,6 @@ impl TrustError {
             TrustError::NotFound { .. }
                 | TrustError::Transport { .. }
                 | TrustError::Datastore { .. }
-                | TrustError::TrustedRoot { .. }
                 | TrustError::Other(_)
         )
     }
@@ -164,15 +176,15 @@ impl TrustError {
             },
             E::VerifyMetadata { role, source, .. } => TrustError::Signature {
                 role: role.to_string(),
-                detail: source.to_string(),
+                source: source.into(),
             },
             E::VerifyRoleMetadata { role, source, .. } => TrustError::Signature {
                 role,
-                detail: source.to_string(),
+                source: source.into(),
             },
             E::VerifyTrustedMetadata { source, .. } => TrustError::Signature {
                 role: "trusted root".into(),
-                detail: source.to_string(),
+                source: source.into(),
             },
             E::VersionMismatch {
                 role,
@@ -217,11 +229,11 @@ impl TrustError {
             },
             E::ParseMetadata { role, source, .. } => TrustError::Malformed {
                 what: format!("{role} metadata"),
-                detail: source.to_string(),
+                source: source.into(),
             },
             E::ParseTrustedMetadata { source, .. } => TrustError::Malformed {
                 what: "the trusted root".into(),
-                detail: source.to_string(),
+                source: source.into(),
             },
             E::Transport { url, source, .. } => {
                 // tough reports a target's or a metadata file's hash and size failures
@@ -235,11 +247,11 @@ impl TrustError {
                 } else {
                     TrustError::Transport {
                         url: redact(&url),
-                        detail: source.to_string(),
+                        source: source.into(),
                     }
                 }
             }
-            other => TrustError::Other(other.to_string()),
+            other => TrustError::Other(other.into()),
         }
     }
 }
@@ -338,9 +350,9 @@ impl RegionSource {
     }
 
     fn join(&self, part: &str) -> Result<Url, TrustError> {
-        self.base
-            .join(part)
-            .map_err(|e| TrustError::Other(format!("bad source URL {}: {e}", redact(&self.base))))
+        self.base.join(part).map_err(|e| {
+            TrustError::Other(format!("bad source URL {}: {e}", redact(&self.base)).into())
+        })
     }
 }
 
@@ -438,7 +450,7 @@ where
     let manifest =
         Manifest::parse(&manifest_bytes).map_err(|e: ManifestError| TrustError::Malformed {
             what: MANIFEST_TARGET.into(),
-            detail: e.to_string(),
+            source: e.into(),
         })?;
     match (&manifest.region, opts.region) {
         (Some(found), Some(expected)) if found == expected => {}
@@ -486,7 +498,7 @@ fn newest_root(installed: &[u8], datastore: &Path) -> Vec<u8> {
 
 async fn read_all(repo: &Repository, name: &str) -> Result<Vec<u8>, TrustError> {
     use tough::IntoVec as _;
-    let target = TargetName::new(name).map_err(|e| TrustError::Other(e.to_string()))?;
+    let target = TargetName::new(name).map_err(|e| TrustError::Other(e.into()))?;
     let stream = repo
         .read_target(&target)
         .await
@@ -638,8 +650,8 @@ impl LoadedRegion {
         E: std::error::Error + From<std::io::Error> + Send + 'static,
         F: FnOnce(&mut dyn Read) -> Result<T, E> + Send + 'static,
     {
-        let target = TargetName::new(name)
-            .map_err(|e| ReadError::Trust(TrustError::Other(e.to_string())))?;
+        let target =
+            TargetName::new(name).map_err(|e| ReadError::Trust(TrustError::Other(e.into())))?;
         let stream = self
             .repo
             .read_target(&target)
@@ -669,7 +681,9 @@ impl LoadedRegion {
             Ok(value)
         })
         .await
-        .map_err(|e| ReadError::Trust(TrustError::Other(format!("reader task failed: {e}"))))?;
+        .map_err(|e| {
+            ReadError::Trust(TrustError::Other(format!("reader task failed: {e}").into()))
+        })?;
         let stream_failure = failure.lock().ok().and_then(|mut g| g.take());
         match (stream_failure, outcome) {
             (Some(e), _) => Err(ReadError::Trust(TrustError::from_tough(e))),

@@ -53,14 +53,23 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// Renders a failure for a terminal: the error, each cause on its own line, then the hint.
+/// A cause whose text the line above already holds (some libraries print their source
+/// inside their own message) is not repeated.
 pub fn render(failure: &Failure) -> String {
     let mut out = String::new();
     let mut chain = failure.error.chain();
+    let mut last = String::new();
     if let Some(top) = chain.next() {
-        let _ = writeln!(out, "error: {top}");
+        last = top.to_string();
+        let _ = writeln!(out, "error: {last}");
     }
     for cause in chain {
-        let _ = writeln!(out, "  caused by: {cause}");
+        let shown = cause.to_string();
+        if last.contains(&shown) {
+            continue;
+        }
+        let _ = writeln!(out, "  caused by: {shown}");
+        last = shown;
     }
     if let Some(hint) = &failure.hint {
         let _ = writeln!(out, "hint: {hint}");
@@ -118,6 +127,24 @@ mod tests {
         assert_eq!(
             render(&f),
             "error: writing /tmp/x\n  caused by: disk full\nhint: free some space\n"
+        );
+    }
+
+    #[test]
+    fn render_skips_a_cause_the_line_above_already_shows() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("Transport error fetching 'x': {0}")]
+        struct Repeats(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot fetch x")]
+        struct Top(#[source] Repeats);
+        let f = Failure::new(
+            exit::FAILED,
+            anyhow::Error::new(Top(Repeats(std::io::Error::other("connection reset")))),
+        );
+        assert_eq!(
+            render(&f),
+            "error: cannot fetch x\n  caused by: Transport error fetching 'x': connection reset\n"
         );
     }
 
