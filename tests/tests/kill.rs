@@ -98,15 +98,34 @@ fn killed_at_random_instants_recovers() {
     };
     let (_repo, mut host) = setup();
     host.soak = "100ms".into();
-    // How long an uninterrupted update takes here, so the kill instants cover all of it.
+    // How long an uninterrupted update takes here, and when its journal appears, so that the
+    // kill instants cover all of it whatever the machine's load: most runs wait for the
+    // journal and then kill at a random point of what remains; every fifth run kills at a
+    // random instant from the start (the lock, the fetch, the download). The update's
+    // duration is measured again on every run that finished before its kill.
+    let journal = host.layout().journal();
+    let wait_for_journal = |child: &mut std::process::Child| -> Option<Instant> {
+        loop {
+            if journal.exists() {
+                return Some(Instant::now());
+            }
+            if child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
     let t = Instant::now();
-    let out = host.update("2.0.0", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let full = t.elapsed().as_millis() as u64;
+    let mut child = host
+        .update_cmd("2.0.0", &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = wait_for_journal(&mut child).expect("the update writes a journal");
+    assert!(child.wait().unwrap().success(), "the uninterrupted update");
+    let mut full = t.elapsed().as_millis() as u64;
+    let after_journal = seen.elapsed().as_millis() as u64;
     let mut steps_hit = std::collections::BTreeMap::<String, u32>::new();
     let runs = 50;
     for i in 0..runs {
@@ -115,19 +134,33 @@ fn killed_at_random_instants_recovers() {
         } else {
             "2.0.0"
         };
+        let spawned = Instant::now();
         let mut child = host
             .update_cmd(target, &["--allow-downgrade"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(next() % (full + full / 10 + 1));
-        let started = Instant::now();
-        while started.elapsed() < delay {
+        let (from, delay) = if i % 5 == 0 {
+            (spawned, next() % (full + full / 10 + 1))
+        } else {
+            match wait_for_journal(&mut child) {
+                Some(at) => (at, next() % (after_journal + 1)),
+                None => (spawned, 0),
+            }
+        };
+        let delay = Duration::from_millis(delay);
+        let mut finished = false;
+        while from.elapsed() < delay {
             if child.try_wait().unwrap().is_some() {
+                finished = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(2));
+        }
+        if finished {
+            // It ran to the end before its kill: this is how long an update takes now.
+            full = spawned.elapsed().as_millis() as u64;
         }
         kill(child.id());
         let _ = child.wait();
