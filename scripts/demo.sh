@@ -27,23 +27,26 @@ if [ -e /lib/ld-musl-x86_64.so.1 ] || [ -e /lib/ld-musl-aarch64.so.1 ]; then
   platform=${platform/linux-/linux-musl-}
 fi
 
-# One dev-profile build of the three programs (the profile the tests use), then a re-stamp
-# per version: only the binaries' main.rs reads MOLT_BUILD_VERSION, so each re-stamp
-# recompiles two files and links. The same three packages are named each time, so cargo
-# resolves the same features and reuses everything else.
+# One build of the three programs in the `demo` profile (Cargo.toml: dependencies at
+# opt-level 1, no debug info; the quickest from a fresh clone), then a re-stamp per version:
+# only the binaries' main.rs reads MOLT_BUILD_VERSION, so each re-stamp recompiles two files
+# and links. The same three packages are named each time, so cargo resolves the same
+# features and reuses everything else.
 packages=(-p agent -p updater -p release-manifest)
+profile=(--profile demo)
+out=target/demo
 step "build agent, updater and release-manifest"
-cargo build --quiet --locked "${packages[@]}"
+cargo build --quiet --locked "${profile[@]}" "${packages[@]}"
 rm_tool="$work/bin/release-manifest"
 mkdir -p "$work/bin"
-cp target/debug/release-manifest "$rm_tool"
+cp "$out/release-manifest" "$rm_tool"
 
 build() { # version
   step "stamp v$1 (MOLT_BUILD_VERSION=$1)"
-  MOLT_BUILD_VERSION=$1 cargo build --quiet --locked "${packages[@]}" --bin agent --bin updater
+  MOLT_BUILD_VERSION=$1 cargo build --quiet --locked "${profile[@]}" "${packages[@]}" --bin agent --bin updater
   mkdir -p "$work/bin/$1"
-  cp target/debug/agent target/debug/updater "$work/bin/$1/"
-  # Without symbols the packages are half the size; `strip` comes with the C toolchain.
+  cp "$out/agent" "$out/updater" "$work/bin/$1/"
+  # Without symbols the packages are smaller; `strip` comes with the C toolchain.
   strip "$work/bin/$1/agent" "$work/bin/$1/updater" 2>/dev/null || true
   "$work/bin/$1/agent" --version
 }
