@@ -120,7 +120,12 @@ pub async fn send_pending(
         )
         .await
         .map_err(|_| format!("uploading {key} timed out after 60 s"))?
-        .map_err(|e| format!("cannot upload the report {key}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot upload the report {key}: {}",
+                molt_schema::cli::one_line(&e)
+            )
+        })?;
         tracing::info!(
             "reported update {} ({} → {}) to {sink}",
             record.id,

@@ -130,9 +130,12 @@ impl Reporter {
             .map_err(|e| e.to_string())?;
         // The same transport the updater reads with: its proxies, user agent, redirect rules,
         // deadline and throughput floor, signing for the report bucket.
-        let transport = MoltTransport::new(HttpSettings::default())
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?
-            .with_signer(S3Signer::new(provider, region.clone()).for_location(&self.sink));
+        let transport = MoltTransport::new(HttpSettings {
+            user_agent: format!("molt-agent/{}", molt_host::build::version()),
+            ..HttpSettings::default()
+        })
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?
+        .with_signer(S3Signer::new(provider, region.clone()).for_location(&self.sink));
         self.ready = Some((region, transport, host));
         Ok(())
     }

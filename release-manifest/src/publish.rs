@@ -387,7 +387,7 @@ async fn read_region(
     };
     publish::read_back(&rs, &opts, &[])
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| molt_schema::cli::one_line(&e))
 }
 
 /// What a region's manifest says about `version`.

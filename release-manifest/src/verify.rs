@@ -127,7 +127,7 @@ pub fn run(args: Args) -> Result<i32, Failure> {
             } else {
                 exit::FAILED
             };
-            report.error = Some(e.to_string());
+            report.error = Some(molt_schema::cli::one_line(&e));
         }
         Ok(region) => {
             let [root, targets, snapshot, timestamp] = region.versions();
@@ -152,11 +152,11 @@ pub fn run(args: Args) -> Result<i32, Failure> {
                         } else {
                             exit::FAILED
                         });
-                        Some(e.to_string())
+                        Some(molt_schema::cli::one_line(&e))
                     }
                     Err(ReadError::Consumer(e)) => {
                         worst = worst.max(exit::FAILED);
-                        Some(e.to_string())
+                        Some(molt_schema::cli::one_line(&e))
                     }
                 };
                 report.targets.push(TargetReport {

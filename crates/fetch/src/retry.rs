@@ -38,11 +38,12 @@ impl RetryPolicy {
         max: Duration::from_secs(10),
     };
 
-    /// The publisher's object store calls: 4 attempts, 0.4 s then doubling, at most 10 s
-    /// (a 5xx or a throttle costs a publish about 3 s, not a failed wave).
+    /// The publisher's object store calls: 6 attempts, 0.5 s then doubling, at most 10 s:
+    /// up to about 15 s of waiting (at least half of it), so a burst of S3 throttling
+    /// (`SlowDown`) or a few 5xx costs a publish seconds, not a failed wave.
     pub const PUBLISH: Self = Self {
-        attempts: 4,
-        initial: Duration::from_millis(400),
+        attempts: 6,
+        initial: Duration::from_millis(500),
         max: Duration::from_secs(10),
     };
 
@@ -104,7 +105,7 @@ pub async fn run<T, E, F, Fut>(
     mut op: F,
 ) -> Result<T, E>
 where
-    E: std::fmt::Display,
+    E: std::error::Error,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -118,7 +119,8 @@ where
                     attempt = made,
                     of = policy.max_attempts(),
                     retry_in = ?delay,
-                    "{what}: {error}; retrying"
+                    "{what}: {}; retrying",
+                    molt_schema::cli::one_line(&error)
                 );
                 tokio::time::sleep(delay).await;
             }
@@ -136,9 +138,12 @@ pub fn is_transient(error: &TransportError) -> bool {
             Some(TransferError::Status { status }) => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            Some(TransferError::TooManyRedirects { .. } | TransferError::RedirectScheme { .. }) => {
-                false
-            }
+            // Refused credentials and redirect refusals will be refused again.
+            Some(
+                TransferError::TooManyRedirects { .. }
+                | TransferError::RedirectScheme { .. }
+                | TransferError::CredentialsRefused { .. },
+            ) => false,
             _ => true,
         },
         _ => false,
@@ -223,6 +228,12 @@ mod tests {
             TransportErrorKind::Other,
             TransferError::TooManyRedirects { max: 5 }
         )));
+        assert!(!is_transient(&with(
+            TransportErrorKind::Other,
+            TransferError::CredentialsRefused {
+                code: "SignatureDoesNotMatch".into()
+            }
+        )));
         assert!(is_transient(&TransportError::new_with_cause(
             TransportErrorKind::Other,
             "http://example.com/a",
@@ -244,51 +255,38 @@ mod tests {
 
     #[tokio::test]
     async fn run_retries_what_is_retryable_and_stops_at_the_limit() {
+        use std::io::{Error, ErrorKind};
         let calls = AtomicU32::new(0);
-        let r: Result<(), String> = run(
-            &fast(3),
-            "op",
-            |_| true,
-            || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err("503".to_owned())
-            },
-        )
+        let transient = |e: &Error| e.kind() != ErrorKind::PermissionDenied;
+        let r: Result<(), Error> = run(&fast(3), "GET x", transient, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Error::other("503"))
+        })
         .await;
-        assert_eq!(r.unwrap_err(), "503");
+        assert_eq!(r.unwrap_err().to_string(), "503");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
 
         // A permanent error: one call.
         calls.store(0, Ordering::SeqCst);
-        let r: Result<(), String> = run(
-            &fast(3),
-            "op",
-            |e: &String| e != "403",
-            || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err("403".to_owned())
-            },
-        )
+        let r: Result<(), Error> = run(&fast(3), "GET x", transient, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Error::from(ErrorKind::PermissionDenied))
+        })
         .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
 
         // Success on the second attempt.
         calls.store(0, Ordering::SeqCst);
-        let r = run(
-            &fast(5),
-            "op",
-            |_: &String| true,
-            || async {
-                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                    Err("reset".to_owned())
-                } else {
-                    Ok(7)
-                }
-            },
-        )
+        let r = run(&fast(5), "GET x", transient, || async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(Error::from(ErrorKind::ConnectionReset))
+            } else {
+                Ok(7)
+            }
+        })
         .await;
-        assert_eq!(r, Ok(7));
+        assert_eq!(r.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -545,10 +545,16 @@ where
                 }
             }
             Err(StoreError::PreconditionFailed { .. }) => {
-                return Err(PublishError::Raced {
-                    key: c.key.clone(),
-                    store: shown,
-                });
+                // The timestamp changed since the pull. When it now holds our very bytes,
+                // that change was this write's own first attempt, which landed although its
+                // answer was lost (the store's retry met it); anything else is a race.
+                let same = holds(store, &c.key, &w.body).await;
+                if !matches!(same, Ok(Some(true))) {
+                    return Err(PublishError::Raced {
+                        key: c.key.clone(),
+                        store: shown,
+                    });
+                }
             }
             Err(source) => {
                 return Err(PublishError::Upload {
@@ -716,7 +722,7 @@ pub async fn read_back(
         transport,
     })
     .await
-    .map_err(|e| fail(format!("{e:#}")))?;
+    .map_err(|e| fail(molt_schema::cli::one_line(&e)))?;
     for name in added {
         if name == crate::tuf::MANIFEST_TARGET {
             continue;
@@ -752,10 +758,10 @@ pub async fn read_back(
         match read {
             Ok(_) => {}
             Err(molt_fetch::tuf::ReadError::Trust(e)) => {
-                return Err(fail(format!("{name}: {e}")));
+                return Err(fail(format!("{name}: {}", molt_schema::cli::one_line(&e))));
             }
             Err(molt_fetch::tuf::ReadError::Consumer(e)) => {
-                return Err(fail(format!("{name}: {e}")));
+                return Err(fail(format!("{name}: {}", molt_schema::cli::one_line(&e))));
             }
         }
     }
@@ -894,7 +900,11 @@ pub async fn upload_new(
         match result {
             Ok(()) => uploaded += 1,
             Err(StoreError::PreconditionFailed { .. }) => {
-                return Err(PublishError::Raced { key, store: shown });
+                // Already there: fine with the very same bytes (an earlier run, or this
+                // write's own first attempt that landed), a race otherwise.
+                if !matches!(holds(store, &key, &body).await, Ok(Some(true))) {
+                    return Err(PublishError::Raced { key, store: shown });
+                }
             }
             Err(source) => {
                 return Err(PublishError::Upload {

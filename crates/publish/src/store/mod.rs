@@ -374,7 +374,7 @@ pub enum StoreError {
     },
 
     /// The request did not get an answer (connection refused or reset, DNS, timeout, a 5xx
-    /// after the SDK's own retries, a body cut short).
+    /// or a throttle, a body cut short). The stores do not retry; [`Retrying`] does.
     #[error("{operation} {object} failed{}", if *retryable { " (retryable)" } else { "" })]
     Transport {
         operation: Operation,

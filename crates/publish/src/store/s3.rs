@@ -341,7 +341,9 @@ impl S3Store {
             SdkError::DispatchFailure(failure) => transport(!failure.is_user(), err),
             SdkError::ResponseError(response) => {
                 let status = response.raw().status().as_u16();
-                if status >= 500 || status == 429 {
+                if status >= 500 || status == 429 || (200..300).contains(&status) {
+                    // A 5xx or a throttle; or an answer cut short (the status looked fine,
+                    // the body did not arrive whole): worth another try.
                     transport(true, err)
                 } else {
                     // An answer the SDK could not read: not S3, or cut short.
