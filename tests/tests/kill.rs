@@ -116,16 +116,23 @@ fn killed_at_random_instants_recovers() {
         }
     };
     let t = Instant::now();
+    let log = host.root.path().join("baseline.log");
     let mut child = host
         .update_cmd("2.0.0", &[])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let seen = wait_for_journal(&mut child).expect("the update writes a journal");
-    assert!(child.wait().unwrap().success(), "the uninterrupted update");
+    let seen = wait_for_journal(&mut child);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success() && seen.is_some(),
+        "the uninterrupted update ({status}; journal seen: {}): {}",
+        seen.is_some(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let mut full = t.elapsed().as_millis() as u64;
-    let after_journal = seen.elapsed().as_millis() as u64;
+    let mut after_journal = seen.map_or(full, |s| s.elapsed().as_millis() as u64);
     let mut steps_hit = std::collections::BTreeMap::<String, u32>::new();
     let runs = 50;
     for i in 0..runs {
@@ -161,6 +168,9 @@ fn killed_at_random_instants_recovers() {
         if finished {
             // It ran to the end before its kill: this is how long an update takes now.
             full = spawned.elapsed().as_millis() as u64;
+            if from != spawned {
+                after_journal = from.elapsed().as_millis() as u64;
+            }
         }
         kill(child.id());
         let _ = child.wait();

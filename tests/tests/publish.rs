@@ -231,15 +231,22 @@ fn a_killed_publisher_leaves_every_region_verifiable_and_a_rerun_completes() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        // Even rounds: SIGKILL from outside at a random instant. Odd rounds: the publisher
-        // kills itself right after a random upload (1 to 18; a publish of a new version
-        // to three regions makes about 6 per region), so every gap between two writes is
-        // hit, timestamp.json's included.
+        // Even rounds: SIGKILL from outside at a random instant, into publishes of 2.0.0
+        // (after the first of them that completes, these find nothing left to write). Odd
+        // rounds: the publisher kills itself right after a random upload (1 to 18; a publish
+        // of a new version to three regions makes about 7 per region), so every gap between
+        // two writes is hit, timestamp.json's included; each of these publishes a version of
+        // its own (1.6.<round>, below 2.0.0), so that it always has every write to make
+        // whatever the rounds before it did, and the count below does not depend on where
+        // the random instants fell or how loaded the machine is.
         let at = Duration::from_millis(seed % (span * 2));
-        let mut cmd = f.publish("2.0.0", &all);
-        if round % 2 == 1 {
-            cmd.env("MOLT_TEST_KILL_AFTER_PUTS", (1 + seed % 18).to_string());
-        }
+        let mut cmd = if round % 2 == 1 {
+            let mut c = f.publish(&format!("1.6.{round}"), &all);
+            c.env("MOLT_TEST_KILL_AFTER_PUTS", (1 + seed % 18).to_string());
+            c
+        } else {
+            f.publish("2.0.0", &all)
+        };
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -263,6 +270,7 @@ fn a_killed_publisher_leaves_every_region_verifiable_and_a_rerun_completes() {
             );
         }
     }
+    eprintln!("kills that landed mid-publish, over 20 rounds: {mid_publish}");
     assert!(
         mid_publish >= 2,
         "only {mid_publish} kills landed between the first upload and timestamp.json (publish takes {span} ms)"

@@ -382,10 +382,17 @@ fn crash_in_soak_is_died_during_soak() {
 fn slow_start_is_healthy_within_the_timeout() {
     let fx = Fixture::new("2.0.0");
     let mut svc = fx.direct("slow-start", Duration::from_secs(1));
+    // From before the start: the agent sleeps 1 s from its own start, which comes later, so
+    // the health check cannot have seen it ready sooner (`ready_after` counts from after
+    // `start` returned, which may already be a few milliseconds into that second).
+    let before_start = std::time::Instant::now();
     let pid = svc.start("n").unwrap();
     let report = wait_healthy(&fx.layout, &mut svc, &fx.check("n", 3000, 200)).unwrap();
     assert_eq!(report.pid, pid);
-    assert!(report.ready_after >= Duration::from_secs(1), "{report:?}");
+    assert!(
+        before_start.elapsed() >= Duration::from_secs(1),
+        "{report:?}"
+    );
     svc.stop().unwrap();
 }
 
