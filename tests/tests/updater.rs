@@ -8,6 +8,7 @@ use molt_host::state::{Outcome, Quarantine};
 use molt_schema::Version;
 use molt_schema::manifest::Status;
 use molt_tests::fixture::{TestHost, TestRepo, kill, pid_alive};
+use molt_tests::http_server::FileServer;
 
 fn v(s: &str) -> Version {
     s.parse().unwrap()
@@ -39,6 +40,27 @@ fn repo_v1_v2() -> TestRepo {
     repo.publish("1.0.0", Status::Active);
     repo.publish("2.0.0", Status::Active);
     repo
+}
+
+/// A source typed without its trailing slash, as a new user writes it (`--source
+/// file:///srv/molt/us-east-1`), over file:// and over http:// under a path: the metadata and
+/// the packages both load. (The packages' URLs were joined onto a base whose last segment
+/// `Url::join` drops, so the metadata loaded and the download got a 404.)
+#[test]
+fn a_source_without_a_trailing_slash_works() {
+    let repo = repo_v1_v2();
+    let mut host = TestHost::new(&repo);
+    host.source = repo.url().trim_end_matches('/').to_owned();
+    assert!(!host.source.ends_with('/'));
+    let out = host.update("1.0.0", &[]);
+    assert_eq!(code(&out), 0, "file:// without a slash: {}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+
+    let server = FileServer::start(repo.dir.path()).unwrap();
+    host.source = format!("{}repo", server.base_url());
+    let out = host.update("2.0.0", &[]);
+    assert_eq!(code(&out), 0, "http:// without a slash: {}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
 }
 
 #[test]

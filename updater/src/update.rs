@@ -60,11 +60,9 @@ pub enum UpdateReport {
 }
 
 /// The target file's URL under consistent snapshots: `targets/<sha256>.<name>`.
+/// Where a target's bytes are, below the source (with or without its trailing slash).
 pub(crate) fn target_url(base: &Url, info: &TargetInfo) -> Result<Url, UpdateError> {
-    base.join(&format!("targets/{}.{}", info.sha256, info.name))
-        .map_err(|e| {
-            UpdateError::Failed(anyhow::anyhow!("cannot form the URL of {}: {e}", info.name))
-        })
+    Ok(RegionSource::new(base.clone()).target_url(&info.sha256, &info.name)?)
 }
 
 /// The persisted rollout seed, or a new one (`molt_fetch::aws::host_seed`, shared with

@@ -341,12 +341,26 @@ pub struct RegionSource {
 }
 
 impl RegionSource {
+    /// The repository at `base`, written with or without its trailing slash: the base is
+    /// kept as a directory, so that `metadata/`, `targets/` and every target's URL are joined
+    /// below it (`Url::join` would replace a last segment that has no slash after it).
     pub fn new(mut base: Url) -> RegionSource {
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
         RegionSource { base }
+    }
+
+    /// The base URL, ending in `/`.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// Where a target is stored: `targets/<sha256>.<name>` below the base (TUF's
+    /// consistent snapshots).
+    pub fn target_url(&self, sha256: &Sha256, name: &str) -> Result<Url, TrustError> {
+        self.join(&format!("targets/{sha256}.{name}"))
     }
 
     fn join(&self, part: &str) -> Result<Url, TrustError> {
