@@ -53,8 +53,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let path = dir.join(name);
-    if !path.exists() {
-        build_workspace_bins(&dir);
+    if !path.exists() || bins_older_than(&dir, &exe) {
+        build_workspace_bins(&dir, &exe);
     }
     if !path.exists() {
         panic_with(&format!(
@@ -65,12 +65,31 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// The file whose time says when the harness last built the workspace's binaries.
+fn bins_stamp(profile_dir: &Path) -> PathBuf {
+    profile_dir.join(".molt-bins.stamp")
+}
+
+/// Whether this test executable was built after the harness last built the binaries: a
+/// test file run on its own after a change (`cargo test --workspace --test updater`) is
+/// rebuilt, but the agent, the updater and the release tool are not, and must not be run
+/// stale. A full run builds them with the tests, so the first test process's check is a
+/// no-op build, and the stamp it leaves spares the others.
+fn bins_older_than(profile_dir: &Path, exe: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(&bins_stamp(profile_dir)), modified(exe)) {
+        (Some(stamp), Some(exe)) => stamp < exe,
+        _ => true,
+    }
+}
+
 /// Builds every binary of the workspace into `profile_dir`, for a test file run on its own
 /// (`cargo test -p molt-tests --test publish` builds only this crate's binaries, not the
 /// release tool, the agent or the updater). It resolves features for the whole workspace
 /// with an example, as `cargo test --workspace` does, so it reuses what that built. One
-/// build at a time, under a file lock shared by every test process.
-fn build_workspace_bins(profile_dir: &Path) {
+/// build at a time, under a file lock shared by every test process; a process that waited
+/// for the lock checks again whether the build it waited for already did the work.
+fn build_workspace_bins(profile_dir: &Path, exe: &Path) {
     let target_root = profile_dir
         .parent()
         .map(Path::to_path_buf)
@@ -80,12 +99,18 @@ fn build_workspace_bins(profile_dir: &Path) {
         "create the workspace build lock",
     );
     check(lock.lock(), "take the workspace build lock");
-    cargo_build(
-        &["--bins", "--example", "bench-uptodate"],
-        &target_root,
-        &[],
-        "the workspace's binaries",
-    );
+    if bins_older_than(profile_dir, exe) {
+        cargo_build(
+            &["--bins", "--example", "bench-uptodate"],
+            &target_root,
+            &[],
+            "the workspace's binaries",
+        );
+        check(
+            std::fs::write(bins_stamp(profile_dir), b""),
+            "write the workspace build stamp",
+        );
+    }
     drop(lock);
 }
 

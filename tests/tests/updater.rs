@@ -63,6 +63,36 @@ fn a_source_without_a_trailing_slash_works() {
     assert_eq!(host.assert_healthy(), v("2.0.0"));
 }
 
+/// One bad byte and a torn last line in `state/history.jsonl` (a crash mid-append, a bad
+/// sector): the next update still commits and records itself, and `updater history` and
+/// `status` still read the file.
+#[test]
+fn a_damaged_history_file_does_not_stop_updates() {
+    use std::io::Write as _;
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let history = host.layout().history();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&history)
+        .unwrap();
+    f.write_all(b"{\"version\":1,\"id\":\"\xff\xfe garbage\n{\"torn\":")
+        .unwrap();
+    drop(f);
+    let out = host.update("2.0.0", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    assert!(!host.layout().journal().exists(), "the update finished");
+    let records = host.history();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[1].to, v("2.0.0"));
+    for cmd in ["history", "status"] {
+        let out = host.updater().arg(cmd).output().unwrap();
+        assert_eq!(code(&out), 0, "{cmd}: {}", text(&out));
+        assert!(text(&out).contains("2.0.0"), "{cmd}: {}", text(&out));
+    }
+}
+
 #[test]
 fn first_install_needs_a_trusted_root() {
     let repo = repo_v1_v2();

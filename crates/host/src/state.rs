@@ -2,7 +2,7 @@
 //! rename, fsync of the directory), each with a `version` field. Readers ignore fields
 //! they do not know, so a downgraded updater or agent never breaks on newer state.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -212,24 +212,68 @@ pub fn append_history(path: &Path, record: &HistoryRecord) -> Result<(), StateEr
     }
     let mut f = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .map_err(io_err("open", path))?;
+    // A crash mid-append leaves a last line without its newline: start a line of our own,
+    // or this record is glued to the torn one and lost with it.
+    if ends_without_newline(&mut f).map_err(io_err("read", path))? {
+        line.insert(0, b'\n');
+    }
     f.write_all(&line).map_err(io_err("append to", path))?;
     f.sync_all().map_err(io_err("sync", path))
 }
 
-/// Reads `history.jsonl`, oldest first. Lines that do not parse (a torn last line after a
-/// crash, or a record from a far newer molt) are skipped.
-pub fn read_history(path: &Path) -> Result<Vec<HistoryRecord>, StateError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(io_err("read", path)(e)),
+/// Whether the file is non-empty and its last byte is not a newline.
+fn ends_without_newline(f: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
     }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+/// Reads `history.jsonl`, oldest first. A line that is not a record (a torn last line after
+/// a crash, a bad byte, garbage, or a record from a far newer molt) costs that line only: it
+/// is skipped with a warning, and the rest is read.
+pub fn read_history(path: &Path) -> Result<Vec<HistoryRecord>, StateError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    let mut records = Vec::new();
+    let mut skipped = 0usize;
+    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(record) => records.push(record),
+            Err(e) => {
+                skipped += 1;
+                if skipped <= 3 {
+                    tracing::warn!(
+                        "{} line {}: not a history record ({e}); skipping it",
+                        path.display(),
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
+    if skipped > 3 {
+        tracing::warn!(
+            "{}: {skipped} lines in all are not history records and were skipped",
+            path.display()
+        );
+    }
+    Ok(records)
 }
 
 /// The agent's readiness, `state/health.json`.
@@ -379,6 +423,65 @@ mod tests {
             all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    fn record(id: &str) -> HistoryRecord {
+        HistoryRecord {
+            version: STATE_VERSION,
+            id: id.into(),
+            from: None,
+            to: v("1.0.0"),
+            result: Outcome::Success,
+            reason: None,
+            started_at: Timestamp::UNIX_EPOCH,
+            finished_at: Timestamp::UNIX_EPOCH,
+            timings: Timings::default(),
+        }
+    }
+
+    /// A crash mid-append leaves a last line without its newline; the next record must start
+    /// a line of its own, or it is glued to the torn one and lost with it.
+    #[test]
+    fn an_append_after_a_torn_last_line_starts_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        append_history(&path, &record("a")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"version\":1,\"id\":\"torn").unwrap();
+        drop(f);
+        append_history(&path, &record("b")).unwrap();
+        append_history(&path, &record("c")).unwrap();
+        let ids: Vec<String> = read_history(&path)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    /// One bad byte (not UTF-8) or a garbage line costs that line, not the whole history:
+    /// the updater's commit reads the history, and a failure there would stop every later
+    /// update on the host.
+    #[test]
+    fn a_garbage_line_or_a_bad_byte_costs_only_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        append_history(&path, &record("a")).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"\xff\xfe not text at all\n").unwrap();
+        f.write_all(b"[1, 2, 3]\n\n   \n").unwrap();
+        let mut bad_byte = serde_json::to_vec(&record("x")).unwrap();
+        bad_byte[12] = 0xff;
+        bad_byte.push(b'\n');
+        f.write_all(&bad_byte).unwrap();
+        drop(f);
+        append_history(&path, &record("b")).unwrap();
+        let ids: Vec<String> = read_history(&path)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
     }
 
     #[test]
