@@ -8,6 +8,7 @@
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
+use molt_fetch::retry::transfer_error;
 use molt_fetch::s3::{S3Endpoint, S3Error, S3Location, S3Signer, put_object};
 use molt_fetch::transport::{
     HttpSettings, IntoVec, MoltTransport, ProxySettings, TransferError, Transport, TransportError,
@@ -58,10 +59,6 @@ fn signer_with(access_key: &str, secret_key: &str) -> S3Signer {
 
 async fn read(transport: &MoltTransport, url: Url) -> Result<Vec<u8>, TransportError> {
     transport.fetch(url).await?.into_vec().await
-}
-
-fn transfer_error(e: &TransportError) -> Option<&TransferError> {
-    std::error::Error::source(e)?.downcast_ref()
 }
 
 /// The release tool's view of a bucket: aws-sdk-s3, with the server's credentials.

@@ -258,16 +258,20 @@ fn release_tool_diff_rollout_status_and_errors() {
             .arg("--directory")
             .arg(&buckets));
     }
+    // `release-manifest package` of 1.0.0 with `agent` as its agent program.
+    let package = |agent: &str, out: &Path| {
+        ok(tool()
+            .args(["package", "--version", "1.0.0", "--platform"])
+            .arg(platform().to_string())
+            .arg("--agent")
+            .arg(workspace_bin(agent))
+            .arg("--updater")
+            .arg(workspace_bin("updater"))
+            .arg("--out")
+            .arg(out));
+    };
     let dist = d.join("dist");
-    ok(tool()
-        .args(["package", "--version", "1.0.0", "--platform"])
-        .arg(platform().to_string())
-        .arg("--agent")
-        .arg(workspace_bin("test-agent"))
-        .arg("--updater")
-        .arg(workspace_bin("updater"))
-        .arg("--out")
-        .arg(&dist));
+    package("test-agent", &dist);
     let publish = |extra: &[&str]| {
         let mut c = tool();
         c.args(["publish", "--version", "1.0.0", "--dist"])
@@ -319,15 +323,7 @@ fn release_tool_diff_rollout_status_and_errors() {
 
     // Publishing the same version again with other bytes: refused, nothing clobbered.
     let other = d.join("dist-other");
-    ok(tool()
-        .args(["package", "--version", "1.0.0", "--platform"])
-        .arg(platform().to_string())
-        .arg("--agent")
-        .arg(workspace_bin("updater"))
-        .arg("--updater")
-        .arg(workspace_bin("updater"))
-        .arg("--out")
-        .arg(&other));
+    package("updater", &other);
     let out = tool()
         .args([
             "publish",

@@ -394,17 +394,7 @@ mod tests {
     fn history_appends_and_skips_torn_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
-        let rec = HistoryRecord {
-            version: STATE_VERSION,
-            id: "a".into(),
-            from: None,
-            to: v("1.0.0"),
-            result: Outcome::Success,
-            reason: None,
-            started_at: Timestamp::UNIX_EPOCH,
-            finished_at: Timestamp::UNIX_EPOCH,
-            timings: Timings::default(),
-        };
+        let rec = record("a");
         append_history(&path, &rec).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"version\":1,\"id\":\"torn").unwrap();

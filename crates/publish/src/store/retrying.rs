@@ -8,6 +8,7 @@
 //! failure may meet its own first attempt: the publisher tells that echo from a real
 //! conflict by reading the object back ([`ObjectStore::put_body`]).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,8 +28,14 @@ impl Retrying {
         Retrying { inner, policy }
     }
 
-    fn what(&self, operation: &str, key: &str) -> String {
-        format!("{operation} {}{key}", self.inner.describe())
+    /// `op` on the inner store under the policy; `operation` and `key` name it in the log.
+    async fn retry<T, F, Fut>(&self, operation: &str, key: &str, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let what = format!("{operation} {}{key}", self.inner.describe());
+        retry::run(&self.policy, &what, StoreError::is_retryable, op).await
     }
 }
 
@@ -39,42 +46,25 @@ impl ObjectStore for Retrying {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let what = self.what("GET", key);
-        retry::run(&self.policy, &what, StoreError::is_retryable, || {
-            self.inner.get(key)
-        })
-        .await
+        self.retry("GET", key, || self.inner.get(key)).await
     }
 
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        let what = self.what("HEAD", key);
-        retry::run(&self.policy, &what, StoreError::is_retryable, || {
-            self.inner.stat(key)
-        })
-        .await
+        self.retry("HEAD", key, || self.inner.stat(key)).await
     }
 
     async fn put_body(&self, key: &str, body: Body, cond: Condition) -> Result<(), StoreError> {
-        let what = self.what("PUT", key);
-        retry::run(&self.policy, &what, StoreError::is_retryable, || {
+        self.retry("PUT", key, || {
             self.inner.put_body(key, body.clone(), cond.clone())
         })
         .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let what = self.what("LIST", prefix);
-        retry::run(&self.policy, &what, StoreError::is_retryable, || {
-            self.inner.list(prefix)
-        })
-        .await
+        self.retry("LIST", prefix, || self.inner.list(prefix)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let what = self.what("DELETE", key);
-        retry::run(&self.policy, &what, StoreError::is_retryable, || {
-            self.inner.delete(key)
-        })
-        .await
+        self.retry("DELETE", key, || self.inner.delete(key)).await
     }
 }
