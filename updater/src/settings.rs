@@ -87,6 +87,9 @@ impl SettingsError {
             // refusing a token) and its fix.
             SettingsError::Region(e) => e.hint().or(Some(REGION_HINT)),
             SettingsError::NoRegion => Some(REGION_HINT),
+            SettingsError::BadUrl { .. } => Some(
+                "write a directory as a file:// URL with an absolute path (file:///srv/molt/us-east-1), or give an https:// URL or s3://bucket/prefix",
+            ),
             _ => None,
         }
     }

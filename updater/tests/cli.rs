@@ -138,6 +138,29 @@ fn status_history_and_recover_on_an_empty_root() {
     );
 }
 
+/// A source typed as a plain path, relative or absolute, is a config error (exit 2) whose
+/// hint says how to write it.
+#[test]
+fn a_source_typed_as_a_path_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.json"), "{}").unwrap();
+    for source in ["./repo", "repo", "/srv/molt/us-east-1"] {
+        let out = updater(&dir.path().join("root"))
+            .args(["--target-version", "latest", "--region", "us-east-1"])
+            .args(["--source", source, "--trusted-root"])
+            .arg(dir.path().join("root.json"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{source}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("which is not a URL")
+                && err.contains("hint: write a directory as a file:// URL"),
+            "{source}: {err}"
+        );
+    }
+}
+
 /// A typo in the config file and a config file that cannot be read are the operator's
 /// input: exit 2 (usage or config), as from the agent (agent/tests/cli.rs).
 #[test]
