@@ -218,7 +218,9 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    write_health(&settings, &nonce, started_at, HealthStatus::Ready)?;
+    // A full or read-only disk must not take the agent down with it: it keeps running and
+    // writes its health file as soon as it can (the updater's recovery then confirms it).
+    let mut health_pending = !ready_or_retry(&settings, &nonce, started_at)?;
     tracing::info!(
         "molt agent {} ready (pid {}, root {})",
         molt_host::build::version(),
@@ -250,6 +252,9 @@ pub async fn run(
     let mut announced: Option<Timestamp> = None;
 
     loop {
+        if health_pending {
+            health_pending = !ready_or_retry(&settings, &nonce, started_at)?;
+        }
         let now = Timestamp::now();
         let offset = schedule::jitter_offset(seed, settings.plan.jitter);
         let Some(due) =
@@ -303,6 +308,9 @@ pub async fn run(
                 .unwrap_or(Duration::ZERO);
             wait = wait.min(until_report);
         }
+        if health_pending {
+            wait = wait.min(HEALTH_RETRY);
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -320,6 +328,28 @@ pub async fn run(
             }
         }
     }
-    write_health(&settings, &nonce, started_at, HealthStatus::Stopping)?;
+    if let Err(e) = write_health(&settings, &nonce, started_at, HealthStatus::Stopping) {
+        tracing::warn!("{e}");
+    }
     Ok(())
+}
+
+/// How often an agent that could not write its health file tries again.
+const HEALTH_RETRY: Duration = Duration::from_secs(2);
+
+/// Writes the ready health file: true when written, false (with a warning) when the disk
+/// refused it. Only a build without a usable version is fatal.
+fn ready_or_retry(
+    settings: &AgentSettings,
+    nonce: &str,
+    started_at: Timestamp,
+) -> Result<bool, RunError> {
+    match write_health(settings, nonce, started_at, HealthStatus::Ready) {
+        Ok(()) => Ok(true),
+        Err(e @ RunError::Health { .. }) => {
+            tracing::warn!("{e}; the agent keeps running and tries again in {HEALTH_RETRY:?}");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -280,9 +280,8 @@ pub fn wave(
 /// The running agent, from `state/health.json`.
 fn running(settings: &AgentSettings) -> Option<RunningAgent> {
     let h: Health = state::read_json(&settings.layout.health()).ok().flatten()?;
-    let alive = rustix::process::Pid::from_raw(i32::try_from(h.pid).ok()?)
-        .map(|pid| rustix::process::test_kill_process(pid).is_ok())
-        .unwrap_or(false);
+    // A zombie (exited, not yet reaped) is not alive.
+    let alive = molt_host::process::alive_non_child(h.pid, None);
     Some(RunningAgent {
         pid: h.pid,
         version: h.version,

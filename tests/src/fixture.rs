@@ -316,11 +316,21 @@ pub struct TestHost {
     /// Extra environment for the updater (and, through it, the agent).
     pub env: Vec<(String, String)>,
     pub soak: String,
+    pub health_timeout: String,
 }
 
 impl TestHost {
     pub fn new(repo: &TestRepo) -> TestHost {
-        let root = check(tempfile::tempdir(), "tempdir");
+        TestHost::with_root(repo, check(tempfile::tempdir(), "tempdir"))
+    }
+
+    /// A host whose install root is a new directory under `parent` (a filesystem of the
+    /// test's own, such as a small tmpfs).
+    pub fn new_in(repo: &TestRepo, parent: &Path) -> TestHost {
+        TestHost::with_root(repo, check(tempfile::tempdir_in(parent), "tempdir"))
+    }
+
+    fn with_root(repo: &TestRepo, root: tempfile::TempDir) -> TestHost {
         // An explicit, empty config: the command line carries the settings.
         check(
             std::fs::write(root.path().join("agent.toml"), "# test host\n"),
@@ -333,6 +343,7 @@ impl TestHost {
             trusted_root: repo.trusted_root(),
             env: Vec::new(),
             soak: "300ms".into(),
+            health_timeout: "5s".into(),
         }
     }
 
@@ -384,7 +395,12 @@ impl TestHost {
         ])
         .arg("--trusted-root")
         .arg(&self.trusted_root)
-        .args(["--soak", &self.soak, "--health-timeout", "5s"])
+        .args([
+            "--soak",
+            &self.soak,
+            "--health-timeout",
+            &self.health_timeout,
+        ])
         .args(extra);
         c
     }

@@ -532,3 +532,40 @@ fn missed_runs_run_once_at_start_and_boot_runs_after_their_delay() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(launches(&host).len(), 1);
 }
+
+/// A zombie (an agent that exited and was not reaped yet) is not reported as alive.
+#[test]
+fn status_does_not_call_a_zombie_alive() {
+    let agent = workspace_bin("agent");
+    let host = AgentHost::new();
+    host.write_config("region = \"us-east-1\"\n");
+    // A child of this test that exits and is never waited for is a zombie.
+    let mut zombie = std::process::Command::new("true").spawn().unwrap();
+    let pid = zombie.id();
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .filter(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+        })
+        .is_some(),
+        "the child did not become a zombie"
+    );
+    let health = molt_host::state::Health {
+        schema: molt_host::state::STATE_VERSION,
+        version: "1.0.0".parse().unwrap(),
+        pid,
+        nonce: "n".into(),
+        started_at: jiff::Timestamp::now(),
+        status: molt_host::state::HealthStatus::Ready,
+    };
+    molt_host::state::write_json(&host.layout().health(), &health).unwrap();
+    let status = host.status_json(&agent);
+    assert_eq!(status["running"]["pid"], pid);
+    assert_eq!(status["running"]["alive"], false, "{status}");
+    zombie.wait().unwrap();
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use molt_schema::Version;
 use molt_schema::manifest::Status;
-use molt_tests::fixture::{TestHost, TestRepo, kill};
+use molt_tests::fixture::{TestHost, TestRepo, kill, wait_for};
 
 fn v(s: &str) -> Version {
     s.parse().unwrap()
@@ -30,7 +30,8 @@ fn setup() -> (TestRepo, TestHost) {
 
 /// The checkpoints of an update, in order (journal steps, plus "downloaded" and
 /// "switched_link", the instants between a step's record and its completion).
-const CHECKPOINTS: [&str; 8] = [
+/// The last two are a rollback's: the new version crashes in its soak there.
+const CHECKPOINTS: [&str; 10] = [
     "started",
     "downloaded",
     "installed",
@@ -39,17 +40,27 @@ const CHECKPOINTS: [&str; 8] = [
     "switched_link",
     "switched",
     "committed",
+    "rolling_back",
+    "rolled_back",
 ];
+
+fn in_rollback(point: &str) -> bool {
+    point.starts_with("rolling_back") || point.starts_with("rolled_back")
+}
 
 #[test]
 fn killed_at_each_checkpoint_recovers() {
     for point in CHECKPOINTS {
-        let (_repo, host) = setup();
-        let out = host
-            .update_cmd("latest", &[])
-            .env("MOLT_TEST_KILL_AT", point)
-            .output()
-            .unwrap();
+        let (_repo, mut host) = setup();
+        if in_rollback(point) {
+            // long enough for the crash (300 ms after ready) to fall inside the soak
+            host.soak = "1s".into();
+        }
+        let mut cmd = host.update_cmd("latest", &[]);
+        if in_rollback(point) {
+            cmd.env("MOLT_TEST_AGENT_2_0_0", "crash-in-soak");
+        }
+        let out = cmd.env("MOLT_TEST_KILL_AT", point).output().unwrap();
         use std::os::unix::process::ExitStatusExt as _;
         assert_eq!(
             out.status.signal(),
@@ -75,8 +86,16 @@ fn killed_at_each_checkpoint_recovers() {
             !host.layout().journal().exists(),
             "{point}: journal cleared"
         );
-        // and the next update completes normally
-        let out = host.update("latest", &[]);
+        if in_rollback(point) {
+            let last = host.history().pop().unwrap();
+            assert_eq!(
+                last.result,
+                molt_host::state::Outcome::RolledBack,
+                "{point}: {last:?}"
+            );
+        }
+        // and the next update completes normally (--force: a rollback quarantined 2.0.0)
+        let out = host.update("latest", &["--force"]);
         assert!(
             out.status.success(),
             "{point}: {}",
@@ -202,5 +221,71 @@ fn killed_at_random_instants_recovers() {
     assert!(
         inside.len() >= 2 && inside.iter().sum::<u32>() >= runs / 4,
         "kills landed in too few steps: {steps_hit:?}"
+    );
+}
+
+/// Random kills while a rollback runs: the new version crashes in its soak, and the
+/// updater is killed at a random instant after the journal says `rolling_back`.
+#[test]
+fn killed_at_random_instants_of_a_rollback_recovers() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (_repo, mut host) = setup();
+    // long enough for the crash (300 ms after ready) to fall inside the soak
+    host.soak = "1s".into();
+    let journal = host.layout().journal();
+    let rolling_back = || {
+        std::fs::read_to_string(&journal)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|j| j["step"].as_str().map(str::to_owned))
+    };
+    // How long a rollback takes here, from its journal step to the updater's exit.
+    let measure = |host: &TestHost| {
+        let child = host
+            .update_cmd("2.0.0", &["--force"])
+            .env("MOLT_TEST_AGENT_2_0_0", "crash-in-soak")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let seen = wait_for(Duration::from_secs(30), || {
+            (rolling_back().as_deref() == Some("rolling_back")).then(Instant::now)
+        });
+        (child, seen)
+    };
+    let (mut child, seen) = measure(&host);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "the uninterrupted rollback");
+    let window = seen.map_or(1000, |s| s.elapsed().as_millis() as u64);
+    let runs = 12;
+    let mut steps = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..runs {
+        let (mut child, seen) = measure(&host);
+        assert!(seen.is_some(), "run {i}: the rollback never started");
+        std::thread::sleep(Duration::from_millis(next() % (window + 1)));
+        kill(child.id());
+        let _ = child.wait();
+        *steps
+            .entry(rolling_back().unwrap_or_else(|| "(no journal)".into()))
+            .or_default() += 1;
+        let rec = host.recover();
+        assert!(
+            rec.status.success(),
+            "run {i}: {}",
+            String::from_utf8_lossy(&rec.stderr)
+        );
+        assert_eq!(host.assert_healthy(), v("1.0.0"), "run {i}");
+        assert!(!host.layout().journal().exists(), "run {i}");
+    }
+    eprintln!("journal step at the kill, over {runs} runs: {steps:?}");
+    assert!(
+        steps.get("rolling_back").copied().unwrap_or(0) >= runs / 3,
+        "too few kills inside the rollback: {steps:?}"
     );
 }

@@ -11,6 +11,12 @@ use crate::history;
 use crate::journal::JournalWriter;
 
 /// Commits the update `jw` describes: `to` is running and healthy.
+///
+/// The commit is the durable `committed` step in the journal. Only that write failing
+/// fails the commit (the caller then rolls back: recovery would). After it, the update
+/// has succeeded whatever else fails: the history record, the clean-up, the standalone
+/// updater and the quarantine are each warned about and left for recovery or the next
+/// update to complete.
 pub(crate) fn commit(
     jw: &mut JournalWriter<'_>,
     reason: &str,
@@ -21,12 +27,29 @@ pub(crate) fn commit(
     let from = jw.journal.from.clone();
     jw.set(Step::Committed)?;
     let record = history::record(&jw.journal, Outcome::Success, reason, timings);
-    finish(layout, &record, Some(&to), from.as_ref())?;
-    install_standalone_updater(layout, &to)?;
-    let mut q = Quarantine::load(&layout.quarantine()).map_err(UpdateError::state)?;
-    if q.versions().contains(&to) {
-        q.remove(&to);
-        state::write_json(&layout.quarantine(), &q).map_err(UpdateError::state)?;
+    let after_commit = |what: &str, e: UpdateError| {
+        tracing::warn!(
+            "{to} is committed, but {what} failed: {}; the next `updater recover` or update completes it",
+            molt_schema::cli::one_line(&e)
+        );
+    };
+    if let Err(e) = finish(layout, &record, Some(&to), from.as_ref()) {
+        after_commit("recording it", e);
+    }
+    if let Err(e) = install_standalone_updater(layout, &to) {
+        after_commit("installing the standalone updater", e);
+    }
+    let lift = Quarantine::load(&layout.quarantine())
+        .map_err(UpdateError::state)
+        .and_then(|mut q| {
+            if q.versions().contains(&to) {
+                q.remove(&to);
+                state::write_json(&layout.quarantine(), &q).map_err(UpdateError::state)?;
+            }
+            Ok(())
+        });
+    if let Err(e) = lift {
+        after_commit("lifting its quarantine", e);
     }
     Ok(record)
 }
@@ -43,7 +66,9 @@ pub(crate) fn finish(
     let already = state::read_history(&layout.history())
         .map_err(UpdateError::state)?
         .iter()
-        .any(|r| r.id == record.id);
+        // The same update may have an earlier record of another outcome: a rollback that
+        // failed and then succeeded under recovery has both.
+        .any(|r| r.id == record.id && r.result == record.result);
     if !already {
         state::append_history(&layout.history(), record).map_err(UpdateError::state)?;
     }

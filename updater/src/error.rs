@@ -51,6 +51,14 @@ pub enum UpdateError {
         #[source]
         reason: Box<RestoreError>,
     },
+    #[error("{to} passed its health check, but its commit could not be recorded, so it was rolled back to {}", from.as_ref().map_or_else(|| "nothing".to_owned(), ToString::to_string))]
+    NotCommitted {
+        to: Version,
+        from: Option<Version>,
+        /// Why the commit could not be written (a full or read-only disk).
+        #[source]
+        source: Box<UpdateError>,
+    },
     #[error("could not stop the running agent")]
     NotStopped {
         #[source]
@@ -62,6 +70,10 @@ pub enum UpdateError {
         #[source]
         source: ServiceError,
     },
+    #[error(
+        "{path} holds an unfinished update at step {step:?} from a newer updater; this updater leaves it alone"
+    )]
+    NewerJournal { path: PathBuf, step: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot {action} {path}")]
@@ -100,7 +112,7 @@ impl UpdateError {
             UpdateError::Refused(_) => exit::REFUSED,
             UpdateError::Trust(e) if e.is_verification() => exit::VERIFICATION,
             UpdateError::Download(e) if e.is_verification() => exit::VERIFICATION,
-            UpdateError::RolledBack { .. } => exit::ROLLED_BACK,
+            UpdateError::RolledBack { .. } | UpdateError::NotCommitted { .. } => exit::ROLLED_BACK,
             UpdateError::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
             // A config that names no source, or one that is not a URL: the operator's
             // input, like a usage error (every binary exits 2 for these).
@@ -131,11 +143,17 @@ impl UpdateError {
             UpdateError::RolledBack { to, .. } => Some(format!(
                 "{to} is quarantined on this host; scheduled updates skip it until a newer version appears (retry with --force); see `updater history` and state/agent.log"
             )),
+            UpdateError::NewerJournal { .. } => Some(
+                "run the newer updater that wrote it (<root>/bin/updater); the agent keeps running meanwhile".into(),
+            ),
+            UpdateError::NotCommitted { to, .. } => Some(format!(
+                "make room on the disk that holds the install root (or make it writable); {to} is not quarantined, and the next run updates again"
+            )),
             UpdateError::NotStopped { .. } => Some(
                 "nothing was switched and the running agent was kept; fix what the cause names (systemd, permissions) and retry".into(),
             ),
             UpdateError::RollbackFailed { .. } => Some(
-                "run `updater recover` (the systemd timer also runs it every few minutes); if that fails, check state/agent.log and point <root>/current at the last version under <root>/versions that has a .valid file"
+                "the updater leaves an agent from a valid version running where it can start one; if the disk is full or read-only, make room or make it writable, and `updater recover` (the systemd timer runs it every few minutes) confirms or repairs the host; if that fails, check state/agent.log and point <root>/current at the last version under <root>/versions that has a .valid file"
                     .into(),
             ),
             _ => None,

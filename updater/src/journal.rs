@@ -10,17 +10,58 @@ use molt_schema::Version;
 
 use crate::error::UpdateError;
 
-/// Test hook, compiled only with the `test-hooks` feature (the tests crate turns it on;
-/// release builds never do): `MOLT_TEST_KILL_AT=<checkpoint>` makes the updater SIGKILL
-/// itself at that checkpoint, so tests can prove recovery from every step.
+/// Test hooks, compiled only with the `test-hooks` feature (the tests crate turns it on;
+/// release builds never do), so tests can prove recovery from every step:
+/// - `MOLT_TEST_KILL_AT=<checkpoint>`: the updater SIGKILLs itself there;
+/// - `MOLT_TEST_FILL_AT=<checkpoint>`: it fills the filesystem of the file
+///   `MOLT_TEST_FILL_FILE` names (a real tmpfs in the tests) until writes fail with ENOSPC;
+/// - `MOLT_TEST_RO_AT=<checkpoint>`: it remounts `MOLT_TEST_RO_MOUNT` read-only (EROFS).
 #[cfg(feature = "test-hooks")]
 pub fn checkpoint(name: &str) {
-    if std::env::var("MOLT_TEST_KILL_AT").is_ok_and(|v| v == name) {
+    let at = |var: &str| std::env::var(var).is_ok_and(|v| v == name);
+    if at("MOLT_TEST_FILL_AT")
+        && let Some(file) = std::env::var_os("MOLT_TEST_FILL_FILE")
+    {
+        fill_disk(std::path::Path::new(&file));
+    }
+    if at("MOLT_TEST_RO_AT")
+        && let Some(mount) = std::env::var_os("MOLT_TEST_RO_MOUNT")
+    {
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&mount)
+            .status();
+        eprintln!(
+            "test hook: remount {} read-only at {name}: {status:?}",
+            mount.to_string_lossy()
+        );
+    }
+    if at("MOLT_TEST_KILL_AT") {
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught; this line is not reached.
         std::process::abort();
     }
+}
+
+/// Appends zeros to `file` until its filesystem refuses even one more byte.
+#[cfg(feature = "test-hooks")]
+fn fill_disk(file: &std::path::Path) {
+    use std::io::Write as _;
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    else {
+        eprintln!("test hook: cannot open {}", file.display());
+        return;
+    };
+    for chunk in [1 << 20, 4096, 1] {
+        let buf = vec![0u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+    let _ = f.sync_all();
+    eprintln!("test hook: filled the disk of {}", file.display());
 }
 
 /// Without the `test-hooks` feature a checkpoint does nothing.

@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use molt_host::state::{self, Journal, Outcome, Step, Timings};
+use molt_host::state::{self, Journal, Outcome, STATE_VERSION, Step, Timings};
 use serde::Serialize;
 
 use crate::commit::finish;
@@ -23,7 +23,7 @@ use crate::error::UpdateError;
 use crate::history;
 use crate::journal::JournalWriter;
 use crate::lock::{LockError, UpdateLock};
-use crate::rollback::roll_back;
+use crate::rollback::{RestoreError, ensure_agent_runs, failed, last_good, restore, roll_back};
 use crate::service::ServiceManager;
 use crate::settings::Settings;
 
@@ -35,13 +35,19 @@ pub enum Recovered {
     UpdateInProgress,
     /// Nothing was unfinished (the agent was started if it was not running).
     Nothing { started_agent: bool },
+    /// `current` was missing or named no valid version: it was pointed at `current`, the
+    /// version the host itself shows to be good, and the agent was started.
+    Repaired {
+        current: String,
+        started_agent: bool,
+    },
     /// An update interrupted before the switch was cleaned up.
     CleanedUp { to: String, started_agent: bool },
     /// An update interrupted after the switch was rolled back.
     RolledBack { to: String },
     /// A finished update's record was completed.
     Finished { outcome: String },
-    /// A journal from a newer updater was left alone.
+    /// A journal from a newer updater was left alone (an agent runs all the same).
     LeftAlone { step: String },
 }
 
@@ -51,7 +57,7 @@ pub fn recover(
     svc: &mut dyn ServiceManager,
 ) -> Result<Recovered, UpdateError> {
     let layout = &settings.layout;
-    if !layout.state_dir().exists() {
+    if !layout.state_dir().exists() && layout.installed_versions().is_empty() {
         return Ok(Recovered::Nothing {
             started_agent: false,
         });
@@ -59,18 +65,27 @@ pub fn recover(
     let _lock = match UpdateLock::try_acquire(&layout.lock()) {
         Ok(l) => l,
         Err(LockError::Held { .. }) => return Ok(Recovered::UpdateInProgress),
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // A lock that cannot be opened (a read-only or broken state directory) must not
+            // leave the host without an agent; no update can run either, so starting one
+            // races with nothing.
+            ensure_agent_runs(settings, svc);
+            return Err(e.into());
+        }
     };
     recover_locked(settings, svc)
 }
 
-fn start_if_stopped(settings: &Settings, svc: &mut dyn ServiceManager) -> bool {
-    if settings.layout.current_version().is_none() {
-        return false;
-    }
-    match svc.main_pid() {
-        Ok(Some(pid)) if svc.is_alive(pid) => false,
-        _ => svc.start(&molt_host::random_token()).is_ok(),
+/// Starts the agent if none runs; a missing or dangling `current` is repaired first.
+fn agent_running(settings: &Settings, svc: &mut dyn ServiceManager) -> Recovered {
+    let before = settings.layout.current_version();
+    let started_agent = ensure_agent_runs(settings, svc);
+    match settings.layout.current_version() {
+        Some(now) if before.as_ref() != Some(&now) => Recovered::Repaired {
+            current: now.to_string(),
+            started_agent,
+        },
+        _ => Recovered::Nothing { started_agent },
     }
 }
 
@@ -83,24 +98,32 @@ pub fn recover_locked(
     let journal: Option<Journal> = match state::read_json(&layout.journal()) {
         Ok(j) => j,
         Err(state::StateError::Corrupt { path, detail }) => {
-            // A torn journal can only come from a crash while writing it, and it is
-            // written before each step: treat it as the most cautious case, after the switch.
-            tracing::warn!(
-                "{} is corrupt ({detail}); recovering from the current version",
-                path.display()
-            );
-            let _ = state::remove(&path);
-            return Ok(Recovered::Nothing {
-                started_agent: start_if_stopped(settings, svc),
-            });
+            return from_the_host(settings, svc, &path, &detail);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // The journal cannot be read at all (an I/O error): whatever it says, an agent
+            // must run.
+            ensure_agent_runs(settings, svc);
+            return Err(e.into());
+        }
     };
     let Some(journal) = journal else {
-        return Ok(Recovered::Nothing {
-            started_agent: start_if_stopped(settings, svc),
-        });
+        return Ok(agent_running(settings, svc));
     };
+    if journal.version > STATE_VERSION || journal.step == Step::Unknown {
+        // A newer updater's journal (a fallback to an older updater ran us): never rewrite
+        // it. The safe action for any step: an agent from a valid version runs.
+        tracing::warn!(
+            "{} was written by a newer updater (state version {}, step {:?}); leaving it for that updater",
+            layout.journal().display(),
+            journal.version,
+            journal.step
+        );
+        ensure_agent_runs(settings, svc);
+        return Ok(Recovered::LeftAlone {
+            step: format!("{:?}", journal.step).to_lowercase(),
+        });
+    }
     let to = journal.to.to_string();
     let started = Instant::now();
     let record = |result: Outcome, reason: &str| {
@@ -115,7 +138,7 @@ pub fn recover_locked(
             {
                 let _ = std::fs::remove_dir_all(layout.version_dir(&journal.to));
             }
-            let started_agent = start_if_stopped(settings, svc);
+            let started_agent = ensure_agent_runs(settings, svc);
             let rec = record(
                 Outcome::Failed,
                 "interrupted before the switch; cleaned up, the previous version was untouched",
@@ -129,21 +152,13 @@ pub fn recover_locked(
             Ok(Recovered::CleanedUp { to, started_agent })
         }
         Step::Switching | Step::Switched | Step::RollingBack => {
-            if journal.from.as_ref().is_none_or(|f| !layout.is_valid(f)) {
-                // A first install interrupted after its switch: there is nothing to go
-                // back to, so finish it instead and let the agent start.
-                let started_agent = start_if_stopped(settings, svc);
-                let rec = record(
-                    Outcome::Success,
-                    "first install interrupted after the switch; completed by recovery",
-                );
-                finish(layout, &rec, layout.current_version().as_ref(), None)?;
-                return Ok(Recovered::CleanedUp { to, started_agent });
-            }
             let mut jw = JournalWriter {
                 layout,
                 journal: journal.clone(),
             };
+            if journal.from.as_ref().is_none_or(|f| !layout.is_valid(f)) {
+                return first_install(settings, svc, &mut jw, started);
+            }
             // A version that failed its health check (a reason is recorded) is quarantined;
             // one whose update was merely interrupted (a crash, a kill) is not.
             let failed_health = journal.reason.is_some();
@@ -166,7 +181,7 @@ pub fn recover_locked(
             }
         }
         Step::Committed => {
-            start_if_stopped(settings, svc);
+            ensure_agent_runs(settings, svc);
             let rec = record(Outcome::Success, "committed; record completed by recovery");
             finish(layout, &rec, Some(&journal.to), journal.from.as_ref())?;
             Ok(Recovered::Finished {
@@ -174,7 +189,7 @@ pub fn recover_locked(
             })
         }
         Step::RolledBack => {
-            start_if_stopped(settings, svc);
+            ensure_agent_runs(settings, svc);
             let reason = journal
                 .reason
                 .clone()
@@ -185,11 +200,108 @@ pub fn recover_locked(
                 outcome: "rolled_back".into(),
             })
         }
-        Step::Unknown => {
-            start_if_stopped(settings, svc);
-            Ok(Recovered::LeftAlone {
-                step: "unknown".into(),
+        Step::Unknown => unreachable_step(settings, svc),
+    }
+}
+
+/// Handled above with the newer journals; kept as a function so the match stays total.
+fn unreachable_step(
+    settings: &Settings,
+    svc: &mut dyn ServiceManager,
+) -> Result<Recovered, UpdateError> {
+    ensure_agent_runs(settings, svc);
+    Ok(Recovered::LeftAlone {
+        step: "unknown".into(),
+    })
+}
+
+/// A first install interrupted after its switch: there is nothing to go back to, so the
+/// new version gets its health check now, and is recorded as a success only if it passes.
+fn first_install(
+    settings: &Settings,
+    svc: &mut dyn ServiceManager,
+    jw: &mut JournalWriter<'_>,
+    started: Instant,
+) -> Result<Recovered, UpdateError> {
+    let layout = &settings.layout;
+    let to = jw.journal.to.clone();
+    let timings = || Timings {
+        total_ms: history::ms(started.elapsed()),
+        ..Timings::default()
+    };
+    if !layout.is_valid(&to) {
+        let reason = format!("the first install of {to} was interrupted and {to} is not valid");
+        return Err(failed(
+            settings,
+            svc,
+            jw,
+            &reason,
+            RestoreError::NoEarlierVersion,
+            timings(),
+        ));
+    }
+    let _ = svc.stop();
+    match restore(settings, svc, &to) {
+        Ok(_) => {
+            let rec = history::record(
+                &jw.journal,
+                Outcome::Success,
+                "first install interrupted after the switch; completed by recovery after its health check",
+                timings(),
+            );
+            finish(layout, &rec, Some(&to), None)?;
+            Ok(Recovered::Finished {
+                outcome: "success".into(),
             })
         }
+        Err(e) => {
+            let reason = format!("the first install of {to} was interrupted after the switch");
+            Err(failed(settings, svc, jw, &reason, e, timings()))
+        }
+    }
+}
+
+/// The journal is corrupt (torn by a crash while it was written, or damaged): decide from
+/// the host itself. Its copy is kept as `journal.json.corrupt`.
+///
+/// - `current` names the last version history records as good, or history names none:
+///   nothing to undo; an agent runs.
+/// - `current` names another valid version, and the last good one is still installed: an
+///   update to `current` was under way and never committed, so it is rolled back (not
+///   quarantined: nothing says it failed).
+/// - `current` is missing or dangling: it is repaired (see [`ensure_agent_runs`]).
+fn from_the_host(
+    settings: &Settings,
+    svc: &mut dyn ServiceManager,
+    path: &std::path::Path,
+    detail: &str,
+) -> Result<Recovered, UpdateError> {
+    let layout = &settings.layout;
+    let kept = path.with_extension("json.corrupt");
+    tracing::warn!(
+        "{} is corrupt ({detail}); deciding from current, the .valid markers and history (the damaged copy is {})",
+        path.display(),
+        kept.display()
+    );
+    if std::fs::rename(path, &kept).is_err() {
+        state::remove(path)?;
+    }
+    let current = layout.current_version();
+    let good = last_good(layout).filter(|g| layout.is_valid(g));
+    match (current, good) {
+        (Some(current), Some(good)) if current != good => {
+            let mut jw = JournalWriter::begin(layout, Some(good), current.clone());
+            jw.journal.step = Step::Switched;
+            let reason = format!(
+                "the journal was corrupt and {current} was never recorded as good; rolled back by recovery"
+            );
+            match roll_back(settings, svc, &mut jw, &reason, false, Instant::now(), None) {
+                UpdateError::RolledBack { .. } => Ok(Recovered::RolledBack {
+                    to: current.to_string(),
+                }),
+                other => Err(other),
+            }
+        }
+        _ => Ok(agent_running(settings, svc)),
     }
 }

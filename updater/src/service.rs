@@ -10,10 +10,11 @@
 mod direct;
 mod systemd;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+pub(crate) use molt_host::process::{alive_non_child, have_procfs, proc_stat};
 use molt_host::state::StateError;
 
 pub use direct::DirectService;
@@ -98,61 +99,6 @@ pub enum ServiceError {
     NoMainPid { command: String, unit: String },
 }
 
-/// What `/proc/<pid>/stat` says about a process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ProcStat {
-    /// The state letter: R, S, D, Z (zombie), X (dead), T, ...
-    pub state: char,
-    /// The session id.
-    pub session: i64,
-    /// Start time in clock ticks after boot: with the pid, it names one process.
-    pub start_time: u64,
-}
-
-impl ProcStat {
-    pub fn is_running(&self) -> bool {
-        !matches!(self.state, 'Z' | 'X' | 'x')
-    }
-}
-
-/// Parses the text of `/proc/<pid>/stat`. The command name (field 2) is in parentheses
-/// and may hold spaces and parentheses itself, so the fields after it are counted from
-/// the last `)`.
-pub(crate) fn parse_proc_stat(text: &str) -> Option<ProcStat> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 of proc(5): state; field 6 session; field 22 starttime
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        session: fields.get(3)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// True when this system has a procfs we can read.
-pub(crate) fn have_procfs() -> bool {
-    Path::new("/proc/self/stat").is_file()
-}
-
-/// `/proc/<pid>/stat`, or `None` when the process does not exist (or procfs is missing).
-pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_proc_stat(&text)
-}
-
-/// True when a process that is not our child is alive and not a zombie. Without procfs,
-/// falls back to `kill(pid, 0)`, which cannot see zombies.
-pub(crate) fn alive_non_child(pid: u32, start_time: Option<u64>) -> bool {
-    if have_procfs() {
-        match proc_stat(pid) {
-            Some(st) => st.is_running() && start_time.is_none_or(|t| t == st.start_time),
-            None => false,
-        }
-    } else {
-        to_pid(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-    }
-}
-
 /// A rustix `Pid` for a pid that may be signalled: never 0 (our process group) or 1
 /// (init), never a value that does not fit.
 pub(crate) fn to_pid(pid: u32) -> Option<rustix::process::Pid> {
@@ -167,41 +113,6 @@ pub(crate) fn to_pid(pid: u32) -> Option<rustix::process::Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc_stat_with_awkward_command_names() {
-        let text =
-            "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        let st = parse_proc_stat(text).unwrap();
-        assert_eq!(
-            st,
-            ProcStat {
-                state: 'S',
-                session: 4242,
-                start_time: 987654
-            }
-        );
-        assert!(st.is_running());
-        let zombie = "7 (agent) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0";
-        assert!(!parse_proc_stat(zombie).unwrap().is_running());
-        assert_eq!(parse_proc_stat("7 (agent) S 1"), None);
-        assert_eq!(parse_proc_stat("garbage"), None);
-    }
-
-    #[test]
-    fn this_process_is_alive_and_a_dead_child_is_not() {
-        assert!(alive_non_child(std::process::id(), None));
-        let own = proc_stat(std::process::id()).unwrap();
-        assert!(alive_non_child(std::process::id(), Some(own.start_time)));
-        assert!(
-            !alive_non_child(std::process::id(), Some(own.start_time + 1)),
-            "another start time means another process"
-        );
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert!(!alive_non_child(pid, None));
-    }
 
     #[test]
     fn never_signals_init_or_the_process_group() {

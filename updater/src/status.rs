@@ -136,6 +136,17 @@ pub fn describe_recovery(r: &Recovered) -> String {
         Recovered::Nothing {
             started_agent: false,
         } => "nothing to recover".into(),
+        Recovered::Repaired {
+            current,
+            started_agent,
+        } => format!(
+            "current named no valid version; pointed it at {current}, the last good version installed{}",
+            if *started_agent {
+                ", and started the agent"
+            } else {
+                ""
+            }
+        ),
         Recovered::CleanedUp { to, .. } => {
             format!("cleaned up the interrupted update to {to}; the previous version was untouched")
         }

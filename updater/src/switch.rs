@@ -34,8 +34,14 @@ pub(crate) struct Switched {
 pub(crate) enum NotSwitched {
     /// The old agent could not be stopped: nothing switched, and it runs again.
     NotStopped(ServiceError),
-    /// A journal write or the link failed.
+    /// The journal could not be written before the old agent was stopped.
     Failed(UpdateError),
+    /// The old agent was stopped, then a journal write or the link failed before
+    /// `current` moved: the old agent was started again (`restarted` says how that went).
+    Restarted {
+        error: Box<UpdateError>,
+        restarted: Result<(), ServiceError>,
+    },
 }
 
 impl From<UpdateError> for NotSwitched {
@@ -45,6 +51,11 @@ impl From<UpdateError> for NotSwitched {
 }
 
 /// Stops the old agent, points `current` at `to`, and starts the new agent.
+///
+/// From the moment the old agent is stopped, every path ends with an agent started: the
+/// old one again when `current` did not move, the new one when it did. A journal write
+/// that fails after `current` moved does not stop the switch: the journal still says an
+/// earlier step, from which recovery rolls back, and the health check decides the rest.
 pub(crate) fn switch_to(
     jw: &mut JournalWriter<'_>,
     svc: &mut dyn ServiceManager,
@@ -61,12 +72,39 @@ pub(crate) fn switch_to(
     }
     // The old agent has exited: the downtime starts here.
     let stopped = Instant::now();
-    jw.set(Step::Switching)?;
-    point_current(jw.layout, to).map_err(UpdateError::state)?;
+    let restart_old = |svc: &mut dyn ServiceManager, error: UpdateError| {
+        tracing::warn!(
+            "{}; starting the old agent again",
+            molt_schema::cli::one_line(&error)
+        );
+        NotSwitched::Restarted {
+            error: Box::new(error),
+            restarted: svc.start(&molt_host::random_token()).map(|_| ()),
+        }
+    };
+    if let Err(e) = jw.set(Step::Switching) {
+        return Err(restart_old(svc, e));
+    }
+    if let Err(e) = point_current(jw.layout, to) {
+        // The rename is atomic: unless it happened before the directory's fsync failed,
+        // `current` still names the old version.
+        if jw.layout.current_version().as_ref() != Some(to) {
+            return Err(restart_old(svc, UpdateError::state(e)));
+        }
+        tracing::warn!(
+            "{}; current points at {to} all the same",
+            molt_schema::cli::one_line(&e)
+        );
+    }
     checkpoint("switched_link");
     let nonce = molt_host::random_token();
     jw.journal.nonce = Some(nonce.clone());
-    jw.set(Step::Switched)?;
+    if let Err(e) = jw.set(Step::Switched) {
+        tracing::warn!(
+            "{}; the switch goes on (recovery rolls it back if it is interrupted)",
+            molt_schema::cli::one_line(&e)
+        );
+    }
     let before_start = stopped.elapsed();
     let started = svc.start(&nonce).map(|_| ());
     Ok(Switched {

@@ -22,6 +22,7 @@ use crate::health::{HealthCheck, wait_healthy};
 use crate::history::{self, ms};
 use crate::journal::{JournalWriter, checkpoint};
 use crate::lock::UpdateLock;
+use crate::rollback::RestoreError;
 use crate::service::ServiceManager;
 use crate::settings::Settings;
 use crate::switch::NotSwitched;
@@ -87,7 +88,12 @@ pub async fn run(
     std::fs::create_dir_all(layout.state_dir())
         .map_err(|e| UpdateError::io("create", &layout.state_dir(), e))?;
     let lock = UpdateLock::try_acquire(&layout.lock())?;
-    recover::recover_locked(settings, svc)?;
+    if let recover::Recovered::LeftAlone { step } = recover::recover_locked(settings, svc)? {
+        return Err(UpdateError::NewerJournal {
+            path: layout.journal(),
+            step,
+        });
+    }
 
     let current = layout.current_version();
     let first_install = current.is_none();
@@ -242,7 +248,7 @@ async fn install_and_switch(
         let report = match result {
             Ok(r) => r,
             Err(e) => {
-                fail_before_switch(&mut jw, started, &e.to_string())?;
+                fail_before_switch(&mut jw, started, &e.to_string());
                 return Err(e.into());
             }
         };
@@ -257,7 +263,7 @@ async fn install_and_switch(
         {
             let _ = std::fs::remove_dir_all(&staging);
             let _ = std::fs::remove_dir_all(layout.version_dir(&to));
-            fail_before_switch(&mut jw, started, &e.to_string())?;
+            fail_before_switch(&mut jw, started, &e.to_string());
             return Err(e.into());
         }
     }
@@ -267,10 +273,39 @@ async fn install_and_switch(
         Ok(s) => s,
         Err(NotSwitched::NotStopped(source)) => {
             let error = UpdateError::NotStopped { source };
-            fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error))?;
+            fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error));
             return Err(error);
         }
         Err(NotSwitched::Failed(e)) => return Err(e),
+        Err(NotSwitched::Restarted {
+            error,
+            restarted: Ok(()),
+        }) => {
+            // `current` never moved and the old agent runs again: nothing changed.
+            fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error));
+            return Err(*error);
+        }
+        Err(NotSwitched::Restarted {
+            error,
+            restarted: Err(source),
+        }) => {
+            let reason = format!(
+                "the switch to {to} failed ({}) after the old agent was stopped",
+                molt_schema::cli::one_line(&error)
+            );
+            let restore = match from.clone() {
+                Some(from) => RestoreError::Start { from, source },
+                None => RestoreError::NoEarlierVersion,
+            };
+            let timings = Timings {
+                total_ms: ms(started.elapsed()),
+                download_ms,
+                agent_downtime_ms: None,
+            };
+            return Err(rollback::failed(
+                settings, svc, &jw, &reason, restore, timings,
+            ));
+        }
     };
     let check = HealthCheck {
         expected_version: to.clone(),
@@ -293,8 +328,36 @@ async fn install_and_switch(
                 download_ms,
                 agent_downtime_ms: Some(ms(downtime)),
             };
-            let record = commit::commit(&mut jw, &plan.reason.to_string(), timings)?;
-            Ok(UpdateReport::Updated { record })
+            match commit::commit(&mut jw, &plan.reason.to_string(), timings) {
+                Ok(record) => Ok(UpdateReport::Updated { record }),
+                Err(cause) => {
+                    // The commit could not be made durable (a full or read-only disk): a
+                    // crash now would roll back, so roll back now. The version itself did
+                    // nothing wrong: no quarantine.
+                    let reason = format!(
+                        "{to} passed its health check, but its commit could not be recorded: {}",
+                        molt_schema::cli::one_line(&cause)
+                    );
+                    Err(
+                        match rollback::roll_back(
+                            settings,
+                            svc,
+                            &mut jw,
+                            &reason,
+                            false,
+                            started,
+                            download_ms,
+                        ) {
+                            UpdateError::RolledBack { to, from, .. } => UpdateError::NotCommitted {
+                                to,
+                                from,
+                                source: Box::new(cause),
+                            },
+                            other => other,
+                        },
+                    )
+                }
+            }
         }
         Err(reason) => {
             let reason = format!("{to} failed its health check: {reason}");
@@ -311,12 +374,11 @@ async fn install_and_switch(
     }
 }
 
-/// An update that failed before the switch: nothing changed; record it and clear the journal.
-fn fail_before_switch(
-    jw: &mut JournalWriter<'_>,
-    started: Instant,
-    reason: &str,
-) -> Result<(), UpdateError> {
+/// An update that failed before the switch: nothing changed; record it and clear the
+/// journal. Best effort: on a full disk the record may not be written, and the failure the
+/// caller returns matters more than that (the journal, if it stays, is cleaned up by the
+/// next recovery, which records the attempt then).
+fn fail_before_switch(jw: &mut JournalWriter<'_>, started: Instant, reason: &str) {
     let layout = jw.layout;
     let timings = Timings {
         total_ms: ms(started.elapsed()),
@@ -324,11 +386,17 @@ fn fail_before_switch(
         agent_downtime_ms: None,
     };
     let record = history::record(&jw.journal, Outcome::Failed, reason, timings);
-    state::append_history(&layout.history(), &record).map_err(UpdateError::state)?;
     let staging = layout.staging_dir(&jw.journal.to);
     let _ = std::fs::remove_dir_all(staging);
     if !layout.is_valid(&jw.journal.to) {
         let _ = std::fs::remove_dir_all(layout.version_dir(&jw.journal.to));
     }
-    state::remove(&layout.journal()).map_err(UpdateError::state)
+    let recorded = state::append_history(&layout.history(), &record)
+        .and_then(|()| state::remove(&layout.journal()));
+    if let Err(e) = recorded {
+        tracing::warn!(
+            "{}; the failed attempt is recorded by the next `updater recover`",
+            molt_schema::cli::one_line(&e)
+        );
+    }
 }

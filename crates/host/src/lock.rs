@@ -43,15 +43,10 @@ impl UpdateLock {
                 source,
             })?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|source| LockError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+        let file = open_lock_file(path).map_err(|source| LockError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         match file.try_lock() {
             Ok(()) => Ok(UpdateLock {
                 _file: file,
@@ -69,6 +64,26 @@ impl UpdateLock {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Opens the lock file read-only (flock needs no write access), creating it first when it
+/// is missing. A descriptor open for writing would keep the filesystem from being
+/// remounted read-only, and an existing lock file stays usable on a read-only filesystem,
+/// where recovery must still be able to start an agent.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    match File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            drop(
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)?,
+            );
+            File::open(path)
+        }
+        other => other,
     }
 }
 

@@ -9,7 +9,8 @@
 //!   arguments in the file `MOLT_TEST_REEXEC_MARKER` names.
 //! - `test-agent run` reads `MOLT_ROOT`, `MOLT_HEALTH_NONCE`, and its behaviour from
 //!   `MOLT_TEST_AGENT_<version with '.' and '-' as '_'>` (default `ok`):
-//!   - `ok`: writes `state/health.json` at once, runs until SIGTERM, exits 0;
+//!   - `ok`: writes `state/health.json` at once (again every 200 ms while the disk refuses
+//!     it), runs until SIGTERM, exits 0;
 //!   - `exit-at-start`: exits 3 at once;
 //!   - `never-healthy`: never writes health.json, runs until SIGTERM;
 //!   - `wrong-version`: reports version `0.0.0-wrong`;
@@ -138,7 +139,15 @@ fn run(version: &Version, behaviour: &str) -> Result<ExitCode, String> {
     };
 
     match behaviour {
-        "ok" | "bad-version-output" => report(version.clone(), &nonce)?,
+        "ok" | "bad-version-output" => {
+            // Like molt-agent: a full or read-only disk does not stop it; it keeps trying.
+            while let Err(e) = report(version.clone(), &nonce) {
+                eprintln!("test-agent {version}: {e}; trying again");
+                if sleep_unless(&term, Duration::from_millis(200)) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
         "exit-at-start" => return Ok(ExitCode::from(3)),
         "never-healthy" => {}
         "wrong-version" => report("0.0.0-wrong".parse().map_err(|e| format!("{e}"))?, &nonce)?,

@@ -364,10 +364,21 @@ impl ServiceManager for DirectService {
             let err = out.try_clone()?;
             Ok::<_, std::io::Error>((out, err))
         };
-        let (out, err) = open_log().map_err(|source| ServiceError::OpenLog {
-            path: log_path.clone(),
-            source,
-        })?;
+        // A full or read-only disk must not keep an agent from running: without its log
+        // file, its output is dropped (and said so here, on the updater's stderr).
+        let (out, err): (Stdio, Stdio) = match open_log() {
+            Ok((out, err)) => (out.into(), err.into()),
+            Err(source) => {
+                tracing::warn!(
+                    "{}; the agent's output is discarded",
+                    molt_schema::cli::one_line(&ServiceError::OpenLog {
+                        path: log_path.clone(),
+                        source,
+                    })
+                );
+                (Stdio::null(), Stdio::null())
+            }
+        };
 
         let mut cmd = Command::new(&program);
         cmd.arg("run")
@@ -392,12 +403,16 @@ impl ServiceManager for DirectService {
 
         if let Err(e) = state::write_atomic(&self.layout.agent_pid(), format!("{pid}\n").as_bytes())
         {
-            // An agent that no pid file names could not be stopped by the next updater.
-            let t = self.target(pid, true, None);
-            if let Err(stop) = self.terminate(&t) {
-                tracing::warn!(pid, error = %stop, "cannot stop the agent whose pid file could not be written");
-            }
-            return Err(ServiceError::WritePidFile(e));
+            // A full or read-only disk: the agent runs anyway (a host without an agent is
+            // worse than one without a pid file). The next updater finds it by its program
+            // (`main_pid` and `stop` scan /proc for agents under this root), and a stale pid
+            // file is removed so that it names no other process.
+            let _ = std::fs::remove_file(self.layout.agent_pid());
+            tracing::warn!(
+                pid,
+                "{}; the agent runs without one",
+                molt_schema::cli::one_line(&ServiceError::WritePidFile(e))
+            );
         }
         Ok(pid)
     }
@@ -406,13 +421,30 @@ impl ServiceManager for DirectService {
         if let Some(pid) = self.running_child() {
             return Ok(Some(pid));
         }
-        Ok(match self.read_pid_file()? {
+        let recorded = match self.read_pid_file()? {
             Some(pid) => match self.identify(pid) {
                 Identity::Agent { .. } => Some(pid),
                 Identity::Gone | Identity::Other(_) => None,
             },
             None => None,
-        })
+        };
+        // An agent started while the pid file could not be written (a full disk), or by an
+        // updater killed before it wrote it: found by its program.
+        if recorded.is_some() {
+            return Ok(recorded);
+        }
+        let found = self
+            .untracked_agents(&[])
+            .into_iter()
+            .find(|pid| matches!(self.identify(*pid), Identity::Agent { .. }));
+        if let Some(pid) = found {
+            // Record it again, now that the disk may take the write.
+            if state::write_atomic(&self.layout.agent_pid(), format!("{pid}\n").as_bytes()).is_ok()
+            {
+                tracing::info!(pid, "found an agent no pid file named; recorded it");
+            }
+        }
+        Ok(found)
     }
 
     fn is_alive(&mut self, pid: u32) -> bool {
