@@ -434,9 +434,25 @@ impl TestHost {
         pid_alive(pid).then_some(pid)
     }
 
-    /// The invariant every test ends on: `current` points at a valid version, and an
-    /// agent of that version runs and reported healthy.
+    /// Every version with `.valid` still has exactly the files it was installed with:
+    /// nothing (a kill while it was removed, above all) leaves the marker beside a
+    /// missing or changed file.
+    pub fn assert_versions_whole(&self) {
+        let layout = self.layout();
+        for v in layout.installed_versions() {
+            if layout.is_valid(&v)
+                && let Err(e) = molt_host::installed::check(&layout, &v)
+            {
+                panic_with(&format!("{v} is marked valid but {e}"));
+            }
+        }
+    }
+
+    /// The invariant every test ends on: `current` points at a valid version, every
+    /// version marked valid is whole, and an agent of the current version runs and
+    /// reported healthy.
     pub fn assert_healthy(&self) -> Version {
+        self.assert_versions_whole();
         let current = self
             .current()
             .unwrap_or_else(|| panic_with("current points at no valid version"));

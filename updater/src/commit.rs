@@ -75,7 +75,7 @@ pub(crate) fn finish(
     state::remove(&layout.journal()).map_err(UpdateError::state)?;
     for v in layout.installed_versions() {
         if Some(&v) != keep_a && Some(&v) != keep_b {
-            let _ = std::fs::remove_dir_all(layout.version_dir(&v));
+            let _ = crate::install::remove_version(layout, &v);
         }
     }
     if let Ok(entries) = std::fs::read_dir(layout.cache_dir()) {
@@ -86,6 +86,18 @@ pub(crate) fn finish(
         }
     }
     Ok(())
+}
+
+/// For recovery, which completes a committed update or an interrupted first install: puts
+/// the standalone updater in place as [`commit`] does, warning (not failing) when it cannot.
+pub(crate) fn place_standalone_updater(layout: &HostLayout, to: &Version) {
+    if let Err(e) = install_standalone_updater(layout, to) {
+        let what = "installing the standalone updater";
+        tracing::warn!(
+            "{to} is committed, but {what} failed: {}; the next `updater recover` or update completes it",
+            molt_schema::cli::one_line(&e)
+        );
+    }
 }
 
 /// The first install puts the standalone updater in place: `<root>/bin/updater`, a real

@@ -1,14 +1,20 @@
 //! Install (SPEC §6 step 7): the staged directory becomes `versions/<v>`, everything is
-//! fsynced, `.valid` is written last, and the new agent's `--version` must name the
-//! version it was installed as.
+//! fsynced, `.valid` is written last with the hash of every file, and the new agent's
+//! `--version` must name the version it was installed as. A version installed earlier is
+//! [checked](reusable) against those hashes before it is used again, and versions are
+//! [removed](remove_version) `.valid` first.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use molt_archive::extract::ExtractedFile;
 use molt_host::HostLayout;
+use molt_host::installed::{self, NotIntact};
 use molt_host::state::sync_dir;
 use molt_schema::Version;
+
+use crate::journal::checkpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -64,23 +70,52 @@ fn sync_tree(dir: &Path) -> Result<(), InstallError> {
     Ok(sync_dir(dir)?)
 }
 
-/// Moves `staging` to `versions/<v>`, syncs it, and writes `.valid` last.
-pub fn install(layout: &HostLayout, staging: &Path, v: &Version) -> Result<PathBuf, InstallError> {
+/// Moves `staging` to `versions/<v>`, syncs it, and writes `.valid` last, recording the
+/// hashes of `files` (what the extractor wrote into `staging`).
+pub fn install(
+    layout: &HostLayout,
+    staging: &Path,
+    v: &Version,
+    files: &[ExtractedFile],
+) -> Result<PathBuf, InstallError> {
     let dest = layout.version_dir(v);
     let versions = layout.versions_dir();
     std::fs::create_dir_all(&versions).map_err(io("create", &versions))?;
     if dest.exists() {
-        // A leftover of an interrupted install (no .valid): never reuse half a version.
-        std::fs::remove_dir_all(&dest).map_err(io("remove", &dest))?;
+        // A leftover of an interrupted install (no .valid), or a version that failed its
+        // check: never reuse half a version.
+        remove_version(layout, v).map_err(io("remove", &dest))?;
     }
     sync_tree(staging)?;
     std::fs::rename(staging, &dest).map_err(io("move the staged version to", &dest))?;
     sync_dir(&versions)?;
-    let valid = layout.valid_marker(v);
-    let f = std::fs::File::create(&valid).map_err(io("create", &valid))?;
-    f.sync_all().map_err(io("sync", &valid))?;
-    sync_dir(&dest)?;
+    installed::record(layout, v, files.iter().map(|f| (f.name.clone(), f.sha256)))?;
     Ok(dest)
+}
+
+/// Removes `versions/<v>` so that a kill at any instant leaves either a complete version
+/// or one without `.valid` (which nothing uses and the next install or clean-up removes).
+pub fn remove_version(layout: &HostLayout, v: &Version) -> std::io::Result<()> {
+    installed::unmark(layout, v)?;
+    checkpoint("removing_version");
+    installed::remove(layout, v)
+}
+
+/// Why an installed version was not reused.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReusable {
+    #[error(transparent)]
+    Files(#[from] NotIntact),
+    #[error(transparent)]
+    Preflight(#[from] InstallError),
+}
+
+/// Checks an installed version before it is used again: its files against the hashes
+/// `.valid` recorded, then the pre-flight.
+pub fn reusable(layout: &HostLayout, v: &Version) -> Result<(), NotReusable> {
+    installed::check(layout, v)?;
+    preflight(layout, v)?;
+    Ok(())
 }
 
 /// Runs `versions/<v>/bin/agent --version`; it must print `agent <v>`.

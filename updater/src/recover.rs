@@ -2,7 +2,7 @@
 //!
 //! | journal step | what happened | recovery |
 //! |---|---|---|
-//! | none | nothing unfinished | start the agent if it is not running |
+//! | none | nothing unfinished | start the agent if it is not running; remove version directories left without `.valid` |
 //! | `started`, `installed` | interrupted before the switch | remove the half-installed version; the old one is untouched |
 //! | `stopping` | the old agent may be stopped; `current` is still old | start the old agent |
 //! | `switching`, `switched`, `rolling_back` | `current` may point at the new version | roll back to `from`, quarantine `to` |
@@ -18,7 +18,7 @@ use std::time::Instant;
 use molt_host::state::{self, Journal, Outcome, STATE_VERSION, Step, Timings};
 use serde::Serialize;
 
-use crate::commit::finish;
+use crate::commit::{finish, place_standalone_updater};
 use crate::error::UpdateError;
 use crate::history;
 use crate::journal::JournalWriter;
@@ -89,6 +89,21 @@ fn agent_running(settings: &Settings, svc: &mut dyn ServiceManager) -> Recovered
     }
 }
 
+/// Removes the version directories without `.valid` that `current` does not name: the
+/// leftovers of an install or a removal that a kill interrupted. Nothing uses them; with
+/// the lock held and no journal, nothing is writing them either.
+fn remove_incomplete(layout: &molt_host::HostLayout) {
+    let linked = std::fs::read_link(layout.current_link()).ok();
+    for v in layout.installed_versions() {
+        let named = linked
+            .as_ref()
+            .is_some_and(|l| l.file_name() == layout.version_dir(&v).file_name());
+        if !layout.is_valid(&v) && !named {
+            let _ = crate::install::remove_version(layout, &v);
+        }
+    }
+}
+
 /// Recovery with the lock already held (the start of every update).
 pub fn recover_locked(
     settings: &Settings,
@@ -108,7 +123,9 @@ pub fn recover_locked(
         }
     };
     let Some(journal) = journal else {
-        return Ok(agent_running(settings, svc));
+        let recovered = agent_running(settings, svc);
+        remove_incomplete(layout);
+        return Ok(recovered);
     };
     if journal.version > STATE_VERSION || journal.step == Step::Unknown {
         // A newer updater's journal (a fallback to an older updater ran us): never rewrite
@@ -136,7 +153,7 @@ pub fn recover_locked(
             if layout.current_version().as_ref() != Some(&journal.to)
                 && journal.from.as_ref() != Some(&journal.to)
             {
-                let _ = std::fs::remove_dir_all(layout.version_dir(&journal.to));
+                let _ = crate::install::remove_version(layout, &journal.to);
             }
             let started_agent = ensure_agent_runs(settings, svc);
             let rec = record(
@@ -184,6 +201,7 @@ pub fn recover_locked(
             ensure_agent_runs(settings, svc);
             let rec = record(Outcome::Success, "committed; record completed by recovery");
             finish(layout, &rec, Some(&journal.to), journal.from.as_ref())?;
+            place_standalone_updater(layout, &journal.to);
             Ok(Recovered::Finished {
                 outcome: "success".into(),
             })
@@ -250,6 +268,7 @@ fn first_install(
                 timings(),
             );
             finish(layout, &rec, Some(&to), None)?;
+            place_standalone_updater(layout, &to);
             Ok(Recovered::Finished {
                 outcome: "success".into(),
             })

@@ -201,28 +201,39 @@ pub(crate) fn last_good(layout: &molt_host::HostLayout) -> Option<Version> {
         })
 }
 
-/// The version to point a missing or dangling `current` at, from the host itself: the
-/// last version history records as good, if it is still installed intact; else the
-/// newest intact version that is not quarantined; else the newest intact one.
+/// The version to point a missing or dangling `current` at, from the host itself, in this
+/// order of preference: the last version history records as good, then the newest
+/// installed version that is not quarantined, then the quarantined ones. The first whose
+/// files still hash as `.valid` recorded wins; failing that (a host installed by an older
+/// updater, or tampered with), the first that has a `bin/agent` at all, because an agent
+/// that may run beats none.
 pub(crate) fn repair_target(layout: &molt_host::HostLayout) -> Option<Version> {
-    let intact =
-        |v: &Version| layout.is_valid(v) && layout.version_dir(v).join("bin/agent").is_file();
-    if let Some(v) = last_good(layout).filter(|v| intact(v)) {
-        return Some(v);
-    }
     let quarantined = Quarantine::load(&layout.quarantine())
         .map(|q| q.versions())
         .unwrap_or_default();
     let installed: Vec<Version> = layout
         .installed_versions()
         .into_iter()
-        .filter(|v| intact(v))
+        .filter(|v| layout.is_valid(v))
         .collect();
-    installed
-        .iter()
+    let (held, free): (Vec<Version>, Vec<Version>) = installed
+        .into_iter()
         .rev()
-        .find(|v| !quarantined.contains(*v))
-        .or(installed.last())
+        .partition(|v| quarantined.contains(v));
+    let candidates: Vec<Version> = last_good(layout)
+        .filter(|v| layout.is_valid(v))
+        .into_iter()
+        .chain(free)
+        .chain(held)
+        .collect();
+    candidates
+        .iter()
+        .find(|v| molt_host::installed::check(layout, v).is_ok())
+        .or_else(|| {
+            candidates
+                .iter()
+                .find(|v| layout.version_dir(v).join("bin/agent").is_file())
+        })
         .cloned()
 }
 

@@ -215,10 +215,23 @@ async fn install_and_switch(
     let mut jw = JournalWriter::begin(layout, from.clone(), to.clone());
     jw.set(Step::Started)?;
 
-    // Download and stage, unless this exact version is already installed and valid
-    // (the last known-good version, or a reinstall with --force).
+    // Download and stage, unless this exact version is already installed, valid, and its
+    // files still hash as they did at install (the last known-good version).
     let mut download_ms = None;
-    if !(layout.is_valid(&to) && Some(&to) != from.as_ref()) {
+    let reuse = layout.is_valid(&to)
+        && Some(&to) != from.as_ref()
+        && match install::reusable(layout, &to) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "the installed {to} is not reused: {}; it is fetched again",
+                    molt_schema::cli::one_line(&e)
+                );
+                let _ = install::remove_version(layout, &to);
+                false
+            }
+        };
+    if !reuse {
         let cache = layout.cache_dir();
         std::fs::create_dir_all(&cache).map_err(|e| UpdateError::io("create", &cache, e))?;
         let staging = layout.staging_dir(&to);
@@ -258,11 +271,11 @@ async fn install_and_switch(
             // --force reinstall of the running version: its directory stays as it is
             // (installed versions are immutable); the fresh copy only proved it verifies.
             let _ = std::fs::remove_dir_all(&staging);
-        } else if let Err(e) =
-            install::install(layout, &staging, &to).and_then(|_| install::preflight(layout, &to))
+        } else if let Err(e) = install::install(layout, &staging, &to, &report.extracted.files)
+            .and_then(|_| install::preflight(layout, &to))
         {
             let _ = std::fs::remove_dir_all(&staging);
-            let _ = std::fs::remove_dir_all(layout.version_dir(&to));
+            let _ = install::remove_version(layout, &to);
             fail_before_switch(&mut jw, started, &e.to_string());
             return Err(e.into());
         }
@@ -389,7 +402,7 @@ fn fail_before_switch(jw: &mut JournalWriter<'_>, started: Instant, reason: &str
     let staging = layout.staging_dir(&jw.journal.to);
     let _ = std::fs::remove_dir_all(staging);
     if !layout.is_valid(&jw.journal.to) {
-        let _ = std::fs::remove_dir_all(layout.version_dir(&jw.journal.to));
+        let _ = install::remove_version(layout, &jw.journal.to);
     }
     let recorded = state::append_history(&layout.history(), &record)
         .and_then(|()| state::remove(&layout.journal()));

@@ -44,7 +44,9 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use molt_schema::artifact::PackageName;
+use sha2::Digest as _;
+
+use molt_schema::artifact::{PackageName, Sha256};
 use molt_schema::platform::{ArchiveKind, Platform};
 
 /// Limits on what an archive may hold.
@@ -77,6 +79,8 @@ pub struct ExtractedFile {
     pub size: u64,
     /// Written with mode 0755 (else 0644).
     pub executable: bool,
+    /// The SHA-256 of the bytes written, hashed as they were written.
+    pub sha256: Sha256,
 }
 
 /// What [`extract`] wrote.
@@ -416,6 +420,7 @@ struct Written {
     file: File,
     size: u64,
     executable: bool,
+    sha256: Sha256,
 }
 
 /// The output side: the checks that don't depend on the archive format, and the files.
@@ -543,6 +548,7 @@ impl Staging<'_> {
             source,
         })?;
         let mut written = 0u64;
+        let mut hasher = sha2::Sha256::new();
         let mut version = (name == "VERSION").then(Vec::new);
         loop {
             let n = match data.read(&mut self.buf) {
@@ -571,6 +577,7 @@ impl Staging<'_> {
                 });
             }
             let chunk = &self.buf[..n];
+            hasher.update(chunk);
             file.write_all(chunk)
                 .map_err(|source| ExtractError::WriteFile {
                     path: path.clone(),
@@ -593,6 +600,7 @@ impl Staging<'_> {
             file,
             size: written,
             executable,
+            sha256: Sha256::from_bytes(hasher.finalize().into()),
         });
         Ok(written)
     }
@@ -620,6 +628,7 @@ impl Staging<'_> {
                 name: w.name.clone(),
                 size: w.size,
                 executable: w.executable,
+                sha256: w.sha256,
             });
         }
         for rel in self.dirs.iter().rev() {

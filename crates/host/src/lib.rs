@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod config;
+pub mod installed;
 pub mod lock;
 pub mod process;
 pub mod schedule;

@@ -1,0 +1,284 @@
+//! What `versions/<v>/.valid` records: the SHA-256 of every file the version was installed
+//! with, hashed as the verified archive was extracted. `.valid` is written last (temp file,
+//! fsync, rename, fsync of the directory), so its presence still means "installed
+//! completely"; its contents let a version be checked before it is reused, long after the
+//! download that verified it.
+//!
+//! A version is removed the other way round: `.valid` first, a sync of the directory, then
+//! the rest, so a kill at any instant never leaves `.valid` beside a missing `bin/agent`.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use molt_schema::Version;
+use molt_schema::artifact::Sha256;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::HostLayout;
+use crate::state::{self, STATE_VERSION, StateError};
+
+/// The contents of `.valid`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    pub version: u32,
+    /// Each file by its name in the package (e.g. `bin/agent`).
+    pub files: BTreeMap<String, Sha256>,
+}
+
+/// Why an installed version may not be reused as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum NotIntact {
+    #[error("{path} is missing: the version was never installed completely")]
+    NotInstalled { path: PathBuf },
+    #[error("{path} records no file hashes (it was installed by an older updater)")]
+    Unrecorded { path: PathBuf },
+    #[error("{path} cannot be read ({detail})")]
+    Unreadable { path: PathBuf, detail: String },
+    #[error("{path} is missing")]
+    Missing { path: PathBuf },
+    #[error("{path} changed since it was installed (sha256 {found}, installed as {recorded})")]
+    Changed {
+        path: PathBuf,
+        found: Sha256,
+        recorded: Sha256,
+    },
+    #[error("{path} was not installed with the version")]
+    Extra { path: PathBuf },
+}
+
+/// Writes `.valid` for `v`, recording `files` (name, hash). Call it last, after everything
+/// else in the version's directory is synced.
+pub fn record(
+    layout: &HostLayout,
+    v: &Version,
+    files: impl IntoIterator<Item = (String, Sha256)>,
+) -> Result<(), StateError> {
+    let installed = Installed {
+        version: STATE_VERSION,
+        files: files.into_iter().collect(),
+    };
+    state::write_json(&layout.valid_marker(v), &installed)
+}
+
+/// The hash of a file's contents, read in 64 KiB blocks.
+pub fn hash_file(path: &Path) -> std::io::Result<Sha256> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Sha256::from_bytes(hasher.finalize().into()))
+}
+
+/// Checks `versions/<v>` against its `.valid`: every recorded file is there with the
+/// same hash, and nothing else is (bar the marker itself and a temp file a killed write
+/// of it may have left).
+pub fn check(layout: &HostLayout, v: &Version) -> Result<(), NotIntact> {
+    let marker = layout.valid_marker(v);
+    let text = match std::fs::read(&marker) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(NotIntact::NotInstalled { path: marker });
+        }
+        Err(e) => {
+            return Err(NotIntact::Unreadable {
+                path: marker,
+                detail: e.to_string(),
+            });
+        }
+    };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(NotIntact::Unrecorded { path: marker });
+    }
+    let installed: Installed =
+        serde_json::from_slice(&text).map_err(|e| NotIntact::Unreadable {
+            path: marker.clone(),
+            detail: e.to_string(),
+        })?;
+    if installed.files.is_empty() {
+        return Err(NotIntact::Unrecorded { path: marker });
+    }
+    let dir = layout.version_dir(v);
+    for (name, recorded) in &installed.files {
+        let path = dir.join(name);
+        let found = match hash_file(&path) {
+            Ok(h) => h,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NotIntact::Missing { path });
+            }
+            Err(e) => {
+                return Err(NotIntact::Unreadable {
+                    path,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        if found != *recorded {
+            return Err(NotIntact::Changed {
+                path,
+                found,
+                recorded: *recorded,
+            });
+        }
+    }
+    let mut present = Vec::new();
+    list_files(&dir, &dir, &mut present).map_err(|e| NotIntact::Unreadable {
+        path: dir.clone(),
+        detail: e.to_string(),
+    })?;
+    for name in present {
+        let leftover = name == ".valid" || (!name.contains('/') && name.starts_with(".tmp"));
+        if !leftover && !installed.files.contains_key(&name) {
+            return Err(NotIntact::Extra {
+                path: dir.join(name),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every entry under `dir` that is not a directory, as a path relative to `base` with `/`.
+fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(base, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(base).unwrap_or(&path);
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+/// Takes `.valid` away and syncs the directory: from here on the version no longer counts
+/// as installed, whatever happens to the rest of it.
+pub fn unmark(layout: &HostLayout, v: &Version) -> std::io::Result<()> {
+    match std::fs::remove_file(layout.valid_marker(v)) {
+        Ok(()) => std::fs::File::open(layout.version_dir(v))?.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `versions/<v>` crash-safely: [`unmark`] first, then the rest.
+pub fn remove(layout: &HostLayout, v: &Version) -> std::io::Result<()> {
+    unmark(layout, v)?;
+    match std::fs::remove_dir_all(layout.version_dir(v)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn installed(dir: &Path) -> (HostLayout, Version) {
+        let layout = HostLayout::new(dir);
+        let v: Version = "1.2.0".parse().unwrap();
+        let bin = layout.version_dir(&v).join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("agent"), b"agent bytes").unwrap();
+        std::fs::write(layout.version_dir(&v).join("VERSION"), b"1.2.0\n").unwrap();
+        record(
+            &layout,
+            &v,
+            [
+                ("bin/agent".to_owned(), Sha256::digest(b"agent bytes")),
+                ("VERSION".to_owned(), Sha256::digest(b"1.2.0\n")),
+            ],
+        )
+        .unwrap();
+        (layout, v)
+    }
+
+    #[test]
+    fn an_untouched_version_is_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, v) = installed(dir.path());
+        check(&layout, &v).unwrap();
+        // a temp file left by a killed write of `.valid` does not count
+        std::fs::write(layout.version_dir(&v).join(".tmpAbC123"), b"{").unwrap();
+        check(&layout, &v).unwrap();
+    }
+
+    #[test]
+    fn changes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, v) = installed(dir.path());
+        let agent = layout.version_dir(&v).join("bin/agent");
+
+        std::fs::write(&agent, b"agent bytez").unwrap();
+        let e = check(&layout, &v).unwrap_err();
+        assert!(matches!(e, NotIntact::Changed { .. }), "{e}");
+        assert!(e.to_string().contains("bin/agent changed"), "{e}");
+
+        std::fs::remove_file(&agent).unwrap();
+        let e = check(&layout, &v).unwrap_err();
+        assert!(matches!(e, NotIntact::Missing { .. }), "{e}");
+
+        std::fs::write(&agent, b"agent bytes").unwrap();
+        std::fs::write(layout.version_dir(&v).join("bin/libevil.so"), b"x").unwrap();
+        let e = check(&layout, &v).unwrap_err();
+        assert!(matches!(e, NotIntact::Extra { .. }), "{e}");
+        assert!(e.to_string().contains("libevil.so"), "{e}");
+    }
+
+    #[test]
+    fn an_old_or_broken_marker_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, v) = installed(dir.path());
+        std::fs::write(layout.valid_marker(&v), b"").unwrap();
+        assert!(matches!(
+            check(&layout, &v),
+            Err(NotIntact::Unrecorded { .. })
+        ));
+        std::fs::write(layout.valid_marker(&v), b"{\"version\":1,\"fi").unwrap();
+        assert!(matches!(
+            check(&layout, &v),
+            Err(NotIntact::Unreadable { .. })
+        ));
+        std::fs::write(layout.valid_marker(&v), b"{\"version\":1,\"files\":{}}").unwrap();
+        assert!(matches!(
+            check(&layout, &v),
+            Err(NotIntact::Unrecorded { .. })
+        ));
+        // a newer updater's marker with fields this one does not know still checks
+        std::fs::write(
+            layout.valid_marker(&v),
+            format!(
+                "{{\"version\":9,\"signed_by\":\"x\",\"files\":{{\"bin/agent\":\"{}\",\"VERSION\":\"{}\"}}}}",
+                Sha256::digest(b"agent bytes"),
+                Sha256::digest(b"1.2.0\n")
+            ),
+        )
+        .unwrap();
+        check(&layout, &v).unwrap();
+        std::fs::remove_file(layout.valid_marker(&v)).unwrap();
+        assert!(matches!(
+            check(&layout, &v),
+            Err(NotIntact::NotInstalled { .. })
+        ));
+    }
+
+    #[test]
+    fn remove_takes_the_marker_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, v) = installed(dir.path());
+        remove(&layout, &v).unwrap();
+        assert!(!layout.version_dir(&v).exists());
+        // removing what is gone is fine
+        remove(&layout, &v).unwrap();
+    }
+}
