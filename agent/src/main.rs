@@ -53,6 +53,9 @@ enum Cmd {
     },
     /// Let scheduled updates run again.
     Unhold,
+    /// Check the config file as this version reads it, without doing anything else; exits
+    /// 2 when it would refuse it. The updater runs this before it switches to a version.
+    CheckConfig,
 }
 
 fn env(k: &str) -> Option<String> {
@@ -130,6 +133,21 @@ fn real_main(cli: Cli) -> Result<u8, Failure> {
             hold::hold(&settings, reason).map_err(|e| Failure::new(exit::FAILED, e))?;
             println!(
                 "scheduled updates are on hold on this host; `agent unhold` lets them run again"
+            );
+            Ok(0)
+        }
+        Cmd::CheckConfig => {
+            let ignored = settings.config.ignored.len();
+            let how = if !settings.config_exists {
+                "does not exist; the defaults apply".to_owned()
+            } else if ignored == 0 {
+                "is valid".to_owned()
+            } else {
+                format!("is valid; {ignored} key(s) this version does not know are ignored")
+            };
+            println!(
+                "{} {how} (agent {BUILD_VERSION})",
+                settings.config_path.display()
             );
             Ok(0)
         }

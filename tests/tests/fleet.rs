@@ -475,12 +475,13 @@ fn fleet_of_twenty_agents_across_two_regions() {
     let release = Release::new();
     release.package("1.0.0", &v1.join("agent"), &v1.join("updater"));
     release.package("2.0.0", &v2.join("agent"), &v2.join("updater"));
-    // A broken 3.0.0: a real 3.0.0 updater, and an agent that passes the pre-flight
-    // (`--version`) but dies at start.
+    // A broken 3.0.0: a real 3.0.0 updater, and an agent that passes the pre-flights
+    // (`--version`, and `check-config` of the host's config) but dies at start.
     let broken = release.dir.path().join("broken-agent");
     std::fs::write(
         &broken,
-        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'agent 3.0.0'; exit 0; }\n\
+        "#!/bin/sh\ncase \"$*\" in\n--version) echo 'agent 3.0.0'; exit 0 ;;\n\
+         *check-config) exit 0 ;;\nesac\n\
          echo 'agent 3.0.0: broken on purpose' >&2\nexit 1\n",
     )
     .unwrap();

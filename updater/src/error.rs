@@ -74,6 +74,14 @@ pub enum UpdateError {
         "{path} holds an unfinished update at step {step:?} from a newer updater; this updater leaves it alone"
     )]
     NewerJournal { path: PathBuf, step: String },
+    /// A version the update would run (the target, or the one a rollback would restore)
+    /// refuses the host's config: nothing was switched.
+    #[error("{}", config_headline(.version, *.rollback))]
+    ConfigRefused {
+        version: Version,
+        rollback: bool,
+        source: Box<InstallError>,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("cannot {action} {path}")]
@@ -146,6 +154,9 @@ impl UpdateError {
             UpdateError::NewerJournal { .. } => Some(
                 "run the newer updater that wrote it (<root>/bin/updater); the agent keeps running meanwhile".into(),
             ),
+            UpdateError::ConfigRefused { version, .. } => Some(format!(
+                "fix the config as the cause says (a key {version} does not know: remove it, or keep this host on versions that know it); `<root>/versions/{version}/bin/agent check-config` checks it, then run the update again"
+            )),
             UpdateError::NotCommitted { to, .. } => Some(format!(
                 "make room on the disk that holds the install root (or make it writable); {to} is not quarantined, and the next run updates again"
             )),
@@ -158,6 +169,17 @@ impl UpdateError {
             ),
             _ => None,
         }
+    }
+}
+
+/// The first line of [`UpdateError::ConfigRefused`].
+fn config_headline(version: &Version, rollback: bool) -> String {
+    if rollback {
+        format!(
+            "{version}, the version a rollback would restore, refuses this host's config; nothing changed, because a failed update could then leave no agent that starts"
+        )
+    } else {
+        format!("{version} refuses this host's config; nothing changed")
     }
 }
 

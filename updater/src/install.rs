@@ -41,8 +41,14 @@ pub enum InstallError {
     },
     #[error(transparent)]
     State(#[from] molt_host::state::StateError),
-    #[error("pre-flight check failed: `{program} --version` did not finish within {seconds} s")]
-    Hung { program: PathBuf, seconds: u64 },
+    #[error("pre-flight check failed: `{program} {args}` did not finish within {seconds} s")]
+    Hung {
+        program: PathBuf,
+        args: String,
+        seconds: u64,
+    },
+    #[error("`{program} check-config` refused the config: {detail}")]
+    ConfigRefused { program: PathBuf, detail: String },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + use<> {
@@ -118,42 +124,77 @@ pub fn reusable(layout: &HostLayout, v: &Version) -> Result<(), NotReusable> {
     Ok(())
 }
 
-/// Runs `versions/<v>/bin/agent --version`; it must print `agent <v>`.
-pub fn preflight(layout: &HostLayout, v: &Version) -> Result<(), InstallError> {
-    let program = layout.version_dir(v).join("bin").join("agent");
-    let mut child = Command::new(&program)
-        .arg("--version")
+/// What a bounded run of an installed agent printed.
+struct Ran {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `program args` with no input and a 10 s limit; keeps the first 4 KiB of each
+/// output.
+fn run_bounded(program: &Path, args: &[&std::ffi::OsStr]) -> Result<Ran, InstallError> {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| InstallError::CannotRun {
-            program: program.clone(),
+            program: program.to_owned(),
             source,
         })?;
     let limit = Duration::from_secs(10);
     let started = std::time::Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(5)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(InstallError::Hung {
-                    program,
+                    program: program.to_owned(),
+                    args: args
+                        .iter()
+                        .map(|a| a.to_string_lossy())
+                        .collect::<Vec<_>>()
+                        .join(" "),
                     seconds: limit.as_secs(),
                 });
             }
-            Err(source) => return Err(InstallError::CannotRun { program, source }),
+            Err(source) => {
+                return Err(InstallError::CannotRun {
+                    program: program.to_owned(),
+                    source,
+                });
+            }
         }
-    }
-    let mut printed = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        use std::io::Read as _;
-        let _ = out.by_ref().take(4096).read_to_string(&mut printed);
-    }
-    let printed = printed.trim().to_owned();
+    };
+    let read = |pipe: Option<&mut dyn std::io::Read>| {
+        let mut out = String::new();
+        if let Some(p) = pipe {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            let _ = p.take(4096).read_to_end(&mut bytes);
+            out = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        out
+    };
+    let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
+    let stderr = read(child.stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
+    Ok(Ran {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Runs `versions/<v>/bin/agent --version`; it must print `agent <v>`.
+pub fn preflight(layout: &HostLayout, v: &Version) -> Result<(), InstallError> {
+    let program = layout.version_dir(v).join("bin").join("agent");
+    let ran = run_bounded(&program, &["--version".as_ref()])?;
+    let printed = ran.stdout.trim().to_owned();
     if printed == format!("agent {v}") {
         Ok(())
     } else {
@@ -163,4 +204,56 @@ pub fn preflight(layout: &HostLayout, v: &Version) -> Result<(), InstallError> {
             expected: v.clone(),
         })
     }
+}
+
+/// How an installed agent took the host's config.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigCheck {
+    Accepted,
+    /// The agent predates `check-config` (it knows no such command): it cannot say.
+    Unsupported,
+}
+
+/// Runs `versions/<v>/bin/agent [--config FILE] check-config`: the version's own reading
+/// of the host's config, with the environment the updater has (which the agent it starts
+/// inherits). A version that would refuse the config at start must never be switched to,
+/// nor be the version a rollback relies on.
+pub fn config_check(
+    layout: &HostLayout,
+    v: &Version,
+    config: Option<&Path>,
+) -> Result<ConfigCheck, InstallError> {
+    let program = layout.version_dir(v).join("bin").join("agent");
+    let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+    if let Some(c) = config {
+        args.extend(["--config".as_ref(), c.as_os_str()]);
+    }
+    args.push("check-config".as_ref());
+    let ran = run_bounded(&program, &args)?;
+    if ran.status.success() {
+        return Ok(ConfigCheck::Accepted);
+    }
+    if ran.stderr.contains("unrecognized subcommand") && ran.stderr.contains("check-config") {
+        return Ok(ConfigCheck::Unsupported);
+    }
+    let mut detail: String = ran
+        .stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("hint:"))
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if detail.is_empty() {
+        detail = format!("it exited with {}", ran.status);
+    }
+    if detail.len() > 1000 {
+        let mut end = 1000;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    Err(InstallError::ConfigRefused { program, detail })
 }

@@ -144,11 +144,11 @@ fn warn_unrecorded(e: &UpdateError, what: &str) {
 /// [`repair_target`] picks. Never stops anything.
 pub(crate) fn ensure_agent_runs(settings: &Settings, svc: &mut dyn ServiceManager) -> bool {
     let layout = &settings.layout;
-    if let Ok(Some(pid)) = svc.main_pid()
-        && svc.is_alive(pid)
-    {
-        return false;
-    }
+    let running = svc
+        .main_pid()
+        .ok()
+        .flatten()
+        .filter(|pid| svc.is_alive(*pid));
     if layout.current_version().is_none() {
         if layout.installed_versions().is_empty()
             && layout.current_link().symlink_metadata().is_err()
@@ -156,7 +156,18 @@ pub(crate) fn ensure_agent_runs(settings: &Settings, svc: &mut dyn ServiceManage
             // A host before its first install: nothing to run, nothing to say.
             return false;
         }
-        let Some(v) = repair_target(layout) else {
+        // An agent that runs keeps running; `current` is pointed at its own version when
+        // it reported one that is installed, so that the next start starts the same.
+        let reported = running
+            .and_then(|pid| {
+                state::read_json::<state::Health>(&layout.health())
+                    .ok()
+                    .flatten()
+                    .filter(|h| h.pid == pid)
+            })
+            .map(|h| h.version)
+            .filter(|v| layout.is_valid(v));
+        let Some(v) = reported.or_else(|| repair_target(layout)) else {
             tracing::error!(
                 "no installed version under {} is valid: no agent can be started",
                 layout.versions_dir().display()
@@ -171,6 +182,9 @@ pub(crate) fn ensure_agent_runs(settings: &Settings, svc: &mut dyn ServiceManage
             return false;
         }
         tracing::warn!("current named no valid version; pointed it at {v}");
+    }
+    if running.is_some() {
+        return false;
     }
     match svc.start(&molt_host::random_token()) {
         Ok(pid) => {

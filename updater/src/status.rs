@@ -140,11 +140,11 @@ pub fn describe_recovery(r: &Recovered) -> String {
             current,
             started_agent,
         } => format!(
-            "current named no valid version; pointed it at {current}, the last good version installed{}",
+            "current named no valid version; pointed it at {current}{}",
             if *started_agent {
-                ", and started the agent"
+                ", the last good version installed, and started the agent"
             } else {
-                ""
+                ", the version the running agent reports (or the last good one installed)"
             }
         ),
         Recovered::CleanedUp { to, .. } => {

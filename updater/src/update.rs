@@ -280,6 +280,28 @@ async fn install_and_switch(
             return Err(e.into());
         }
     }
+    // Both versions this update may leave running must start with the host's config:
+    // the new one, and the old one a rollback would restore.
+    let config = settings.config_path.as_deref();
+    let rollback_to = from.as_ref().filter(|f| *f != &to && layout.is_valid(f));
+    for (v, rollback) in [(Some(&to), false), (rollback_to, true)] {
+        let Some(v) = v else { continue };
+        match install::config_check(layout, v, config) {
+            Ok(install::ConfigCheck::Accepted) => {}
+            Ok(install::ConfigCheck::Unsupported) => tracing::warn!(
+                "{v} predates `agent check-config`; its reading of the config is not checked before the switch"
+            ),
+            Err(source) => {
+                let error = UpdateError::ConfigRefused {
+                    version: v.clone(),
+                    rollback,
+                    source: Box::new(source),
+                };
+                fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error));
+                return Err(error);
+            }
+        }
+    }
     jw.set(Step::Installed)?;
 
     let switched = match switch::switch_to(&mut jw, svc, &to) {

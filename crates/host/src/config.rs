@@ -1,7 +1,17 @@
 //! `/etc/molt/agent.toml`: one file read by both the agent and the updater. Shared keys
-//! at the top, then `[updater]` and `[agent]`. Strict: a human writes it, so an unknown
-//! key or a bad value is an error that names the key and the line, never ignored.
-//! `MOLT_*` environment variables override the file.
+//! at the top, then `[updater]` and `[agent]`. Strict: a human writes it, so a bad value is
+//! an error that names the key and the line. `MOLT_*` environment variables override the
+//! file.
+//!
+//! Keys newer than this version: one config serves every version a host may run (the new
+//! one, the old one a rollback restores, the one a downgrade or recall chooses), so a key
+//! this version does not know is not fatal by itself. The rule ([`Config::parse`]):
+//! - an unknown key that looks like a misspelling of a key this version knows in the same
+//!   table (the same but for case or `-`/`_`, or within a Damerau–Levenshtein distance of 1,
+//!   2 for keys of more than 4 characters), or that is a known key of another table, is a
+//!   typo: an error that names it, its line, and the key meant;
+//! - any other unknown key, or a whole table this version does not know, is taken to be a
+//!   newer version's: it is ignored, with a warning that names it and its line.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +24,61 @@ use molt_schema::region::{Region, Template};
 
 /// The default config path.
 pub const DEFAULT_CONFIG: &str = "/etc/molt/agent.toml";
+
+/// The keys this version knows, per table (a unit test holds them to the structs).
+const ROOT_KEYS: &[&str] = &[
+    "root",
+    "region",
+    "source",
+    "bucket",
+    "domain",
+    "trusted_root",
+    "platform",
+    "imds_v1_fallback",
+    "updater",
+    "agent",
+];
+const UPDATER_KEYS: &[&str] = &[
+    "service",
+    "soak",
+    "health_timeout",
+    "stop_grace",
+    "download_deadline",
+    "min_throughput",
+];
+const AGENT_KEYS: &[&str] = &[
+    "schedule",
+    "jitter",
+    "maintenance_window",
+    "on_boot",
+    "on_boot_delay",
+    "hold",
+    "report",
+    "poll",
+];
+
+/// A key this version does not know and took to be a newer version's: ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredKey {
+    /// `updater` or `agent`; `None` at the top of the file.
+    pub table: Option<&'static str>,
+    pub key: String,
+    pub line: usize,
+}
+
+impl std::fmt::Display for IgnoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match self.table {
+            Some(t) => format!("in [{t}]"),
+            None => "at the top level".to_owned(),
+        };
+        write!(
+            f,
+            "unknown key `{}` {place} (line {}) is ignored: this version of molt does not know it, a newer one may; if it is a typo, fix it",
+            self.key, self.line
+        )
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +107,9 @@ pub struct Config {
     pub updater: UpdaterConfig,
     #[serde(default)]
     pub agent: AgentConfig,
+    /// The keys a newer version may know, ignored by this one (see the module docs).
+    #[serde(skip)]
+    pub ignored: Vec<IgnoredKey>,
 }
 
 /// How the agent service is controlled.
@@ -225,22 +293,131 @@ fn report_sink<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     Ok(s)
 }
 
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// True when `key` looks like a misspelling of `known`.
+fn misspells(key: &str, known: &str) -> bool {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    if norm(key) == norm(known) {
+        return true;
+    }
+    let limit = if known.len() > 4 { 2 } else { 1 };
+    strsim::damerau_levenshtein(&norm(key), known) <= limit
+}
+
+/// Sorts the unknown keys of one table: a typo stays (serde refuses it, with its line) and
+/// is returned with the key it most likely means; a newer version's key is removed and
+/// recorded in `ignored`.
+fn sift(
+    table: &mut toml::de::DeTable<'_>,
+    name: Option<&'static str>,
+    known: &[&str],
+    other_tables: &[(String, &[&str])],
+    text: &str,
+    ignored: &mut Vec<IgnoredKey>,
+    typos: &mut Vec<(String, String)>,
+) {
+    let mut newer = Vec::new();
+    for key in table.keys() {
+        let k: &str = key.get_ref();
+        if known.contains(&k) {
+            continue;
+        }
+        if let Some(meant) = known.iter().find(|n| misspells(k, n)) {
+            typos.push((k.to_owned(), format!("did you mean `{meant}`?")));
+        } else if let Some((t, _)) = other_tables.iter().find(|(_, keys)| keys.contains(&k)) {
+            typos.push((k.to_owned(), format!("`{k}` belongs {t}")));
+        } else {
+            newer.push((k.to_owned(), line_of(text, key.span().start)));
+        }
+    }
+    for (key, line) in newer {
+        table.remove(key.as_str());
+        ignored.push(IgnoredKey {
+            table: name,
+            key,
+            line,
+        });
+    }
+}
+
 impl Config {
-    /// Parses a config file's text. `path` only names the file in errors.
+    /// Parses a config file's text. `path` only names the file in errors. Keys a newer
+    /// version may know are left out and listed in [`Config::ignored`]; typos and bad
+    /// values are errors (the module docs give the rule).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })
+        let invalid = |mut e: toml::de::Error, hint: Option<&str>| {
+            e.set_input(Some(text));
+            let mut message = e.to_string().trim_end().to_owned();
+            if let Some(h) = hint {
+                message.push_str("; ");
+                message.push_str(h);
+            }
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            }
+        };
+        let mut root = toml::de::DeTable::parse(text).map_err(|e| invalid(e, None))?;
+        let mut ignored = Vec::new();
+        let mut typos = Vec::new();
+        let sections: [(&'static str, &[&str]); 2] =
+            [("updater", UPDATER_KEYS), ("agent", AGENT_KEYS)];
+        let place = |name: &str| format!("in [{name}]");
+        let top: Vec<(String, &[&str])> = sections.iter().map(|(n, k)| (place(n), *k)).collect();
+        sift(
+            root.get_mut(),
+            None,
+            ROOT_KEYS,
+            &top,
+            text,
+            &mut ignored,
+            &mut typos,
+        );
+        for (i, (name, keys)) in sections.iter().enumerate() {
+            let others: Vec<(String, &[&str])> = sections
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (n, keys))| (place(n), *keys))
+                .chain([(
+                    "at the top of the file, above any [table]".to_owned(),
+                    ROOT_KEYS,
+                )])
+                .collect();
+            if let Some(toml::de::DeValue::Table(t)) =
+                root.get_mut().get_mut(*name).map(|v| v.get_mut())
+            {
+                sift(t, Some(name), keys, &others, text, &mut ignored, &mut typos);
+            }
+        }
+        ignored.sort_by_key(|k| k.line);
+        let mut config = Config::deserialize(toml::de::Deserializer::from(root)).map_err(|e| {
+            let hint = typos
+                .iter()
+                .find(|(key, _)| e.message().contains(&format!("`{key}`")))
+                .map(|(_, hint)| hint.as_str());
+            invalid(e, hint)
+        })?;
+        config.ignored = ignored;
+        Ok(config)
     }
 
-    /// Reads and parses a config file.
+    /// Reads and parses a config file; each key it ignores (a newer version's) is logged
+    /// as a warning.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        let config = Config::parse(&text, path)?;
+        for k in &config.ignored {
+            tracing::warn!("{}: {k}", path.display());
+        }
+        Ok(config)
     }
 
     /// Reads the file at `path` when it exists; an absent file is an empty config.
@@ -334,6 +511,108 @@ soak = "30s"
         assert_eq!(c.region.unwrap().as_str(), "us-east-1");
         assert_eq!(c.updater.service, Some(ServiceKind::Direct));
         assert_eq!(c.updater.soak, Some(Duration::from_secs(30)));
+    }
+
+    fn refused(text: &str) -> String {
+        Config::parse(text, Path::new("agent.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn typos_are_refused_with_the_key_meant() {
+        for (from, to, meant, line) in [
+            ("soak =", "soack =", "did you mean `soak`?", 9),
+            ("soak =", "Soak =", "did you mean `soak`?", 9),
+            ("soak =", "sok =", "did you mean `soak`?", 9),
+            ("service =", "servcie =", "did you mean `service`?", 8),
+            ("[updater]", "[updatr]", "did you mean `updater`?", 7),
+            ("region =", "regoin =", "did you mean `region`?", 2),
+            (
+                "trusted_root =",
+                "trusted-root =",
+                "did you mean `trusted_root`?",
+                5,
+            ),
+            (
+                "soak =",
+                "region =",
+                "`region` belongs at the top of the file",
+                9,
+            ),
+            ("region =", "soak =", "`soak` belongs in [updater]", 2),
+            ("soak =", "on_boot =", "`on_boot` belongs in [agent]", 9),
+        ] {
+            let text = GOOD.replacen(from, to, 1);
+            let err = refused(&text);
+            assert!(
+                err.contains(meant) && err.contains(&format!("line {line}")),
+                "{to}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_of_a_newer_version_are_ignored_and_named() {
+        let text = format!(
+            "{GOOD}log_format = \"json\"\nwatch.interval = \"5m\"\n\n[agent]\nhold = true\nmetrics = {{ port = 9100 }}\n\n[telemetry]\nendpoint = \"x\"\n"
+        );
+        let c = Config::parse(&text, Path::new("agent.toml")).unwrap();
+        assert!(c.agent.hold);
+        assert_eq!(c.updater.soak, Some(Duration::from_secs(30)));
+        let seen: Vec<(Option<&str>, &str, usize)> = c
+            .ignored
+            .iter()
+            .map(|k| (k.table, k.key.as_str(), k.line))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("updater"), "log_format", 10),
+                (Some("updater"), "watch", 11),
+                (Some("agent"), "metrics", 15),
+                (None, "telemetry", 17),
+            ]
+        );
+        let said = c.ignored[0].to_string();
+        assert!(
+            said.contains("`log_format` in [updater] (line 10) is ignored"),
+            "{said}"
+        );
+        // a bad value next to an ignored key still names its own line
+        let bad = text.replace("\"30s\"", "\"30 parsecs\"");
+        let err = refused(&bad);
+        assert!(
+            err.contains("bad duration") && err.contains("line 9"),
+            "{err}"
+        );
+    }
+
+    /// The key lists the rule works from are exactly the structs' fields.
+    #[test]
+    fn the_key_lists_match_the_structs() {
+        fn fields<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+            let e = toml::from_str::<T>("zz_not_a_key = 1")
+                .unwrap_err()
+                .to_string();
+            let list = e.split("expected one of").nth(1).unwrap_or("");
+            let mut names: Vec<String> = list
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            names.sort();
+            names
+        }
+        let sorted = |keys: &[&str]| {
+            let mut k: Vec<String> = keys.iter().map(|s| (*s).to_owned()).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(fields::<Config>(), sorted(ROOT_KEYS));
+        assert_eq!(fields::<UpdaterConfig>(), sorted(UPDATER_KEYS));
+        assert_eq!(fields::<AgentConfig>(), sorted(AGENT_KEYS));
     }
 
     #[test]

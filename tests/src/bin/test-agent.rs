@@ -18,7 +18,13 @@
 //!   - `crash-in-soak`: reports ready, then exits 1 after 300 ms;
 //!   - `slow-start`: reports ready after 1 s;
 //!   - `ignore-term`: reports ready and ignores SIGTERM (only SIGKILL stops it);
-//!   - `bad-version-output`: runs as `ok`, but `--version` prints `agent 9.9.9`.
+//!   - `bad-version-output`: runs as `ok`, but `--version` prints `agent 9.9.9`;
+//!   - `rejects-config`: stands in for an older agent that does not know a key of the
+//!     host's config: `check-config` and `run` exit 2 with a config error;
+//!   - `no-check-config`: runs as `ok`, but knows no `check-config` (an agent that
+//!     predates it; clap's usage error, exit 2).
+//! - `test-agent [--config FILE] check-config` reads the config (`--config`, else
+//!   `MOLT_CONFIG`) as molt-agent does and exits 0, or 2 with its error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,9 +62,38 @@ fn real_main() -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Some("run") if behaviour == "rejects-config" => Err(refused_config()),
         Some("run") => run(&version, &behaviour),
-        _ => Err("usage: test-agent --version | test-agent run".into()),
+        _ if args.iter().any(|a| a == "check-config") => check_config(&args, &behaviour),
+        _ => Err("usage: test-agent --version | test-agent run | test-agent check-config".into()),
     }
+}
+
+/// What `rejects-config` prints: an older agent's strict reading of a newer key.
+fn refused_config() -> String {
+    "invalid config file: unknown field `log_format`, expected one of `schedule`, `hold`".into()
+}
+
+/// `check-config`: the config as molt-agent reads it.
+fn check_config(args: &[String], behaviour: &str) -> Result<ExitCode, String> {
+    match behaviour {
+        "rejects-config" => return Err(refused_config()),
+        "no-check-config" => {
+            eprintln!("error: unrecognized subcommand 'check-config'");
+            return Ok(ExitCode::from(2));
+        }
+        _ => {}
+    }
+    let path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("MOLT_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(molt_host::config::DEFAULT_CONFIG));
+    molt_host::config::Config::load_optional(&path).map_err(|e| e.to_string())?;
+    println!("{} is valid", path.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Installed as `bin/updater` (a stand-in new updater for the self-update tests).
@@ -139,7 +174,7 @@ fn run(version: &Version, behaviour: &str) -> Result<ExitCode, String> {
     };
 
     match behaviour {
-        "ok" | "bad-version-output" => {
+        "ok" | "bad-version-output" | "no-check-config" => {
             // Like molt-agent: a full or read-only disk does not stop it; it keeps trying.
             while let Err(e) = report(version.clone(), &nonce) {
                 eprintln!("test-agent {version}: {e}; trying again");
