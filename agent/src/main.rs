@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprint!("{}", cli::render(&failure));
+            cli::write_stderr(&cli::render(&failure));
             ExitCode::from(u8::try_from(failure.code).unwrap_or(1))
         }
     }

@@ -569,3 +569,58 @@ fn status_does_not_call_a_zombie_alive() {
     assert_eq!(status["running"]["alive"], false, "{status}");
     zombie.wait().unwrap();
 }
+
+/// `state/agent.log` on a full disk: every log line the agent writes fails with ENOSPC.
+/// `/dev/full` does exactly that to every write. The agent must keep running and report
+/// ready (it panicked on its first log line: tracing reported the failed write with
+/// `eprintln!` to the same stderr), and the updater must exit with its own code, not a
+/// panic's 101.
+#[test]
+fn output_that_cannot_be_written_stops_neither_binary() {
+    let agent = workspace_bin("agent");
+    let mut host = AgentHost::new();
+    host.write_config("[agent]\nschedule = \"rate(1 day)\"\n");
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let child = host
+        .agent(&agent)
+        .arg("run")
+        .env("MOLT_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(full())
+        .stderr(full())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    host.children.push(child);
+    host.wait_ready(pid);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(pid_alive(pid), "the agent died with its log unwritable");
+
+    // the updater: a refused run still exits 2 with its output lost, not 101
+    let out = std::process::Command::new(workspace_bin("updater"))
+        .arg("--root")
+        .arg(host.root())
+        .env("MOLT_CONFIG", host.config())
+        .arg("--target-version")
+        .stdout(full())
+        .stderr(full())
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    let out = std::process::Command::new(workspace_bin("updater"))
+        .arg("--root")
+        .arg(host.root())
+        .env("MOLT_CONFIG", host.config())
+        .args(["recover", "--service", "direct"])
+        .env("MOLT_LOG", "debug")
+        .stdout(full())
+        .stderr(full())
+        .status()
+        .unwrap();
+    assert!(out.code().is_some_and(|c| c != 101), "{out:?}");
+}

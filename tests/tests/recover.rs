@@ -217,7 +217,7 @@ fn a_deleted_current_is_repaired_to_the_last_good_version() {
 /// `current` points at a version directory that was removed (by hand, while the agent was
 /// down): recover points it at the version still installed and valid, and starts it.
 /// `current` deleted while the agent runs: recover points it at the version the running
-/// agent reports and leaves that agent alone (before, it said "nothing to recover" and
+/// agent's program is from and leaves that agent alone (before, it said "nothing to recover" and
 /// left `current` missing, so the next start would have had nothing to run).
 #[test]
 fn a_deleted_current_under_a_running_agent_is_pointed_at_its_version() {
@@ -230,7 +230,7 @@ fn a_deleted_current_under_a_running_agent_is_pointed_at_its_version() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert!(
         stdout(&out).contains(
-            "current named no valid version; pointed it at 2.0.0, the version the running agent reports"
+            "current named no valid version; pointed it at 2.0.0, the version the running agent runs from"
         ),
         "{}",
         text(&out)
@@ -531,6 +531,21 @@ fn a_journal_of_a_newer_state_version_is_left_alone() {
         &newer_journal(molt_host::state::STATE_VERSION + 1, "switched"),
         "switched",
     );
+}
+
+/// A newer updater that changed the journal's shape (here `to` became an object and `id`
+/// went away): its `version` alone makes it not this updater's, though it does not parse.
+#[test]
+fn a_journal_of_a_newer_shape_is_left_alone() {
+    let bytes = serde_json::to_vec_pretty(&serde_json::json!({
+        "version": molt_host::state::STATE_VERSION + 1,
+        "update": "20300101T000000Z-0123abcd",
+        "from": "1.0.0",
+        "to": { "version": "2.0.0", "channel": "stable" },
+        "step": "switched",
+    }))
+    .unwrap();
+    newer_journal_is_left_alone(&bytes, "switched");
 }
 
 #[test]

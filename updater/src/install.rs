@@ -144,6 +144,26 @@ fn run_bounded(program: &Path, args: &[&std::ffi::OsStr]) -> Result<Ran, Install
             program: program.to_owned(),
             source,
         })?;
+    // Both pipes are drained as the program writes (a program that writes more than a pipe
+    // holds would otherwise block until the limit); the first 4 KiB of each are kept.
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut p) = pipe {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = p.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = 4096usize.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let limit = Duration::from_secs(10);
     let started = std::time::Instant::now();
     let status = loop {
@@ -171,18 +191,8 @@ fn run_bounded(program: &Path, args: &[&std::ffi::OsStr]) -> Result<Ran, Install
             }
         }
     };
-    let read = |pipe: Option<&mut dyn std::io::Read>| {
-        let mut out = String::new();
-        if let Some(p) = pipe {
-            use std::io::Read as _;
-            let mut bytes = Vec::new();
-            let _ = p.take(4096).read_to_end(&mut bytes);
-            out = String::from_utf8_lossy(&bytes).into_owned();
-        }
-        out
-    };
-    let stdout = read(child.stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
-    let stderr = read(child.stderr.as_mut().map(|p| p as &mut dyn std::io::Read));
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
     Ok(Ran {
         status,
         stdout,
@@ -233,7 +243,7 @@ pub fn config_check(
     if ran.status.success() {
         return Ok(ConfigCheck::Accepted);
     }
-    if ran.stderr.contains("unrecognized subcommand") && ran.stderr.contains("check-config") {
+    if predates_check_config(ran.status.code(), &ran.stderr) {
         return Ok(ConfigCheck::Unsupported);
     }
     let mut detail: String = ran
@@ -256,4 +266,38 @@ pub fn config_check(
         detail.push('…');
     }
     Err(InstallError::ConfigRefused { program, detail })
+}
+
+/// clap's usage error for a command the agent does not know, and nothing else: exit 2 and
+/// a first line naming exactly `check-config`.
+fn predates_check_config(code: Option<i32>, stderr: &str) -> bool {
+    code == Some(2)
+        && stderr
+            .lines()
+            .next()
+            .is_some_and(|l| l.trim_end() == "error: unrecognized subcommand 'check-config'")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an agent built before `check-config` prints is clap's own rendering.
+    #[test]
+    fn an_agent_without_check_config_is_recognised_by_clap_s_words() {
+        let old_agent = clap::Command::new("agent")
+            .arg(clap::Arg::new("config").long("config").global(true))
+            .subcommand(clap::Command::new("run"))
+            .subcommand(clap::Command::new("status"));
+        let e = old_agent
+            .try_get_matches_from(["agent", "--config", "/etc/molt/agent.toml", "check-config"])
+            .unwrap_err();
+        let rendered = e.render().to_string();
+        assert!(predates_check_config(Some(2), &rendered), "{rendered}");
+        // a config error that quotes the words is not that
+        let refusal = "error: invalid config file /etc/molt/agent.toml: TOML parse error at line 2\n\
+                       2 | note = \"unrecognized subcommand 'check-config'\"\n";
+        assert!(!predates_check_config(Some(2), refusal));
+        assert!(!predates_check_config(Some(1), &rendered));
+    }
 }

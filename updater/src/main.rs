@@ -112,6 +112,15 @@ enum Command {
     Recover,
 }
 
+/// `println!` that never panics: the updater's stdout is `state/updater.log` when the agent
+/// launches it in direct mode, on the disk that may be full, and the exit code must stay
+/// the one the outcome chose.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        cli::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 fn parse_service(s: &str) -> Result<ServiceKind, String> {
     match s {
         "systemd" => Ok(ServiceKind::Systemd),
@@ -143,9 +152,9 @@ fn main() -> ExitCode {
                     "message": format!("{:#}", failure.error),
                     "hint": failure.hint,
                 });
-                println!("{v}");
+                out!("{v}");
             }
-            eprint!("{}", cli::render(&failure));
+            cli::write_stderr(&cli::render(&failure));
             ExitCode::from(u8::try_from(failure.code).unwrap_or(1))
         }
     }
@@ -209,9 +218,9 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         Some(Command::Recover) => {
             let r = recover::recover(&settings, svc.as_mut()).map_err(failure)?;
             if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                out!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                println!("{}", status::describe_recovery(&r));
+                out!("{}", status::describe_recovery(&r));
             }
             Ok(exit::OK)
         }
@@ -241,7 +250,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 .block_on(update::run(&settings, &opts, svc.as_mut()))
                 .map_err(failure)?;
             if json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                out!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
                 print_report(&report);
             }
@@ -252,24 +261,24 @@ fn run(cli: Cli) -> Result<i32, Failure> {
 
 fn print_report(r: &UpdateReport) {
     match r {
-        UpdateReport::Skipped { message, .. } => println!("{message}"),
+        UpdateReport::Skipped { message, .. } => out!("{message}"),
         UpdateReport::Plan {
             plan,
             download_url,
             download_size,
             seed,
         } => {
-            println!("plan (dry run; nothing changed):");
-            println!(
+            out!("plan (dry run; nothing changed):");
+            out!(
                 "  from:      {}",
                 plan.from
                     .as_ref()
                     .map_or_else(|| "(nothing installed)".to_owned(), ToString::to_string)
             );
-            println!("  to:        {}", plan.to);
-            println!("  why:       {}", plan.reason);
-            println!("  download:  {download_url} ({download_size} bytes)");
-            println!(
+            out!("  to:        {}", plan.to);
+            out!("  why:       {}", plan.reason);
+            out!("  download:  {download_url} ({download_size} bytes)");
+            out!(
                 "  wave time: {} (host seed {seed})",
                 plan.wave_time.map_or_else(
                     || "no rollout: eligible now".to_owned(),
@@ -278,7 +287,7 @@ fn print_report(r: &UpdateReport) {
             );
         }
         UpdateReport::Updated { record } => {
-            println!(
+            out!(
                 "updated molt-agent {} -> {} in {:.1} s (agent downtime {} ms)",
                 record
                     .from

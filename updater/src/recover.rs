@@ -89,6 +89,40 @@ fn agent_running(settings: &Settings, svc: &mut dyn ServiceManager) -> Recovered
     }
 }
 
+/// A newer updater's journal (a fallback to an older updater ran us) is never rewritten.
+/// The safe action for any step: an agent from a valid version runs.
+fn leave_alone(
+    settings: &Settings,
+    svc: &mut dyn ServiceManager,
+    version: u32,
+    step: &str,
+) -> Recovered {
+    tracing::warn!(
+        "{} was written by a newer updater (state version {version}, step {step}); leaving it for that updater",
+        settings.layout.journal().display(),
+    );
+    ensure_agent_runs(settings, svc);
+    Recovered::LeftAlone {
+        step: step.to_owned(),
+    }
+}
+
+/// For a journal this updater cannot parse: its state version and step, when it is a JSON
+/// object whose `version` is above this updater's.
+fn newer_shape(path: &std::path::Path) -> Option<(u32, String)> {
+    let bytes = std::fs::read(path).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let version = u32::try_from(value.get("version")?.as_u64()?).ok()?;
+    let step = value
+        .get("step")
+        .and_then(|s| s.as_str())
+        .unwrap_or("unknown")
+        .chars()
+        .take(64)
+        .collect();
+    (version > STATE_VERSION).then_some((version, step))
+}
+
 /// Removes the version directories without `.valid` that `current` does not name: the
 /// leftovers of an install or a removal that a kill interrupted. Nothing uses them; with
 /// the lock held and no journal, nothing is writing them either.
@@ -113,6 +147,11 @@ pub fn recover_locked(
     let journal: Option<Journal> = match state::read_json(&layout.journal()) {
         Ok(j) => j,
         Err(state::StateError::Corrupt { path, detail }) => {
+            // A newer updater may have changed the journal's shape as well as its version:
+            // its `version` alone decides that it is not ours to touch.
+            if let Some((version, step)) = newer_shape(&path) {
+                return Ok(leave_alone(settings, svc, version, &step));
+            }
             return from_the_host(settings, svc, &path, &detail);
         }
         Err(e) => {
@@ -128,18 +167,8 @@ pub fn recover_locked(
         return Ok(recovered);
     };
     if journal.version > STATE_VERSION || journal.step == Step::Unknown {
-        // A newer updater's journal (a fallback to an older updater ran us): never rewrite
-        // it. The safe action for any step: an agent from a valid version runs.
-        tracing::warn!(
-            "{} was written by a newer updater (state version {}, step {:?}); leaving it for that updater",
-            layout.journal().display(),
-            journal.version,
-            journal.step
-        );
-        ensure_agent_runs(settings, svc);
-        return Ok(Recovered::LeftAlone {
-            step: format!("{:?}", journal.step).to_lowercase(),
-        });
+        let step = format!("{:?}", journal.step).to_lowercase();
+        return Ok(leave_alone(settings, svc, journal.version, &step));
     }
     let to = journal.to.to_string();
     let started = Instant::now();
@@ -302,8 +331,13 @@ fn from_the_host(
         path.display(),
         kept.display()
     );
-    if std::fs::rename(path, &kept).is_err() {
-        state::remove(path)?;
+    if std::fs::rename(path, &kept).is_err()
+        && let Err(e) = state::remove(path)
+    {
+        // A read-only disk (ext4 remounts itself so after errors, which is also when
+        // journals get damaged): nothing can be decided durably, but an agent must run.
+        ensure_agent_runs(settings, svc);
+        return Err(e.into());
     }
     let current = layout.current_version();
     let good = last_good(layout).filter(|g| layout.is_valid(g));

@@ -156,16 +156,11 @@ pub(crate) fn ensure_agent_runs(settings: &Settings, svc: &mut dyn ServiceManage
             // A host before its first install: nothing to run, nothing to say.
             return false;
         }
-        // An agent that runs keeps running; `current` is pointed at its own version when
-        // it reported one that is installed, so that the next start starts the same.
+        // An agent that runs keeps running; `current` is pointed at the version its program
+        // is from (`/proc/<pid>/exe`, not what the agent itself writes), when that is
+        // installed, so that the next start starts the same.
         let reported = running
-            .and_then(|pid| {
-                state::read_json::<state::Health>(&layout.health())
-                    .ok()
-                    .flatten()
-                    .filter(|h| h.pid == pid)
-            })
-            .map(|h| h.version)
+            .and_then(|pid| program_version(layout, pid))
             .filter(|v| layout.is_valid(v));
         let Some(v) = reported.or_else(|| repair_target(layout)) else {
             tracing::error!(
@@ -199,6 +194,17 @@ pub(crate) fn ensure_agent_runs(settings: &Settings, svc: &mut dyn ServiceManage
             false
         }
     }
+}
+
+/// The version whose `bin/agent` process `pid` runs: `<root>/versions/<v>/bin/agent`.
+fn program_version(layout: &molt_host::HostLayout, pid: u32) -> Option<Version> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let versions = layout.versions_dir().canonicalize().ok()?;
+    let rel = exe.strip_prefix(&versions).ok()?;
+    let mut parts = rel.components();
+    let v: Version = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    let rest: Vec<_> = parts.map(|c| c.as_os_str().to_string_lossy()).collect();
+    (rest == ["bin", "agent"]).then_some(v)
 }
 
 /// The last version history shows running healthy: the target of the last success, or

@@ -144,7 +144,7 @@ pub fn describe_recovery(r: &Recovered) -> String {
             if *started_agent {
                 ", the last good version installed, and started the agent"
             } else {
-                ", the version the running agent reports (or the last good one installed)"
+                ", the version the running agent runs from (or the last good one installed)"
             }
         ),
         Recovered::CleanedUp { to, .. } => {

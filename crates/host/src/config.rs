@@ -7,11 +7,16 @@
 //! one, the old one a rollback restores, the one a downgrade or recall chooses), so a key
 //! this version does not know is not fatal by itself. The rule ([`Config::parse`]):
 //! - an unknown key that looks like a misspelling of a key this version knows in the same
-//!   table (the same but for case or `-`/`_`, or within a Damerau–Levenshtein distance of 1,
-//!   2 for keys of more than 4 characters), or that is a known key of another table, is a
-//!   typo: an error that names it, its line, and the key meant;
+//!   table (the same but for case or `-`/`_`, or one edit away: a letter added, dropped,
+//!   changed, or two swapped), or that is a known key of another table, is a typo: an error
+//!   that names it, its line, and the key meant;
 //! - any other unknown key, or a whole table this version does not know, is taken to be a
 //!   newer version's: it is ignored, with a warning that names it and its line.
+//!
+//! So that older versions never take a new key for a typo, a key added later must be at
+//! least two edits from every key of its table and must not reuse another table's key
+//! (`keys_stay_apart` holds the lists to that). Inside a value (a `maintenance_window`
+//! table) the rule does not apply: its fields are checked as strictly as any value.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -304,8 +309,7 @@ fn misspells(key: &str, known: &str) -> bool {
     if norm(key) == norm(known) {
         return true;
     }
-    let limit = if known.len() > 4 { 2 } else { 1 };
-    strsim::damerau_levenshtein(&norm(key), known) <= limit
+    strsim::damerau_levenshtein(&norm(key), known) <= 1
 }
 
 /// Sorts the unknown keys of one table: a typo stays (serde refuses it, with its line) and
@@ -398,7 +402,7 @@ impl Config {
         let mut config = Config::deserialize(toml::de::Deserializer::from(root)).map_err(|e| {
             let hint = typos
                 .iter()
-                .find(|(key, _)| e.message().contains(&format!("`{key}`")))
+                .find(|(key, _)| e.message().contains(&format!("unknown field `{key}`")))
                 .map(|(_, hint)| hint.as_str());
             invalid(e, hint)
         })?;
@@ -586,6 +590,41 @@ soak = "30s"
             err.contains("bad duration") && err.contains("line 9"),
             "{err}"
         );
+    }
+
+    /// The rule for new keys (module docs): within a table, every two keys are at least two
+    /// edits apart, and no key of one table is a key of another.
+    #[test]
+    fn keys_stay_apart() {
+        let tables = [ROOT_KEYS, UPDATER_KEYS, AGENT_KEYS];
+        for (i, a) in tables.iter().enumerate() {
+            for (j, b) in tables.iter().enumerate() {
+                for x in a.iter() {
+                    for y in b.iter() {
+                        if i == j && x != y {
+                            assert!(!misspells(x, y), "{x} and {y} are one edit apart");
+                        }
+                        if i != j {
+                            assert_ne!(x, y, "{x} is a key of two tables");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A typo's hint belongs to that typo, not to a key the message lists.
+    #[test]
+    fn the_hint_names_the_key_of_the_error() {
+        let err = refused("[agent]\nhold = true\nhodl = true\n");
+        assert!(err.contains("did you mean `hold`?"), "{err}");
+        assert!(!err.contains("belongs"), "{err}");
+        // future keys a rollback target must not refuse
+        for key in ["max_throughput", "port", "log_format", "watch_interval"] {
+            let text = format!("[updater]\n{key} = 1\n[agent]\n{key} = 1\n");
+            let c = Config::parse(&text, Path::new("agent.toml")).unwrap();
+            assert_eq!(c.ignored.len(), 2, "{key}");
+        }
     }
 
     /// The key lists the rule works from are exactly the structs' fields.

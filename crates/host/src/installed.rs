@@ -62,9 +62,22 @@ pub fn record(
     state::write_json(&layout.valid_marker(v), &installed)
 }
 
-/// The hash of a file's contents, read in 64 KiB blocks.
+/// The files every installed molt-agent version has (SPEC §4): a `.valid` that does not
+/// record all of them is not trusted.
+pub const REQUIRED: [&str; 3] = ["bin/agent", "bin/updater", "VERSION"];
+
+/// The hash of a regular file's contents, read in 64 KiB blocks. A symlink (as the last
+/// component), a FIFO or a device is refused, never followed or read.
 pub fn hash_file(path: &Path) -> std::io::Result<Sha256> {
-    let mut f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -107,6 +120,26 @@ pub fn check(layout: &HostLayout, v: &Version) -> Result<(), NotIntact> {
         return Err(NotIntact::Unrecorded { path: marker });
     }
     let dir = layout.version_dir(v);
+    // Names are the package's own: relative, plain components only (never `..` or an
+    // absolute path that `join` would put in place of the version's directory).
+    let plain = |name: &str| {
+        !name.is_empty()
+            && Path::new(name)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    if let Some(bad) = installed.files.keys().find(|n| !plain(n)) {
+        return Err(NotIntact::Unreadable {
+            path: marker,
+            detail: format!("it names {bad:?}, which is not a file of the version"),
+        });
+    }
+    if let Some(missing) = REQUIRED.iter().find(|r| !installed.files.contains_key(**r)) {
+        return Err(NotIntact::Unreadable {
+            path: marker,
+            detail: format!("it does not record {missing}"),
+        });
+    }
     for (name, recorded) in &installed.files {
         let path = dir.join(name);
         let found = match hash_file(&path) {
@@ -154,7 +187,7 @@ fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result
             list_files(base, &path, out)?;
         } else {
             let rel = path.strip_prefix(base).unwrap_or(&path);
-            out.push(rel.to_string_lossy().replace('\\', "/"));
+            out.push(rel.to_string_lossy().into_owned());
         }
     }
     Ok(())
@@ -184,22 +217,23 @@ pub fn remove(layout: &HostLayout, v: &Version) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn files() -> Vec<(String, Sha256)> {
+        vec![
+            ("bin/agent".to_owned(), Sha256::digest(b"agent bytes")),
+            ("bin/updater".to_owned(), Sha256::digest(b"updater bytes")),
+            ("VERSION".to_owned(), Sha256::digest(b"1.2.0\n")),
+        ]
+    }
+
     fn installed(dir: &Path) -> (HostLayout, Version) {
         let layout = HostLayout::new(dir);
         let v: Version = "1.2.0".parse().unwrap();
         let bin = layout.version_dir(&v).join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("agent"), b"agent bytes").unwrap();
+        std::fs::write(bin.join("updater"), b"updater bytes").unwrap();
         std::fs::write(layout.version_dir(&v).join("VERSION"), b"1.2.0\n").unwrap();
-        record(
-            &layout,
-            &v,
-            [
-                ("bin/agent".to_owned(), Sha256::digest(b"agent bytes")),
-                ("VERSION".to_owned(), Sha256::digest(b"1.2.0\n")),
-            ],
-        )
-        .unwrap();
+        record(&layout, &v, files()).unwrap();
         (layout, v)
     }
 
@@ -255,21 +289,63 @@ mod tests {
             Err(NotIntact::Unrecorded { .. })
         ));
         // a newer updater's marker with fields this one does not know still checks
-        std::fs::write(
-            layout.valid_marker(&v),
-            format!(
-                "{{\"version\":9,\"signed_by\":\"x\",\"files\":{{\"bin/agent\":\"{}\",\"VERSION\":\"{}\"}}}}",
-                Sha256::digest(b"agent bytes"),
-                Sha256::digest(b"1.2.0\n")
-            ),
-        )
-        .unwrap();
+        let mut newer = serde_json::json!({ "version": 9, "signed_by": "x", "files": {} });
+        for (name, sha) in files() {
+            newer["files"][name] = serde_json::Value::String(sha.to_string());
+        }
+        std::fs::write(layout.valid_marker(&v), newer.to_string()).unwrap();
         check(&layout, &v).unwrap();
         std::fs::remove_file(layout.valid_marker(&v)).unwrap();
         assert!(matches!(
             check(&layout, &v),
             Err(NotIntact::NotInstalled { .. })
         ));
+    }
+
+    /// A `.valid` that an attacker or a bug wrote: names outside the version, files it
+    /// leaves out, a FIFO or a symlink where a program should be.
+    #[test]
+    fn a_marker_cannot_point_outside_the_version_or_at_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, v) = installed(dir.path());
+        let with = |extra: (&str, Sha256), drop: Option<&str>| {
+            let mut f: std::collections::BTreeMap<String, Sha256> = files().into_iter().collect();
+            if let Some(d) = drop {
+                f.remove(d);
+            }
+            f.insert(extra.0.to_owned(), extra.1);
+            let text = serde_json::to_string(&Installed {
+                version: 1,
+                files: f,
+            })
+            .unwrap();
+            std::fs::write(layout.valid_marker(&v), text).unwrap();
+        };
+        let zero = Sha256::digest(b"");
+        for name in ["/dev/zero", "../../../etc/passwd", "bin/../../x", ""] {
+            with((name, zero), None);
+            let e = check(&layout, &v).unwrap_err();
+            assert!(
+                e.to_string().contains("which is not a file of the version"),
+                "{name}: {e}"
+            );
+        }
+        with(("VERSION", Sha256::digest(b"1.2.0\n")), Some("bin/agent"));
+        let e = check(&layout, &v).unwrap_err();
+        assert!(e.to_string().contains("does not record bin/agent"), "{e}");
+
+        record(&layout, &v, files()).unwrap();
+        let agent = layout.version_dir(&v).join("bin/agent");
+        std::fs::remove_file(&agent).unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, &agent, rustix::fs::Mode::RWXU).unwrap();
+        let e = check(&layout, &v).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "a FIFO: {e}");
+        std::fs::remove_file(&agent).unwrap();
+        let elsewhere = dir.path().join("agent-elsewhere");
+        std::fs::write(&elsewhere, b"agent bytes").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &agent).unwrap();
+        let e = check(&layout, &v).unwrap_err();
+        assert!(matches!(e, NotIntact::Unreadable { .. }), "a symlink: {e}");
     }
 
     #[test]

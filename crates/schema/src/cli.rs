@@ -110,7 +110,23 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A log line that cannot be written (stderr is `state/agent.log` on a full disk) is
+        // dropped; reporting it would `eprintln!` to the same stderr, which panics.
+        .log_internal_errors(false)
         .try_init();
+}
+
+/// Writes `text` to stderr, dropping it when stderr cannot be written (a full disk under
+/// `state/`): the exit code must still be the one the failure chose, never a panic's 101.
+pub fn write_stderr(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// [`write_stderr`] for stdout.
+pub fn write_stdout(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
 #[cfg(test)]

@@ -26,6 +26,21 @@
 //! - `test-agent [--config FILE] check-config` reads the config (`--config`, else
 //!   `MOLT_CONFIG`) as molt-agent does and exits 0, or 2 with its error.
 
+// Like molt-agent, the stand-in never panics on output it cannot write: its stderr is
+// `state/agent.log` in direct mode, on a disk that may be full.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
