@@ -436,6 +436,7 @@ impl ServiceManager for DirectService {
         let found = self
             .untracked_agents(&[])
             .into_iter()
+            .filter(|pid| is_service_agent(*pid))
             .find(|pid| matches!(self.identify(*pid), Identity::Agent { .. }));
         if let Some(pid) = found {
             // Record it again, now that the disk may take the write.
@@ -458,6 +459,21 @@ impl ServiceManager for DirectService {
         self.running_child();
         self.last_exit
     }
+}
+
+/// True when `pid` is an agent as this module starts one: `agent run`, leading a session of
+/// its own (setsid). An operator's `agent status` or `agent check-config` under the same
+/// root is neither, and must never be taken for the service.
+fn is_service_agent(pid: u32) -> bool {
+    let Some(stat) = proc_stat(pid) else {
+        return false;
+    };
+    let leads_session = i64::from(pid) == stat.session;
+    let runs = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.get(1) == Some(&&b"run"[..])
+    });
+    leads_session && runs
 }
 
 #[cfg(test)]
