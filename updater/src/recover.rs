@@ -26,6 +26,7 @@ use crate::lock::{LockError, UpdateLock};
 use crate::rollback::{RestoreError, ensure_agent_runs, failed, last_good, restore, roll_back};
 use crate::service::ServiceManager;
 use crate::settings::Settings;
+use molt_host::config::ServiceKind;
 
 /// What recovery did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -62,9 +63,13 @@ pub fn recover(
             started_agent: false,
         });
     }
+    let before_start = settings.service == ServiceKind::Systemd
+        && std::fs::read_to_string("/proc/self/cgroup")
+            .is_ok_and(|c| in_unit_cgroup(&c, svc.unit_name()));
     let _lock = match UpdateLock::try_acquire(&layout.lock()) {
         Ok(l) => l,
         Err(LockError::Held { .. }) => return Ok(Recovered::UpdateInProgress),
+        Err(_) if before_start => return Ok(before_the_start(settings)),
         Err(e) => {
             // A lock that cannot be opened (a read-only or broken state directory) must not
             // leave the host without an agent; no update can run either, so starting one
@@ -73,7 +78,68 @@ pub fn recover(
             return Err(e.into());
         }
     };
+    if before_start {
+        return Ok(before_the_start(settings));
+    }
     recover_locked(settings, svc)
+}
+
+/// True when `/proc/self/cgroup` (its `cgroup` text) puts this process in `<unit>.service`:
+/// `updater recover` run by the agent unit's own `ExecStartPre`.
+fn in_unit_cgroup(cgroup: &str, unit: Option<&str>) -> bool {
+    let Some(unit) = unit else { return false };
+    let wanted = format!("{unit}.service");
+    cgroup
+        .lines()
+        .filter_map(|l| l.rsplit(':').next())
+        .any(|path| path.trim_end().rsplit('/').next() == Some(wanted.as_str()))
+}
+
+/// Recovery from the agent unit's `ExecStartPre`: systemd is starting the unit and waits
+/// for this process, so a `systemctl start` or `stop` of the unit now would wait on itself
+/// (the start job cannot finish before `ExecStartPre` does). Only `current` is put right,
+/// so that `ExecStart` runs a valid version: a missing or dangling `current` is repaired,
+/// and one an unfinished switch left on the new version goes back to the old one. The
+/// agent, once started, launches `updater recover` outside its unit for the rest.
+fn before_the_start(settings: &Settings) -> Recovered {
+    let layout = &settings.layout;
+    let journal: Option<Journal> = state::read_json(&layout.journal()).ok().flatten();
+    let back_to = journal
+        .filter(|j| {
+            j.version <= STATE_VERSION
+                && matches!(j.step, Step::Switching | Step::Switched | Step::RollingBack)
+        })
+        .and_then(|j| j.from)
+        .filter(|f| layout.is_valid(f));
+    let target = back_to.or_else(|| {
+        if layout.current_version().is_some() {
+            None
+        } else {
+            crate::rollback::repair_target(layout)
+        }
+    });
+    match target {
+        Some(v) if layout.current_version().as_ref() != Some(&v) => {
+            match crate::switch::point_current(layout, &v) {
+                Ok(()) => {
+                    tracing::warn!("before the agent starts: pointed current at {v}");
+                    Recovered::Repaired {
+                        current: v.to_string(),
+                        started_agent: false,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{}", molt_schema::cli::one_line(&e));
+                    Recovered::Nothing {
+                        started_agent: false,
+                    }
+                }
+            }
+        }
+        _ => Recovered::Nothing {
+            started_agent: false,
+        },
+    }
 }
 
 /// Starts the agent if none runs; a missing or dangling `current` is repaired first.
@@ -356,5 +422,30 @@ fn from_the_host(
             }
         }
         _ => Ok(agent_running(settings, svc)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_unit_s_own_cgroup_is_recognised() {
+        let pre = "0::/system.slice/molt-agent.service\n";
+        assert!(in_unit_cgroup(pre, Some("molt-agent")));
+        // cgroup v1 lines, one per controller
+        let v1 = "12:pids:/system.slice/molt-agent.service\n1:name=systemd:/system.slice/molt-agent.service\n";
+        assert!(in_unit_cgroup(v1, Some("molt-agent")));
+        // the transient unit an update or the timer runs in, a shell, another unit
+        for other in [
+            "0::/system.slice/molt-update-20261203T101306Z.service\n",
+            "0::/system.slice/molt-recover.service\n",
+            "0::/user.slice/user-0.slice/session-3.scope\n",
+            "0::/system.slice/not-molt-agent.service\n",
+            "0::/\n",
+        ] {
+            assert!(!in_unit_cgroup(other, Some("molt-agent")), "{other}");
+        }
+        assert!(!in_unit_cgroup(pre, None), "direct mode has no unit");
     }
 }

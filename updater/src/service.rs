@@ -41,6 +41,10 @@ pub trait ServiceManager: std::fmt::Debug {
     fn last_exit(&mut self) -> Option<ExitStatus> {
         None
     }
+    /// The systemd unit the agent runs as, when a service manager runs it as one.
+    fn unit_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A failure to control the agent's process. Each variant names what was being done.

@@ -102,6 +102,10 @@ impl ServiceManager for SystemdService {
         // systemd reaps its services; a zombie here is one it has not reaped yet.
         alive_non_child(pid, None)
     }
+
+    fn unit_name(&self) -> Option<&str> {
+        Some(&self.unit)
+    }
 }
 
 #[cfg(test)]
