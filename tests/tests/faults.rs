@@ -363,11 +363,11 @@ fn random_kills_with_a_full_disk() {
         let target = if from == v("2.0.0") { "1.0.0" } else { "2.0.0" };
         let point = FILL_POINTS[(next() % FILL_POINTS.len() as u64) as usize];
         let crash = target == "2.0.0" && next() % 2 == 0;
-        // Seven runs in ten are killed 0 to 1.5 s after the disk filled (some are not killed
-        // at all: the update ended first); the others at 0 to 2.5 s from the start, which
-        // may come before the fill (most updates here take 1.5 to 3 s).
+        // Seven runs in ten are killed 0 to 600 ms after the disk filled (some are not
+        // killed at all: the update failed or ended first); the others at 0 to 2.5 s from
+        // the start, which may come before the fill (most updates here take 1.5 to 3 s).
         let after_fill = next() % 10 < 7;
-        let delay = Duration::from_millis(next() % if after_fill { 1500 } else { 2500 });
+        let delay = Duration::from_millis(next() % if after_fill { 600 } else { 2500 });
         let before: Vec<_> = host.history().into_iter().map(|r| r.id).collect();
         let mut cmd = host.update_cmd(target, &["--allow-downgrade", "--force"]);
         if crash {

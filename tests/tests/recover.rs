@@ -389,6 +389,35 @@ fn a_garbage_journal_after_the_switch_rolls_back_to_the_last_good_version() {
     assert_eq!(host.assert_healthy(), v("2.0.0"));
 }
 
+/// The rollback recovery starts from a corrupt journal is itself killed once its
+/// `rolling_back` step is written: the next recovery finishes it, and still does not
+/// quarantine 2.0.0 (nothing says it failed; the journal records the rollback's reason, and
+/// an older rule quarantined whenever a reason was there).
+#[test]
+fn a_killed_rollback_that_blamed_nothing_quarantines_nothing() {
+    let repo = repo_with(&["1.0.0", "2.0.0"]);
+    let host = TestHost::new(&repo);
+    update_ok(&host, "1.0.0", &[]);
+    update_killed_at(&host, "2.0.0", "switched");
+    std::fs::write(host.layout().journal(), b"{\"version\":1,\"st").unwrap();
+    let out = host
+        .updater()
+        .args(["--soak", "300ms", "--health-timeout", "5s"])
+        .args(["recover", "--service", "direct"])
+        .env("MOLT_TEST_KILL_AT", "rolling_back")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert_eq!(journal_step(&host).as_deref(), Some("rolling_back"));
+
+    let out = recover(&host);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+    let q = Quarantine::load(&host.layout().quarantine()).unwrap();
+    assert!(q.versions().is_empty(), "quarantined: {:?}", q.versions());
+    assert_eq!(last_record(&host).result, Outcome::RolledBack);
+}
+
 /// The updater killed during the new agent's soak, and its journal torn in half (a crash
 /// mid-write): recover stops the 2.0.0 agent and puts a healthy 1.0.0 agent back.
 #[test]

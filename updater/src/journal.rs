@@ -114,6 +114,7 @@ impl<'a> JournalWriter<'a> {
                 updated_at: now,
                 stopped_at: None,
                 reason: None,
+                quarantine: None,
             },
         }
     }

@@ -271,9 +271,10 @@ pub fn recover_locked(
             if journal.from.as_ref().is_none_or(|f| !layout.is_valid(f)) {
                 return first_install(settings, svc, &mut jw, started);
             }
-            // A version that failed its health check (a reason is recorded) is quarantined;
-            // one whose update was merely interrupted (a crash, a kill) is not.
-            let failed_health = journal.reason.is_some();
+            // A version that failed its health check is quarantined (the journal says so; an
+            // older updater's journal, by recording a reason); one whose update was merely
+            // interrupted (a crash, a kill), or whose rollback did not blame it, is not.
+            let failed_health = journal.quarantine.unwrap_or(journal.reason.is_some());
             let reason = journal.reason.clone().unwrap_or_else(|| {
                 format!(
                     "the update to {to} was interrupted after the switch; rolled back by recovery"

@@ -37,6 +37,7 @@ pub(crate) fn roll_back(
     let to = jw.journal.to.clone();
     let from = jw.journal.from.clone();
     jw.journal.reason = Some(reason.to_owned());
+    jw.journal.quarantine = Some(quarantine);
     if let Err(e) = jw.set(Step::RollingBack) {
         warn_unrecorded(&e, "the rollback's start");
     }

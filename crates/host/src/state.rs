@@ -152,6 +152,10 @@ pub struct Journal {
     /// Why a rollback started.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Whether the rollback quarantines `to` (it failed its health check). Absent in the
+    /// journals of older updaters, which quarantined whenever a reason was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<bool>,
 }
 
 /// How an update ended.
@@ -370,6 +374,7 @@ mod tests {
             updated_at: Timestamp::UNIX_EPOCH,
             stopped_at: None,
             reason: None,
+            quarantine: None,
         };
         write_json(&path, &j).unwrap();
         assert_eq!(read_json::<Journal>(&path).unwrap(), Some(j.clone()));
