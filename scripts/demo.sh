@@ -3,7 +3,7 @@
 # nothing left running.
 #
 #   1. build the same source once and stamp it as v1.0.0 and v2.0.0, and a broken v3.0.0
-#      (an agent that passes its --version pre-flight but dies at start);
+#      (an agent that passes its --version and check-config pre-flights but dies at start);
 #   2. sign a region's repository and publish v1 to it, as CI publishes to a bucket;
 #   3. install v1 into a temporary root, which starts the agent with a 3-second schedule;
 #   4. publish v2: the agent launches the updater, which moves it to v2;
@@ -54,11 +54,14 @@ build() { # version
 build 1.0.0
 build 2.0.0
 
-step "a broken v3.0.0: its agent answers --version, then exits at start"
+step "a broken v3.0.0: its agent answers --version and check-config, then exits at start"
 mkdir -p "$work/bin/3.0.0"
 cat >"$work/bin/3.0.0/agent" <<'SH'
 #!/bin/sh
-if [ "$1" = --version ]; then echo "agent 3.0.0"; exit 0; fi
+case "$*" in
+  --version) echo "agent 3.0.0"; exit 0 ;;
+  *check-config) exit 0 ;;
+esac
 echo "agent 3.0.0: broken on purpose for the demo" >&2
 exit 1
 SH
