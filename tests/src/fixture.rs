@@ -434,6 +434,11 @@ impl TestHost {
         pid_alive(pid).then_some(pid)
     }
 
+    /// A string field of the journal (`step`, `id`), if a journal parses.
+    pub fn journal_field(&self, name: &str) -> Option<String> {
+        journal_field(&self.layout().journal(), name)
+    }
+
     /// Every version with `.valid` still has exactly the files it was installed with:
     /// nothing (a kill while it was removed, above all) leaves the marker beside a
     /// missing or changed file.
@@ -486,6 +491,30 @@ impl Drop for TestHost {
 }
 
 /// Polls `f` until it returns `Some`, or `limit` passes.
+/// The checkpoints of an update, in order: journal steps, plus "downloaded" and
+/// "switched_link" (the instants between a step's record and its completion); the last two
+/// are a rollback's. The updater's test hooks kill, fill the disk or remount there.
+pub const CHECKPOINTS: [&str; 10] = [
+    "started",
+    "downloaded",
+    "installed",
+    "stopping",
+    "switching",
+    "switched_link",
+    "switched",
+    "committed",
+    "rolling_back",
+    "rolled_back",
+];
+
+/// A string field of the journal at `journal`, if it parses.
+pub fn journal_field(journal: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(journal)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|j| j[name].as_str().map(str::to_owned))
+}
+
 pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = std::time::Instant::now();
     loop {

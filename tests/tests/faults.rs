@@ -21,7 +21,7 @@ use std::time::Duration;
 use molt_schema::Version;
 use molt_schema::manifest::Status;
 use molt_tests::agent_host::processes_under;
-use molt_tests::fixture::{TestHost, TestRepo, kill, wait_for};
+use molt_tests::fixture::{CHECKPOINTS, TestHost, TestRepo, kill, wait_for};
 
 fn v(s: &str) -> Version {
     s.parse().unwrap()
@@ -298,28 +298,6 @@ fn a_full_disk_during_a_rollback_keeps_an_agent() {
     }
 }
 
-/// The checkpoints a full disk is injected at in [`random_kills_with_a_full_disk`].
-const FILL_POINTS: [&str; 10] = [
-    "started",
-    "downloaded",
-    "installed",
-    "stopping",
-    "switching",
-    "switched_link",
-    "switched",
-    "committed",
-    "rolling_back",
-    "rolled_back",
-];
-
-/// The id of the update the journal records, if a journal parses.
-fn journal_id(host: &TestHost) -> Option<String> {
-    std::fs::read_to_string(host.layout().journal())
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|j| j["id"].as_str().map(str::to_owned))
-}
-
 /// SIGKILLs at random instants of updates that meet a full disk at a random step, one host
 /// going back and forth between 1.0.0 and 2.0.0 (which crashes in its soak in some runs, for
 /// rollbacks). `MOLT_FAULT_RUNS` runs (default 6; `scripts/fault-torture.sh` runs 200). Each
@@ -361,7 +339,7 @@ fn random_kills_with_a_full_disk() {
     for i in 0..runs {
         let from = host.current().unwrap();
         let target = if from == v("2.0.0") { "1.0.0" } else { "2.0.0" };
-        let point = FILL_POINTS[(next() % FILL_POINTS.len() as u64) as usize];
+        let point = CHECKPOINTS[(next() % CHECKPOINTS.len() as u64) as usize];
         let crash = target == "2.0.0" && next() % 2 == 0;
         // Seven runs in ten are killed 0 to 600 ms after the disk filled (some are not
         // killed at all: the update failed or ended first); the others at 0 to 2.5 s from
@@ -384,7 +362,7 @@ fn random_kills_with_a_full_disk() {
         let mut journal_seen = None;
         let mut waiting_for_fill = after_fill;
         let exited = loop {
-            if let Some(id) = journal_id(&host) {
+            if let Some(id) = host.journal_field("id") {
                 journal_seen = Some(id);
             }
             if child.try_wait().unwrap().is_some() {
@@ -404,7 +382,7 @@ fn random_kills_with_a_full_disk() {
             kill(child.id());
         }
         let _ = child.wait();
-        if let Some(id) = journal_id(&host) {
+        if let Some(id) = host.journal_field("id") {
             journal_seen = Some(id);
         }
         let full = filler.exists();

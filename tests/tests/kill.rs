@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use molt_schema::Version;
 use molt_schema::manifest::Status;
-use molt_tests::fixture::{TestHost, TestRepo, kill, wait_for};
+use molt_tests::fixture::{CHECKPOINTS, TestHost, TestRepo, journal_field, kill, wait_for};
 
 fn v(s: &str) -> Version {
     s.parse().unwrap()
@@ -27,22 +27,6 @@ fn setup() -> (TestRepo, TestHost) {
     host.assert_healthy();
     (repo, host)
 }
-
-/// The checkpoints of an update, in order (journal steps, plus "downloaded" and
-/// "switched_link", the instants between a step's record and its completion).
-/// The last two are a rollback's: the new version crashes in its soak there.
-const CHECKPOINTS: [&str; 10] = [
-    "started",
-    "downloaded",
-    "installed",
-    "stopping",
-    "switching",
-    "switched_link",
-    "switched",
-    "committed",
-    "rolling_back",
-    "rolled_back",
-];
 
 fn in_rollback(point: &str) -> bool {
     point.starts_with("rolling_back") || point.starts_with("rolled_back")
@@ -193,10 +177,8 @@ fn killed_at_random_instants_recovers() {
         }
         kill(child.id());
         let _ = child.wait();
-        let step = std::fs::read_to_string(host.layout().journal())
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|j| j["step"].as_str().map(str::to_owned))
+        let step = host
+            .journal_field("step")
             .unwrap_or_else(|| "(no journal)".to_owned());
         *steps_hit.entry(step).or_default() += 1;
         let rec = host.recover();
@@ -239,12 +221,7 @@ fn killed_at_random_instants_of_a_rollback_recovers() {
     // long enough for the crash (300 ms after ready) to fall inside the soak
     host.soak = "1s".into();
     let journal = host.layout().journal();
-    let rolling_back = || {
-        std::fs::read_to_string(&journal)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|j| j["step"].as_str().map(str::to_owned))
-    };
+    let rolling_back = || journal_field(&journal, "step");
     // How long a rollback takes here, from its journal step to the updater's exit.
     let measure = |host: &TestHost| {
         let child = host

@@ -89,10 +89,7 @@ fn current_target(host: &TestHost) -> Option<String> {
 
 /// The step the journal records, if there is a journal that parses.
 fn journal_step(host: &TestHost) -> Option<String> {
-    std::fs::read_to_string(host.layout().journal())
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|j| j["step"].as_str().map(str::to_owned))
+    host.journal_field("step")
 }
 
 fn last_record(host: &TestHost) -> HistoryRecord {

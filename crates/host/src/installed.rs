@@ -8,13 +8,11 @@
 //! the rest, so a kill at any instant never leaves `.valid` beside a missing `bin/agent`.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use molt_schema::Version;
 use molt_schema::artifact::Sha256;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use crate::HostLayout;
 use crate::state::{self, STATE_VERSION, StateError};
@@ -71,24 +69,14 @@ pub const REQUIRED: [&str; 3] = ["bin/agent", "bin/updater", "VERSION"];
 pub fn hash_file(path: &Path) -> std::io::Result<Sha256> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags.bits() as i32)
         .open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("it is not a regular file"));
     }
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Sha256::from_bytes(hasher.finalize().into()))
+    Ok(molt_schema::artifact::hash_reader(f)?.1)
 }
 
 /// Checks `versions/<v>` against its `.valid`: every recorded file is there with the
@@ -120,14 +108,9 @@ pub fn check(layout: &HostLayout, v: &Version) -> Result<(), NotIntact> {
         return Err(NotIntact::Unrecorded { path: marker });
     }
     let dir = layout.version_dir(v);
-    // Names are the package's own: relative, plain components only (never `..` or an
-    // absolute path that `join` would put in place of the version's directory).
-    let plain = |name: &str| {
-        !name.is_empty()
-            && Path::new(name)
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)))
-    };
+    // Names are the package's own: safe relative paths (never `..` or an absolute path
+    // that `join` would put in place of the version's directory).
+    let plain = |name: &str| name.parse::<molt_schema::artifact::ArtifactName>().is_ok();
     if let Some(bad) = installed.files.keys().find(|n| !plain(n)) {
         return Err(NotIntact::Unreadable {
             path: marker,
