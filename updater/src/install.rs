@@ -95,7 +95,7 @@ pub fn install(
     sync_tree(staging)?;
     std::fs::rename(staging, &dest).map_err(io("move the staged version to", &dest))?;
     sync_dir(&versions)?;
-    installed::record(layout, v, files.iter().map(|f| (f.name.clone(), f.sha256)))?;
+    installed::record(layout, v, files.iter().map(|f| (f.name.clone(), f.hash)))?;
     Ok(dest)
 }
 

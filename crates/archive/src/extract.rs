@@ -44,9 +44,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use sha2::Digest as _;
-
-use molt_schema::artifact::{PackageName, Sha256};
+use molt_schema::artifact::{FileHash, FileHasher, PackageName};
 use molt_schema::platform::{ArchiveKind, Platform};
 
 /// Limits on what an archive may hold.
@@ -79,8 +77,8 @@ pub struct ExtractedFile {
     pub size: u64,
     /// Written with mode 0755 (else 0644).
     pub executable: bool,
-    /// The SHA-256 of the bytes written, hashed as they were written.
-    pub sha256: Sha256,
+    /// The hash of the bytes written (what `.valid` records), hashed as they were written.
+    pub hash: FileHash,
 }
 
 /// What [`extract`] wrote.
@@ -420,7 +418,7 @@ struct Written {
     file: File,
     size: u64,
     executable: bool,
-    sha256: Sha256,
+    hash: FileHash,
 }
 
 /// The output side: the checks that don't depend on the archive format, and the files.
@@ -548,7 +546,7 @@ impl Staging<'_> {
             source,
         })?;
         let mut written = 0u64;
-        let mut hasher = sha2::Sha256::new();
+        let mut hasher = FileHasher::new();
         let mut version = (name == "VERSION").then(Vec::new);
         loop {
             let n = match data.read(&mut self.buf) {
@@ -600,7 +598,7 @@ impl Staging<'_> {
             file,
             size: written,
             executable,
-            sha256: Sha256::from_bytes(hasher.finalize().into()),
+            hash: hasher.finish(),
         });
         Ok(written)
     }
@@ -628,7 +626,7 @@ impl Staging<'_> {
                 name: w.name.clone(),
                 size: w.size,
                 executable: w.executable,
-                sha256: w.sha256,
+                hash: w.hash,
             });
         }
         for rel in self.dirs.iter().rev() {

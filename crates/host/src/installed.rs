@@ -1,5 +1,6 @@
-//! What `versions/<v>/.valid` records: the SHA-256 of every file the version was installed
-//! with, hashed as the verified archive was extracted. `.valid` is written last (temp file,
+//! What `versions/<v>/.valid` records: the hash of every file the version was installed
+//! with (BLAKE3; SHA-256 in the records of older updaters, see [`FileHash`]), hashed as the
+//! verified archive was extracted. `.valid` is written last (temp file,
 //! fsync, rename, fsync of the directory), so its presence still means "installed
 //! completely"; its contents let a version be checked before it is reused, long after the
 //! download that verified it.
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use molt_schema::Version;
-use molt_schema::artifact::Sha256;
+use molt_schema::artifact::{FileHash, FileHasher};
 use serde::{Deserialize, Serialize};
 
 use crate::HostLayout;
@@ -22,7 +23,7 @@ use crate::state::{self, STATE_VERSION, StateError};
 pub struct Installed {
     pub version: u32,
     /// Each file by its name in the package (e.g. `bin/agent`).
-    pub files: BTreeMap<String, Sha256>,
+    pub files: BTreeMap<String, FileHash>,
 }
 
 /// Why an installed version may not be reused as it is.
@@ -36,11 +37,13 @@ pub enum NotIntact {
     Unreadable { path: PathBuf, detail: String },
     #[error("{path} is missing")]
     Missing { path: PathBuf },
-    #[error("{path} changed since it was installed (sha256 {found}, installed as {recorded})")]
+    #[error(
+        "{path} changed since it was installed (it hashes as {found}, installed as {recorded})"
+    )]
     Changed {
         path: PathBuf,
-        found: Sha256,
-        recorded: Sha256,
+        found: FileHash,
+        recorded: FileHash,
     },
     #[error("{path} was not installed with the version")]
     Extra { path: PathBuf },
@@ -51,7 +54,7 @@ pub enum NotIntact {
 pub fn record(
     layout: &HostLayout,
     v: &Version,
-    files: impl IntoIterator<Item = (String, Sha256)>,
+    files: impl IntoIterator<Item = (String, FileHash)>,
 ) -> Result<(), StateError> {
     let installed = Installed {
         version: STATE_VERSION,
@@ -64,9 +67,10 @@ pub fn record(
 /// record all of them is not trusted.
 pub const REQUIRED: [&str; 3] = ["bin/agent", "bin/updater", "VERSION"];
 
-/// The hash of a regular file's contents, read in 64 KiB blocks. A symlink (as the last
-/// component), a FIFO or a device is refused, never followed or read.
-pub fn hash_file(path: &Path) -> std::io::Result<Sha256> {
+/// The hash of a regular file's contents, with the algorithm of `like` (the recorded hash
+/// it is to be compared with), read in 64 KiB blocks. A symlink (as the last component), a
+/// FIFO or a device is refused, never followed or read.
+pub fn hash_file(path: &Path, like: &FileHash) -> std::io::Result<FileHash> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let f = std::fs::OpenOptions::new()
@@ -76,7 +80,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<Sha256> {
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("it is not a regular file"));
     }
-    Ok(molt_schema::artifact::hash_reader(f)?.1)
+    FileHasher::like(like).read_all(f)
 }
 
 /// Checks `versions/<v>` against its `.valid`: every recorded file is there with the
@@ -125,7 +129,7 @@ pub fn check(layout: &HostLayout, v: &Version) -> Result<(), NotIntact> {
     }
     for (name, recorded) in &installed.files {
         let path = dir.join(name);
-        let found = match hash_file(&path) {
+        let found = match hash_file(&path, recorded) {
             Ok(h) => h,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(NotIntact::Missing { path });
@@ -200,11 +204,11 @@ pub fn remove(layout: &HostLayout, v: &Version) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn files() -> Vec<(String, Sha256)> {
+    fn files() -> Vec<(String, FileHash)> {
         vec![
-            ("bin/agent".to_owned(), Sha256::digest(b"agent bytes")),
-            ("bin/updater".to_owned(), Sha256::digest(b"updater bytes")),
-            ("VERSION".to_owned(), Sha256::digest(b"1.2.0\n")),
+            ("bin/agent".to_owned(), FileHash::of(b"agent bytes")),
+            ("bin/updater".to_owned(), FileHash::of(b"updater bytes")),
+            ("VERSION".to_owned(), FileHash::of(b"1.2.0\n")),
         ]
     }
 
@@ -278,6 +282,20 @@ mod tests {
         }
         std::fs::write(layout.valid_marker(&v), newer.to_string()).unwrap();
         check(&layout, &v).unwrap();
+        // an older updater's marker, with SHA-256 values, is checked with SHA-256
+        let sha = |b: &[u8]| molt_schema::artifact::Sha256::digest(b).to_string();
+        let older = serde_json::json!({ "version": 1, "files": {
+            "bin/agent": sha(b"agent bytes"),
+            "bin/updater": sha(b"updater bytes"),
+            "VERSION": sha(b"1.2.0\n"),
+        }});
+        std::fs::write(layout.valid_marker(&v), older.to_string()).unwrap();
+        check(&layout, &v).unwrap();
+        let agent = layout.version_dir(&v).join("bin/agent");
+        std::fs::write(&agent, b"agent bytez").unwrap();
+        let e = check(&layout, &v).unwrap_err();
+        assert!(e.to_string().contains(&sha(b"agent bytez")), "{e}");
+        std::fs::write(&agent, b"agent bytes").unwrap();
         std::fs::remove_file(layout.valid_marker(&v)).unwrap();
         assert!(matches!(
             check(&layout, &v),
@@ -291,8 +309,8 @@ mod tests {
     fn a_marker_cannot_point_outside_the_version_or_at_special_files() {
         let dir = tempfile::tempdir().unwrap();
         let (layout, v) = installed(dir.path());
-        let with = |extra: (&str, Sha256), drop: Option<&str>| {
-            let mut f: std::collections::BTreeMap<String, Sha256> = files().into_iter().collect();
+        let with = |extra: (&str, FileHash), drop: Option<&str>| {
+            let mut f: BTreeMap<String, FileHash> = files().into_iter().collect();
             if let Some(d) = drop {
                 f.remove(d);
             }
@@ -304,7 +322,7 @@ mod tests {
             .unwrap();
             std::fs::write(layout.valid_marker(&v), text).unwrap();
         };
-        let zero = Sha256::digest(b"");
+        let zero = FileHash::of(b"");
         for name in ["/dev/zero", "../../../etc/passwd", "bin/../../x", ""] {
             with((name, zero), None);
             let e = check(&layout, &v).unwrap_err();
@@ -313,7 +331,7 @@ mod tests {
                 "{name}: {e}"
             );
         }
-        with(("VERSION", Sha256::digest(b"1.2.0\n")), Some("bin/agent"));
+        with(("VERSION", FileHash::of(b"1.2.0\n")), Some("bin/agent"));
         let e = check(&layout, &v).unwrap_err();
         assert!(e.to_string().contains("does not record bin/agent"), "{e}");
 
