@@ -530,6 +530,22 @@ impl Staging<'_> {
         Ok(())
     }
 
+    /// Reads from `data` into the copy buffer until it is full or `data` ends; returns how
+    /// much it holds. The inflater yields a few KiB a read; the hash and `write(2)` get whole
+    /// 64 KiB blocks instead (BLAKE3 hashes them about twice as fast as 8 KiB pieces).
+    fn fill(&mut self, data: &mut dyn Read) -> Result<usize, ExtractError> {
+        let mut filled = 0;
+        while filled < self.buf.len() {
+            match data.read(&mut self.buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+        Ok(filled)
+    }
+
     /// Writes one file from `data`, enforcing the limits on the bytes read. With `declared`,
     /// more data than that is a [`ExtractError::SizeMismatch`]. Returns the size written.
     fn write_file(
@@ -549,12 +565,10 @@ impl Staging<'_> {
         let mut hasher = FileHasher::new();
         let mut version = (name == "VERSION").then(Vec::new);
         loop {
-            let n = match data.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.read_error(e)),
-            };
+            let n = self.fill(data)?;
+            if n == 0 {
+                break;
+            }
             let after = written + n as u64;
             if declared.is_some_and(|d| after > d) {
                 return Err(ExtractError::SizeMismatch {
