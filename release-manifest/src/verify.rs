@@ -117,6 +117,7 @@ pub fn run(args: Args) -> Result<i32, Failure> {
         trusted_root: &root_bytes,
         datastore: None,
         transport,
+        retry: molt_fetch::retry::RetryPolicy::DOWNLOAD,
     }));
     let mut worst = exit::OK;
     match loaded {

@@ -121,6 +121,7 @@ impl Fixture {
             trusted_root: &root,
             datastore: Some(&self.state),
             transport: FilesystemTransport,
+            retry: molt_fetch::retry::RetryPolicy::ONCE,
         })
         .await
     }
@@ -139,6 +140,7 @@ impl Fixture {
             trusted_root: &root,
             datastore: None,
             transport: FilesystemTransport,
+            retry: molt_fetch::retry::RetryPolicy::ONCE,
         })
         .await
     }
@@ -341,6 +343,57 @@ async fn rollback_attack_older_timestamp_is_refused_because_the_datastore_rememb
     // without the datastore the replay would have been accepted: the datastore is what
     // defeats it across runs
     f.load_fresh().await.unwrap();
+}
+
+/// Validly signed metadata that leaves out what the role below it needs: a timestamp that
+/// lists no snapshot, a snapshot that lists no targets. A verification failure (exit 4) with
+/// the publisher's fix; before, these fell into "the TUF client failed" (exit 1), which reads
+/// as a problem of the host.
+#[tokio::test]
+async fn metadata_that_leaves_out_a_role_is_a_verification_failure() {
+    async fn sign_and_write<T: tough::schema::Role + serde::Serialize>(
+        f: &Fixture,
+        role: T,
+        name: &str,
+    ) {
+        let signed = SignedRole::new(
+            role,
+            &KeyHolder::Root(f.root()),
+            &f.online_keys(),
+            &SystemRandom::new(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(f.metadata(name), signed.buffer()).unwrap();
+    }
+    let expires = Timestamp::now() + SignedDuration::from_hours(24);
+    let f = Fixture::new().await;
+    let good = f.snapshot_copy();
+
+    let snapshot = std::fs::read(f.metadata("2.snapshot.json")).unwrap();
+    let mut ts = TufTimestamp::new("1.0.0".into(), NonZeroU64::new(10).unwrap(), expires);
+    ts.meta
+        .insert("snapshot-elsewhere.json".into(), metafile(&snapshot, 2));
+    sign_and_write(&f, ts, "timestamp.json").await;
+    let err = f.load_fresh().await.unwrap_err();
+    assert!(matches!(&err, TrustError::Inconsistent { .. }), "{err:?}");
+    assert!(err.is_verification());
+    assert!(err.to_string().contains("snapshot"), "{err}");
+    assert!(err.hint().unwrap().contains("release-manifest verify"));
+
+    f.restore(&good);
+    let mut snap = Snapshot::new("1.0.0".into(), NonZeroU64::new(10).unwrap(), expires);
+    let targets = std::fs::read(f.metadata("2.targets.json")).unwrap();
+    snap.meta.insert("other.json".into(), metafile(&targets, 2));
+    sign_and_write(&f, snap, "10.snapshot.json").await;
+    let forged = std::fs::read(f.metadata("10.snapshot.json")).unwrap();
+    let mut ts = TufTimestamp::new("1.0.0".into(), NonZeroU64::new(10).unwrap(), expires);
+    ts.meta
+        .insert("snapshot.json".into(), metafile(&forged, 10));
+    sign_and_write(&f, ts, "timestamp.json").await;
+    let err = f.load_fresh().await.unwrap_err();
+    assert!(matches!(&err, TrustError::Inconsistent { .. }), "{err:?}");
+    assert!(err.to_string().contains("targets"), "{err}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use jiff::Timestamp;
+use molt_fetch::retry::RetryPolicy;
 use molt_fetch::transport::{HttpSettings, MoltTransport, Url};
 use molt_fetch::tuf::{LoadOptions, RegionSource, TrustError, load_region};
 use molt_publish::tuf::Expirations;
@@ -74,6 +75,7 @@ async fn loads_over_http_with_403_for_missing_keys() {
         trusted_root: &root,
         datastore: Some(&state),
         transport: MoltTransport::new(HttpSettings::default()).unwrap(),
+        retry: RetryPolicy::ONCE,
     })
     .await
     .unwrap();
@@ -94,6 +96,30 @@ async fn loads_over_http_with_403_for_missing_keys() {
     assert!(n > 0);
 }
 
+/// Three attempts, a few milliseconds apart.
+const FAST: RetryPolicy = RetryPolicy {
+    attempts: 3,
+    initial: std::time::Duration::from_millis(5),
+    max: std::time::Duration::from_millis(20),
+};
+
+async fn load_from(
+    server: &FileServer,
+    root: &[u8],
+    state: Option<&Path>,
+) -> Result<molt_fetch::tuf::LoadedRegion, TrustError> {
+    let region: Region = "us-west-2".parse().unwrap();
+    load_region(LoadOptions {
+        source: RegionSource::new(Url::parse(&server.base_url()).unwrap()),
+        region: Some(&region),
+        trusted_root: root,
+        datastore: state,
+        transport: MoltTransport::new(HttpSettings::default()).unwrap(),
+        retry: FAST,
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_server_error_is_not_a_verification_failure() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,18 +130,100 @@ async fn a_server_error_is_not_a_verification_failure() {
         Fault::Status(503),
         Times::Always,
     );
-    let region: Region = "us-west-2".parse().unwrap();
-    let err = load_region(LoadOptions {
-        source: RegionSource::new(Url::parse(&server.base_url()).unwrap()),
-        region: Some(&region),
-        trusted_root: &root,
-        datastore: None,
-        transport: MoltTransport::new(HttpSettings::default()).unwrap(),
-    })
-    .await
-    .unwrap_err();
+    let err = load_from(&server, &root, None).await.unwrap_err();
     assert!(matches!(err, TrustError::Transport { .. }), "{err:?}");
     assert!(!err.is_verification());
+    assert!(err.is_transient());
+    // every attempt the policy allows was made, and no more
+    assert_eq!(server.requests("/metadata/timestamp.json"), 3);
+}
+
+/// One failed request on any metadata file, or on the manifest, costs a retry, not the
+/// run: each fault a load balancer or S3 shows now and then, on each file a load reads.
+#[tokio::test]
+async fn one_failed_metadata_request_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = build_repo(dir.path()).await;
+    let server = FileServer::start(dir.path().join("repo")).unwrap();
+    // the files a load reads, learned from a clean one: the metadata and the manifest
+    let state = dir.path().join("state");
+    load_from(&server, &root, Some(&state)).await.unwrap();
+    let mut read: Vec<String> = server
+        .request_log()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.path.clone())
+        .collect();
+    read.dedup();
+    assert!(
+        read.iter().any(|p| p.ends_with("timestamp.json")),
+        "{read:?}"
+    );
+    assert!(
+        read.iter().any(|p| p.ends_with(".manifest.json")),
+        "{read:?}"
+    );
+    assert!(read.len() >= 4, "{read:?}");
+    for fault in [
+        Fault::Status(503),
+        Fault::Status(500),
+        Fault::Status(429),
+        Fault::ResetAfter(0),
+        Fault::ResetAfter(40),
+        Fault::Truncate(40),
+    ] {
+        for path in &read {
+            server.faults().clear();
+            server.faults().on_path(path, fault.clone(), Times::Once);
+            let before = server.requests(path);
+            let loaded = load_from(&server, &root, Some(&state)).await;
+            assert!(loaded.is_ok(), "{fault:?} on {path}: {:?}", loaded.err());
+            assert_eq!(
+                server.faults().pending(),
+                0,
+                "{fault:?} on {path} was served"
+            );
+            assert!(server.requests(path) >= before + 2, "{fault:?} on {path}");
+        }
+    }
+}
+
+/// What will fail the same way again is not retried: a missing file, refused access and a
+/// verification failure each cost one attempt.
+#[tokio::test]
+async fn what_fails_the_same_way_again_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = build_repo(dir.path()).await;
+    let server = FileServer::start(dir.path().join("repo")).unwrap();
+    for (status, path) in [
+        (404, "/metadata/timestamp.json"),
+        (403, "/metadata/timestamp.json"),
+        (400, "/metadata/2.snapshot.json"),
+    ] {
+        server.faults().clear();
+        server
+            .faults()
+            .on_path(path, Fault::Status(status), Times::Always);
+        let before = server.requests(path);
+        let err = load_from(&server, &root, None).await.unwrap_err();
+        assert!(!err.is_transient(), "{status}: {err:?}");
+        assert_eq!(server.requests(path), before + 1, "{status} on {path}");
+    }
+    server.faults().clear();
+    // a tampered snapshot: a verification failure, tried once
+    let snapshot = dir.path().join("repo/metadata/2.snapshot.json");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let at = bytes.iter().rposition(|b| b.is_ascii_digit()).unwrap();
+    bytes[at] = if bytes[at] == b'9' {
+        b'8'
+    } else {
+        bytes[at] + 1
+    };
+    std::fs::write(&snapshot, bytes).unwrap();
+    let before = server.requests("/metadata/2.snapshot.json");
+    let err = load_from(&server, &root, None).await.unwrap_err();
+    assert!(err.is_verification(), "{err:?}");
+    assert_eq!(server.requests("/metadata/2.snapshot.json"), before + 1);
 }
 
 #[test]

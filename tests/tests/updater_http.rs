@@ -98,6 +98,23 @@ fn server_errors_are_retried() {
     assert!(s.server.requests(&s.archive_path) >= 3);
 }
 
+/// One 503 or reset on the metadata costs a retry, not the run (before, the host waited
+/// out its whole schedule slot).
+#[test]
+fn a_metadata_failure_is_retried() {
+    let s = setup();
+    let faults = s.server.faults();
+    faults.on_path("/metadata/timestamp.json", Fault::Status(503), Times::Once);
+    faults.on_prefix("/metadata/", Fault::ResetAfter(10), Times::Once);
+    let out = s.host.update("latest", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s.host.assert_healthy(), v("2.0.0"));
+    assert_eq!(faults.pending(), 0, "both faults were served");
+    let shown = text(&out);
+    assert!(shown.contains("retrying"), "{shown}");
+    assert!(shown.contains("503"), "{shown}");
+}
+
 #[test]
 fn truncated_body_is_completed() {
     let s = setup();

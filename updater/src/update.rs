@@ -119,6 +119,7 @@ pub async fn run(
         trusted_root: &trusted_root,
         datastore: Some(&layout.tuf_dir()),
         transport: transport.clone(),
+        retry: molt_fetch::retry::RetryPolicy::DOWNLOAD,
     })
     .await?;
     if first_install && !settings.saved_trusted_root().exists() {

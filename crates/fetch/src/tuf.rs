@@ -22,6 +22,8 @@ use tough::{
 use url::Url;
 
 use molt_schema::artifact::Sha256;
+
+use crate::retry::{self, RetryPolicy};
 use molt_schema::manifest::MANIFEST_TARGET;
 use molt_schema::manifest::{Manifest, ManifestError};
 use molt_schema::region::Region;
@@ -74,6 +76,8 @@ pub enum TrustError {
         now: Timestamp,
         latest_known: Timestamp,
     },
+    #[error("the repository's signed metadata is inconsistent: {detail}")]
+    Inconsistent { detail: String },
     #[error("{what} is malformed")]
     Malformed {
         what: String,
@@ -116,6 +120,17 @@ impl TrustError {
         )
     }
 
+    /// True when another attempt may succeed: the repository could not be reached, or
+    /// answered with a 5xx, 408 or 429, or a transfer broke off ([`retry::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TrustError::Transport { source, .. } => source
+                .downcast_ref::<tough::TransportError>()
+                .is_some_and(retry::is_transient),
+            _ => false,
+        }
+    }
+
     /// A hint for the operator, when there is a fix to suggest.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
@@ -133,6 +148,9 @@ impl TrustError {
             ),
             TrustError::NotFound { .. } => Some(
                 "check the source URL and that the region's repository was created with `release-manifest repo init`",
+            ),
+            TrustError::Inconsistent { .. } => Some(
+                "the repository is broken or was tampered with; the publisher must check it with `release-manifest verify` and publish again (this host keeps its version)",
             ),
             _ => None,
         }
@@ -251,6 +269,25 @@ impl TrustError {
                     }
                 }
             }
+            // Signed metadata that lacks what the roles above or below it need, or that
+            // names a target no host may write: the repository's fault (exit 4), never a
+            // local one.
+            e @ (E::MetaMissing { .. }
+            | E::TimestampMetaLength { .. }
+            | E::MissingSnapshotMeta { .. }
+            | E::SnapshotTargetsMetaMissing { .. }
+            | E::SnapshotRoleMissing { .. }
+            | E::SpecVersion { .. }
+            | E::NoRoleKeysinRoot { .. }
+            | E::InvalidTargetName { .. }
+            | E::UnsafeTargetNameDotDot { .. }
+            | E::UnsafeTargetNameEmpty { .. }
+            | E::UnsafeTargetNameSlash { .. }
+            | E::TargetNameResolve { .. }
+            | E::TargetNameComponentsEmpty { .. }
+            | E::TargetNameRootMissing { .. }) => TrustError::Inconsistent {
+                detail: e.to_string(),
+            },
             other => TrustError::Other(other.into()),
         }
     }
@@ -383,6 +420,11 @@ pub struct LoadOptions<'a, T> {
     /// (a one-off `verify`).
     pub datastore: Option<&'a Path>,
     pub transport: T,
+    /// How a load that could not reach the repository (a 5xx, 408 or 429, a reset, a
+    /// timeout) is tried again: the whole load runs again from the metadata verified so far,
+    /// so one 503 on `timestamp.json` costs a second, not the host's schedule slot. A
+    /// verification failure or a missing file is never retried.
+    pub retry: RetryPolicy,
 }
 
 /// A region whose metadata and manifest have been verified.
@@ -427,7 +469,7 @@ pub const CACHED_MANIFEST: &str = "molt-manifest.json";
 /// Loads and verifies a region's repository (SPEC §6 step 3).
 pub async fn load_region<T>(opts: LoadOptions<'_, T>) -> Result<LoadedRegion, TrustError>
 where
-    T: Transport + Send + Sync + 'static,
+    T: Transport + Clone + Send + Sync + 'static,
 {
     let metadata_url = opts.source.join("metadata/")?;
     let targets_url = opts.source.join("targets/")?;
@@ -452,15 +494,25 @@ where
             None,
         ),
     };
-    let trusted_root = newest_root(opts.trusted_root, scratch.path());
-    let repo = RepositoryLoader::new(&trusted_root, metadata_url, targets_url)
-        .transport(opts.transport)
-        .datastore(scratch.path())
-        .expiration_enforcement(ExpirationEnforcement::Safe)
-        .load()
-        .await
-        .map_err(TrustError::from_tough)?;
-    let manifest_bytes = read_all(&repo, MANIFEST_TARGET).await?;
+    let what = format!("load {}", redact(&metadata_url));
+    let (repo, manifest_bytes) = retry::run(&opts.retry, &what, TrustError::is_transient, || {
+        let (metadata_url, targets_url) = (metadata_url.clone(), targets_url.clone());
+        let (transport, scratch) = (opts.transport.clone(), scratch.path());
+        async move {
+            // Again on each attempt: an earlier one may have accepted a newer root.
+            let trusted_root = newest_root(opts.trusted_root, scratch);
+            let repo = RepositoryLoader::new(&trusted_root, metadata_url, targets_url)
+                .transport(transport)
+                .datastore(scratch)
+                .expiration_enforcement(ExpirationEnforcement::Safe)
+                .load()
+                .await
+                .map_err(TrustError::from_tough)?;
+            let manifest_bytes = read_all(&repo, MANIFEST_TARGET).await?;
+            Ok::<_, TrustError>((repo, manifest_bytes))
+        }
+    })
+    .await?;
     let manifest =
         Manifest::parse(&manifest_bytes).map_err(|e: ManifestError| TrustError::Malformed {
             what: MANIFEST_TARGET.into(),

@@ -720,6 +720,7 @@ pub async fn read_back(
         trusted_root: &opts.trusted_root,
         datastore: None,
         transport,
+        retry: molt_fetch::retry::RetryPolicy::PUBLISH,
     })
     .await
     .map_err(|e| fail(molt_schema::cli::one_line(&e)))?;
