@@ -8,7 +8,6 @@
 //!
 //! Every launch is recorded in `state/last-launch.json`, including a launch that failed.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -214,10 +213,7 @@ fn spawn_detached(
     args: &[String],
 ) -> Result<u32, String> {
     let log_path = settings.updater_log();
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log = molt_host::state::open_append(&log_path, false)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let log2 = log
         .try_clone()

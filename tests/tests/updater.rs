@@ -93,6 +93,53 @@ fn a_damaged_history_file_does_not_stop_updates() {
     }
 }
 
+/// `update.lock`, `history.jsonl` and `agent.log` planted as symbolic links out of `state/`,
+/// dangling and to an existing file (what the agent's user could do once it runs without
+/// root): nothing outside is created or appended to, the update still finishes and records
+/// itself, and the links are replaced by molt's own files. (They were followed.)
+#[test]
+fn links_in_the_state_directory_are_never_followed() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let layout = host.layout();
+    let outside = tempfile::tempdir().unwrap();
+    let existing = outside.path().join("existing");
+    std::fs::write(&existing, b"precious\n").unwrap();
+    let files = [layout.lock(), layout.history(), layout.agent_log()];
+    for (n, target) in ["2.0.0", "1.0.0"].into_iter().enumerate() {
+        for (i, file) in files.iter().enumerate() {
+            let _ = std::fs::remove_file(file);
+            let pointee = if n == 0 {
+                outside.path().join(format!("dangling-{i}"))
+            } else {
+                existing.clone()
+            };
+            std::os::unix::fs::symlink(&pointee, file).unwrap();
+        }
+        let out = host.update(target, &["--allow-downgrade"]);
+        assert_eq!(code(&out), 0, "links, round {n}: {}", text(&out));
+        assert_eq!(host.assert_healthy(), v(target));
+        assert!(
+            text(&out).contains("never follows one in its state directory"),
+            "{}",
+            text(&out)
+        );
+        for file in &files {
+            let meta = std::fs::symlink_metadata(file).unwrap();
+            assert!(meta.is_file(), "{} is a file again", file.display());
+        }
+        let mut names: Vec<_> = std::fs::read_dir(outside.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["existing"], "nothing was created outside state/");
+        assert_eq!(std::fs::read(&existing).unwrap(), b"precious\n");
+    }
+    let records = host.history();
+    assert_eq!(records.last().unwrap().to, v("1.0.0"), "{records:?}");
+}
+
 #[test]
 fn first_install_needs_a_trusted_root() {
     let repo = repo_v1_v2();
@@ -278,6 +325,31 @@ fn quarantine_skips_on_latest_and_force_retries() {
             .entries
             .is_empty()
     );
+}
+
+/// A `quarantine.json` with a bad byte or torn by another tool does not stop updates: it is
+/// taken as empty, with a warning, and the next quarantine replaces it. (It failed every run
+/// with exit 1 before.)
+#[test]
+fn a_corrupt_quarantine_does_not_block_updates() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let quarantine = host.layout().quarantine();
+    for (n, garbage) in [&b"{\"version\":1,\"entries\":[{\"vers"[..], b"\xff\xfe\x00"]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&quarantine, garbage).unwrap();
+        let target = ["2.0.0", "1.0.0"][n];
+        let out = host.update(target, &["--allow-downgrade"]);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        assert_eq!(host.assert_healthy(), v(target));
+        assert!(
+            text(&out).contains("taking the quarantine as empty"),
+            "{}",
+            text(&out)
+        );
+    }
 }
 
 #[test]

@@ -71,17 +71,22 @@ impl UpdateLock {
 /// is missing. A descriptor open for writing would keep the filesystem from being
 /// remounted read-only, and an existing lock file stays usable on a read-only filesystem,
 /// where recovery must still be able to start an agent.
+///
+/// A link is never followed: a planted `update.lock` link would have a root updater create
+/// a file wherever it points. A link is replaced by a file ([`crate::state::remove_link`]).
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    match File::open(path) {
+    let read = || crate::state::open_no_follow(path, OpenOptions::new().read(true));
+    let first = read().or_else(|e| {
+        crate::state::remove_link(path, e)?;
+        read()
+    });
+    match first {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            drop(
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(path)?,
-            );
-            File::open(path)
+            drop(crate::state::open_no_follow(
+                path,
+                OpenOptions::new().create(true).truncate(false).write(true),
+            )?);
+            read()
         }
         other => other,
     }

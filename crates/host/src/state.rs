@@ -40,6 +40,74 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> S
     }
 }
 
+/// Opens a file of `state/` with `options`, never following a symbolic link as its last
+/// component (`O_NOFOLLOW`). A link planted there, by anyone who can write the directory
+/// (the agent's own user once it runs without root), would otherwise make a root updater
+/// create, append to or read a file anywhere. The error for a link names it and the fix.
+pub fn open_no_follow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC;
+    options
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                std::io::Error::other(LINK_REFUSED)
+            } else {
+                e
+            }
+        })
+}
+
+/// What [`open_no_follow`] says of a link.
+pub const LINK_REFUSED: &str = "it is a symbolic link, and molt never follows one in its state directory; remove the link (molt makes a new file)";
+
+/// Opens a log or record file of `state/` to append to it, creating it when it is missing,
+/// without following a link ([`open_no_follow`]); a link in its place is replaced
+/// ([`remove_link`]).
+pub fn open_append(path: &Path, read: bool) -> std::io::Result<File> {
+    let open = || {
+        open_no_follow(
+            path,
+            OpenOptions::new().create(true).append(true).read(read),
+        )
+    };
+    open().or_else(|e| {
+        remove_link(path, e)?;
+        open()
+    })
+}
+
+/// After `error` opening `path`: when `path` is a symbolic link, removes the link (the link
+/// only, never what it points at) with a warning, so the caller can make a new file; else
+/// gives `error` back. For the files that are molt's own (the lock, the history, the logs): a
+/// host whose lock or history is a link must not stop updating until a person removes it.
+pub fn remove_link(path: &Path, error: std::io::Error) -> std::io::Result<()> {
+    if !is_link(path) {
+        return Err(error);
+    }
+    tracing::warn!(
+        "{} is a symbolic link to {}, and molt never follows one in its state directory; removing the link and making a new file",
+        path.display(),
+        std::fs::read_link(path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "(unreadable)".into())
+    );
+    std::fs::remove_file(path).map_err(|_| error)
+}
+
+fn is_link(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// Reads a whole state file without following a link ([`open_no_follow`]).
+pub fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    open_no_follow(path, OpenOptions::new().read(true))?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// fsyncs a directory, so a rename or a new entry in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
     std::fs::File::open(dir)
@@ -78,7 +146,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError
 
 /// Reads a JSON state file; `None` when it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    match std::fs::read(path) {
+    match read_no_follow(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StateError::Corrupt {
@@ -214,12 +282,7 @@ pub fn append_history(path: &Path, record: &HistoryRecord) -> Result<(), StateEr
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
     }
-    let mut f = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err("open", path))?;
+    let mut f = open_append(path, true).map_err(io_err("open", path))?;
     // A crash mid-append leaves a last line without its newline: start a line of our own,
     // or this record is glued to the torn one and lost with it.
     if ends_without_newline(&mut f).map_err(io_err("read", path))? {
@@ -246,9 +309,14 @@ fn ends_without_newline(f: &mut File) -> std::io::Result<bool> {
 /// a crash, a bad byte, garbage, or a record from a far newer molt) costs that line only: it
 /// is skipped with a warning, and the rest is read.
 pub fn read_history(path: &Path) -> Result<Vec<HistoryRecord>, StateError> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_no_follow(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        // Not molt's history: the next append replaces the link with a file.
+        Err(e) if is_link(path) => {
+            tracing::warn!("{}: {e}; reading no history from it", path.display());
+            return Ok(Vec::new());
+        }
         Err(e) => return Err(io_err("read", path)(e)),
     };
     let mut records = Vec::new();
@@ -326,11 +394,25 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
+    /// Reads the quarantine. One that cannot be read (a bad byte, a torn write by another
+    /// tool, a link) is taken as empty, with a warning: it must never stop a host's updates,
+    /// and a version it held that is tried again and fails is rolled back and quarantined
+    /// again. The next quarantine written replaces the file.
     pub fn load(path: &Path) -> Result<Quarantine, StateError> {
-        Ok(read_json(path)?.unwrap_or(Quarantine {
+        let empty = Quarantine {
             version: STATE_VERSION,
             entries: Vec::new(),
-        }))
+        };
+        match read_json(path) {
+            Ok(q) => Ok(q.unwrap_or(empty)),
+            Err(e) => {
+                tracing::warn!(
+                    "{}; taking the quarantine as empty: a version it held may be tried again, and is quarantined again if it fails",
+                    molt_schema::cli::one_line(&e)
+                );
+                Ok(empty)
+            }
+        }
     }
 
     pub fn versions(&self) -> std::collections::BTreeSet<Version> {
@@ -418,6 +500,56 @@ mod tests {
             all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    /// A link planted in `state/` for each kind of state file: nothing outside is created,
+    /// appended to or read, and molt's own files come back as files.
+    #[test]
+    fn state_files_never_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"precious\n").unwrap();
+        let gone = dir.path().join("not-there");
+
+        // the history: read as empty, then the append replaces the link
+        let history = state.join("history.jsonl");
+        std::os::unix::fs::symlink(&outside, &history).unwrap();
+        assert!(read_history(&history).unwrap().is_empty());
+        append_history(&history, &record("1.0.0")).unwrap();
+        assert!(!std::fs::symlink_metadata(&history).unwrap().is_symlink());
+        assert_eq!(read_history(&history).unwrap().len(), 1);
+        // a dangling link: nothing is created where it points
+        std::fs::remove_file(&history).unwrap();
+        std::os::unix::fs::symlink(&gone, &history).unwrap();
+        append_history(&history, &record("1.0.0")).unwrap();
+        assert!(!gone.exists());
+
+        // a JSON state file: refused with the fix, not read
+        let health = state.join("health.json");
+        std::os::unix::fs::symlink(&outside, &health).unwrap();
+        let e = read_json::<serde_json::Value>(&health).unwrap_err();
+        let StateError::Io { source, .. } = e else {
+            panic!("{e:?}")
+        };
+        let shown = source.to_string();
+        assert!(
+            shown.contains("symbolic link") && shown.contains("remove the link"),
+            "{shown}"
+        );
+
+        // a log
+        let log = state.join("agent.log");
+        std::os::unix::fs::symlink(&gone, &log).unwrap();
+        open_append(&log, false)
+            .unwrap()
+            .write_all(b"line\n")
+            .unwrap();
+        assert!(!gone.exists());
+        assert_eq!(std::fs::read(&log).unwrap(), b"line\n");
+
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious\n");
     }
 
     fn record(id: &str) -> HistoryRecord {

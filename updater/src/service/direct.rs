@@ -4,7 +4,6 @@
 //! so it outlives the updater and holds none of the updater's descriptors.
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -357,10 +356,7 @@ impl ServiceManager for DirectService {
         let log_path = layout.agent_log();
         let open_log = || {
             std::fs::create_dir_all(layout.state_dir())?;
-            let out = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)?;
+            let out = molt_host::state::open_append(&log_path, false)?;
             let err = out.try_clone()?;
             Ok::<_, std::io::Error>((out, err))
         };
