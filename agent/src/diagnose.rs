@@ -1,7 +1,7 @@
 //! `agent diagnose`: each check of `agent status`, and a few more, as pass, warn or fail,
 //! with a hint for each problem. Exit status 1 when any check fails.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -39,33 +39,9 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>, hint: Opti
 
 /// Runs a program with a time limit; its exit success, stdout and stderr.
 fn run_limited(cmd: &mut Command, limit: Duration) -> Result<(bool, String, String), String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("did not finish within {} s", limit.as_secs()));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    molt_host::process::run_bounded(cmd, limit)
+        .map(|ran| (ran.status.success(), ran.stdout, ran.stderr))
+        .map_err(|e| molt_schema::cli::one_line(&e))
 }
 
 /// The `error:` and `hint:` lines of a molt binary's failure output.

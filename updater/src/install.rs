@@ -5,7 +5,7 @@
 //! [removed](remove_version) `.valid` first.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use molt_archive::extract::ExtractedFile;
@@ -124,79 +124,27 @@ pub fn reusable(layout: &HostLayout, v: &Version) -> Result<(), NotReusable> {
     Ok(())
 }
 
-/// What a bounded run of an installed agent printed.
-struct Ran {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `program args` with no input and a 10 s limit; keeps the first 4 KiB of each
-/// output.
-fn run_bounded(program: &Path, args: &[&std::ffi::OsStr]) -> Result<Ran, InstallError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| InstallError::CannotRun {
+/// Runs `program args` with no input and a 10 s limit ([`molt_host::process::run_bounded`]).
+fn run_bounded(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+) -> Result<molt_host::process::Bounded, InstallError> {
+    use molt_host::process::BoundedError;
+    let limit = Duration::from_secs(10);
+    molt_host::process::run_bounded(Command::new(program).args(args), limit).map_err(|e| match e {
+        BoundedError::Spawn { source, .. } => InstallError::CannotRun {
             program: program.to_owned(),
             source,
-        })?;
-    // Both pipes are drained as the program writes (a program that writes more than a pipe
-    // holds would otherwise block until the limit); the first 4 KiB of each are kept.
-    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            if let Some(mut p) = pipe {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = p.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let room = 4096usize.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
-                }
-            }
-            String::from_utf8_lossy(&kept).into_owned()
-        })
-    }
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let limit = Duration::from_secs(10);
-    let started = std::time::Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(InstallError::Hung {
-                    program: program.to_owned(),
-                    args: args
-                        .iter()
-                        .map(|a| a.to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    seconds: limit.as_secs(),
-                });
-            }
-            Err(source) => {
-                return Err(InstallError::CannotRun {
-                    program: program.to_owned(),
-                    source,
-                });
-            }
-        }
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    Ok(Ran {
-        status,
-        stdout,
-        stderr,
+        },
+        BoundedError::Hung { .. } => InstallError::Hung {
+            program: program.to_owned(),
+            args: args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            seconds: limit.as_secs(),
+        },
     })
 }
 

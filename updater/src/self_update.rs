@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use jiff::Timestamp;
 use molt_fetch::transport::{MoltTransport, Url};
@@ -136,12 +136,8 @@ pub async fn maybe_self_update(
 /// Why a downloaded updater was not installed (logged, and kept as its quarantine reason).
 #[derive(Debug, thiserror::Error)]
 pub enum ReplaceError {
-    #[error("cannot run {path}")]
-    Run {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Run(molt_host::process::BoundedError),
     #[error("its --version printed {printed:?}, expected \"updater {expected}\"")]
     WrongVersion { printed: String, expected: Version },
     #[error("cannot read {path}")]
@@ -161,16 +157,14 @@ pub enum ReplaceError {
 }
 
 fn replace(bin: &Path, previous: &Path, new: &Path, version: &Version) -> Result<(), ReplaceError> {
-    let out = Command::new(new)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|source| ReplaceError::Run {
-            path: new.to_owned(),
-            source,
-        })?;
-    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Bounded: this runs with the update lock held, and a signed updater that hangs must
+    // be quarantined, never wedge every later run.
+    let out = molt_host::process::run_bounded(
+        Command::new(new).arg("--version"),
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(ReplaceError::Run)?;
+    let printed = out.stdout.trim().to_owned();
     if printed != format!("updater {version}") {
         return Err(ReplaceError::WrongVersion {
             printed,

@@ -24,6 +24,110 @@ pub fn detach(cmd: &mut Command) {
     }
 }
 
+/// What a bounded run printed ([`run_bounded`]).
+#[derive(Debug)]
+pub struct Bounded {
+    pub status: std::process::ExitStatus,
+    /// The first [`KEPT_OUTPUT`] bytes of stdout, lossily decoded.
+    pub stdout: String,
+    /// The first [`KEPT_OUTPUT`] bytes of stderr.
+    pub stderr: String,
+}
+
+/// How much of each output [`run_bounded`] keeps.
+pub const KEPT_OUTPUT: usize = 4096;
+
+/// Why a bounded run did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedError {
+    #[error("`{command}` could not run")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` did not finish within {limit:?} and was killed")]
+    Hung {
+        command: String,
+        limit: std::time::Duration,
+    },
+}
+
+/// Runs `cmd` with no input and at most `limit` of time, killing it (SIGKILL) when the limit
+/// passes: no child of molt (a binary's `--version` or `check-config`, a `systemctl` call) may
+/// hold the update lock for ever. Both outputs are drained as the program writes (one that
+/// writes more than a pipe holds would block until the limit otherwise), and the first
+/// [`KEPT_OUTPUT`] bytes of each are kept.
+pub fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> Result<Bounded, BoundedError> {
+    use std::process::Stdio;
+    let command = {
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
+            .trim_end()
+            .to_owned()
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| BoundedError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut p) = pipe {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = p.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = KEPT_OUTPUT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BoundedError::Hung { command, limit });
+            }
+            Err(source) => return Err(BoundedError::Spawn { command, source }),
+        }
+    };
+    // A grandchild that kept the pipes open must not hold the caller: the output so far is
+    // what there is once the program itself has exited.
+    let join = |h: std::thread::JoinHandle<String>| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !h.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if h.is_finished() {
+            h.join().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    Ok(Bounded {
+        status,
+        stdout: join(stdout),
+        stderr: join(stderr),
+    })
+}
+
 /// What `/proc/<pid>/stat` says about a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStat {
@@ -87,6 +191,61 @@ pub fn alive_non_child(pid: u32, start_time: Option<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_runs_end_and_keep_what_was_printed() {
+        use std::time::{Duration, Instant};
+        let started = Instant::now();
+        let e = run_bounded(
+            Command::new("sh").args(["-c", "echo started; exec sleep 30"]),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(e, BoundedError::Hung { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "`sh -c echo started; exec sleep 30` did not finish within 300ms and was killed"
+        );
+
+        // more than a pipe holds, on both outputs: drained, the first 4 KiB kept
+        let ran = run_bounded(
+            Command::new("sh").args([
+                "-c",
+                "head -c 200000 /dev/zero | tr '\\0' a; head -c 200000 /dev/zero >&2; exit 3",
+            ]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(ran.status.code(), Some(3));
+        assert_eq!(ran.stdout, "a".repeat(KEPT_OUTPUT));
+        assert_eq!(ran.stderr.len(), KEPT_OUTPUT);
+
+        // a grandchild that keeps the pipes open does not hold the caller
+        let started = Instant::now();
+        let ran = run_bounded(
+            Command::new("sh").args(["-c", "echo hi; sleep 30 & exit 0"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(ran.status.success());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let e = run_bounded(
+            &mut Command::new("/nonexistent/agent"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(e, BoundedError::Spawn { .. }), "{e:?}");
+    }
 
     #[test]
     fn parses_proc_stat_with_awkward_command_names() {

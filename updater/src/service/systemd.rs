@@ -3,7 +3,7 @@
 //! after), and the agent's pid is the unit's `MainPID`. The unit file sets `MOLT_ROOT`.
 
 use std::ffi::OsString;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::{NONCE_ENV, ServiceError, ServiceManager, alive_non_child};
 
@@ -37,22 +37,33 @@ impl SystemdService {
     fn systemctl(&self, args: &[&str]) -> Result<String, ServiceError> {
         let command = format!("{} {}", self.systemctl.to_string_lossy(), args.join(" "));
         tracing::debug!(%command, "running");
-        let out = Command::new(&self.systemctl)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ServiceError::RunCommand {
+        // A start or stop job waits for the unit (up to its TimeoutStopSec, 90 s by default,
+        // before systemd's SIGKILL); a query answers at once. A systemctl stuck beyond that
+        // (a wedged D-Bus) is killed: it must not hold the update lock for ever.
+        let limit = match args.first() {
+            Some(&("start" | "stop" | "restart")) => std::time::Duration::from_secs(300),
+            _ => std::time::Duration::from_secs(30),
+        };
+        let mut cmd = Command::new(&self.systemctl);
+        cmd.args(args);
+        let out = molt_host::process::run_bounded(&mut cmd, limit).map_err(|e| match e {
+            molt_host::process::BoundedError::Spawn { source, .. } => ServiceError::RunCommand {
                 command: command.clone(),
                 source,
-            })?;
+            },
+            hung @ molt_host::process::BoundedError::Hung { .. } => ServiceError::RunCommand {
+                command: command.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, hung.to_string()),
+            },
+        })?;
         if !out.status.success() {
             return Err(ServiceError::CommandFailed {
                 command,
                 status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                stderr: out.stderr.trim().to_owned(),
             });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 }
 
