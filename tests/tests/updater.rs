@@ -550,6 +550,52 @@ fn self_update_checks_the_new_updater_keeps_the_previous_and_reexecs() {
     assert_eq!(std::fs::read(&standalone).unwrap(), original);
 }
 
+/// A signed molt-updater whose `--version` hangs (it never returns, and holds its output
+/// open): the pre-flight kills it after 10 s, quarantines it, and the agent update carries on
+/// with the running updater; the lock is free for the next run, which does not try it again.
+/// (The pre-flight had no limit: the run, and the lock, waited for ever.)
+#[test]
+fn a_new_updater_that_hangs_is_killed_and_quarantined() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let standalone = host.layout().updater_bin();
+    let original = std::fs::read(&standalone).unwrap();
+    let hangs = host.root.path().join("hanging-updater");
+    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&hangs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = molt_tests::fixture::workspace_bin("test-agent");
+    repo.publish_programs("3.0.0", &agent, &hangs);
+    let started = std::time::Instant::now();
+    let out = host
+        .update_cmd_via(&standalone, "3.0.0", &[])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    assert!(
+        text(&out).contains("not self-updating to molt-updater 3.0.0")
+            && text(&out).contains("did not finish within 10s"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.assert_healthy(), v("3.0.0"));
+    assert_eq!(std::fs::read(&standalone).unwrap(), original);
+    let quarantine: molt_host::state::Quarantine =
+        molt_host::state::read_json(&host.layout().updater_quarantine())
+            .unwrap()
+            .unwrap();
+    assert!(quarantine.versions().contains(&v("3.0.0")));
+    // the next run takes the lock at once and does not try the hung updater again
+    let out = host
+        .update_cmd_via(&standalone, "latest", &[])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(!text(&out).contains("molt-updater 3.0.0"), "{}", text(&out));
+}
+
 #[test]
 fn self_update_reexecs_a_new_updater_that_takes_the_lock_and_finishes() {
     let repo = repo_v1_v2();
