@@ -213,6 +213,7 @@ fn spawn_detached(
     args: &[String],
 ) -> Result<u32, String> {
     let log_path = settings.updater_log();
+    molt_host::state::rotate_log(&log_path, molt_host::state::LOG_ROTATE_BYTES);
     let log = molt_host::state::open_append(&log_path, false)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let log2 = log

@@ -289,8 +289,63 @@ pub fn append_history(path: &Path, record: &HistoryRecord) -> Result<(), StateEr
         line.insert(0, b'\n');
     }
     f.write_all(&line).map_err(io_err("append to", path))?;
-    f.sync_all().map_err(io_err("sync", path))
+    f.sync_all().map_err(io_err("sync", path))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    drop(f);
+    if len > HISTORY_COMPACT_BYTES {
+        // The record is in; a failed compaction only leaves the file long until next time.
+        if let Err(e) = compact_history(path) {
+            tracing::warn!("cannot shorten {}: {e}", path.display());
+        }
+    }
+    Ok(())
 }
+
+/// How many records `history.jsonl` keeps: once the file passes [`HISTORY_COMPACT_BYTES`]
+/// the newest this many are kept and the older ones dropped (a record is about 300 bytes; at
+/// one update a day that is years of history).
+pub const HISTORY_KEEP: usize = 1000;
+
+/// The size at which `history.jsonl` is shortened to its newest [`HISTORY_KEEP`] records.
+pub const HISTORY_COMPACT_BYTES: u64 = 1024 * 1024;
+
+/// Rewrites the history with its newest [`HISTORY_KEEP`] records, atomically (a crash
+/// leaves the long file or the short one, never a mix). Unreadable lines are dropped with it.
+fn compact_history(path: &Path) -> Result<(), StateError> {
+    let records = read_history(path)?;
+    let keep = &records[records.len().saturating_sub(HISTORY_KEEP)..];
+    let mut bytes = Vec::new();
+    for r in keep {
+        serde_json::to_writer(&mut bytes, r).map_err(|e| StateError::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+    }
+    write_atomic(path, &bytes)
+}
+
+/// Before a program's output is appended to the log at `path` for a new run: a log past
+/// `max_bytes` is moved to `<path>.1` (replacing the one before), so the logs in `state/`
+/// hold at most about twice `max_bytes`. A failure is a warning: a log must never keep a
+/// program from starting.
+pub fn rotate_log(path: &Path, max_bytes: u64) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if !meta.is_file() || meta.len() <= max_bytes {
+        return;
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    if let Err(e) = std::fs::rename(path, &old) {
+        tracing::warn!("cannot rotate {}: {e}", path.display());
+    }
+}
+
+/// The most a log in `state/` (`agent.log`, `updater.log`) grows before it is rotated at
+/// its program's next start ([`rotate_log`]).
+pub const LOG_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Whether the file is non-empty and its last byte is not a newline.
 fn ends_without_newline(f: &mut File) -> std::io::Result<bool> {
@@ -550,6 +605,42 @@ mod tests {
         assert_eq!(std::fs::read(&log).unwrap(), b"line\n");
 
         assert_eq!(std::fs::read(&outside).unwrap(), b"precious\n");
+    }
+
+    /// The history and the logs are bounded: past the limit the history keeps its newest
+    /// records (and still reads, and takes appends), and a long log moves to `.1`.
+    #[test]
+    fn the_history_and_the_logs_do_not_grow_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let one = serde_json::to_vec(&record("x")).unwrap().len() as u64 + 1;
+        let n = (HISTORY_COMPACT_BYTES / one) as usize + 5;
+        let mut text = Vec::new();
+        for i in 0..n {
+            serde_json::to_writer(&mut text, &record(&format!("r{i}"))).unwrap();
+            text.push(b'\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        append_history(&path, &record("last")).unwrap();
+        let all = read_history(&path).unwrap();
+        assert_eq!(all.len(), HISTORY_KEEP);
+        assert_eq!(all.last().unwrap().id, "last");
+        assert_eq!(all[0].id, format!("r{}", n + 1 - HISTORY_KEEP));
+        assert!(std::fs::metadata(&path).unwrap().len() < HISTORY_COMPACT_BYTES);
+        append_history(&path, &record("after")).unwrap();
+        assert_eq!(read_history(&path).unwrap().len(), HISTORY_KEEP + 1);
+
+        let log = dir.path().join("agent.log");
+        std::fs::write(&log, vec![b'x'; 2000]).unwrap();
+        rotate_log(&log, 4096);
+        assert!(log.exists(), "a short log stays");
+        rotate_log(&log, 1000);
+        assert!(!log.exists());
+        assert_eq!(
+            std::fs::read(dir.path().join("agent.log.1")).unwrap().len(),
+            2000
+        );
+        rotate_log(&log, 1000); // nothing there: nothing to do
     }
 
     fn record(id: &str) -> HistoryRecord {

@@ -356,6 +356,7 @@ impl ServiceManager for DirectService {
         let log_path = layout.agent_log();
         let open_log = || {
             std::fs::create_dir_all(layout.state_dir())?;
+            molt_host::state::rotate_log(&log_path, molt_host::state::LOG_ROTATE_BYTES);
             let out = molt_host::state::open_append(&log_path, false)?;
             let err = out.try_clone()?;
             Ok::<_, std::io::Error>((out, err))
