@@ -82,6 +82,43 @@ impl Drop for Tmpfs {
     }
 }
 
+/// `state/cache` on a filesystem of its own (a separate volume for downloads): updates and
+/// a downgrade work, with nothing left in the cache or in `versions/`. (Every update
+/// failed with "cross-device link" when the unpacked version was renamed out of the cache.)
+#[test]
+fn the_cache_on_its_own_filesystem() {
+    let Some(cache_fs) = Tmpfs::new("256m") else {
+        return;
+    };
+    let repo = TestRepo::new("us-east-1");
+    repo.publish("1.0.0", Status::Active);
+    repo.publish("2.0.0", Status::Active);
+    let host = TestHost::new(&repo);
+    let cache = host.layout().cache_dir();
+    std::fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(cache_fs.path(), &cache).unwrap();
+    for (target, extra) in [
+        ("1.0.0", &[][..]),
+        ("2.0.0", &[]),
+        ("1.0.0", &["--allow-downgrade"]),
+    ] {
+        let out = host.update(target, extra);
+        assert!(out.status.success(), "{target}: {}", text(&out));
+        assert_eq!(host.assert_healthy(), v(target));
+    }
+    let left: Vec<_> = std::fs::read_dir(cache_fs.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+    let staged: Vec<_> = std::fs::read_dir(host.layout().versions_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(staged.is_empty(), "staging left: {staged:?}");
+}
+
 /// A repository with 1.0.0 and 2.0.0, and a host on `fs` that runs 1.0.0.
 fn setup(fs: &Tmpfs) -> (TestRepo, TestHost) {
     let repo = TestRepo::new("us-east-1");

@@ -78,10 +78,17 @@ pub(crate) fn finish(
             let _ = crate::install::remove_version(layout, &v);
         }
     }
-    if let Ok(entries) = std::fs::read_dir(layout.cache_dir()) {
-        for e in entries.filter_map(Result::ok) {
-            if e.file_name().to_string_lossy().starts_with("staging-") {
-                let _ = std::fs::remove_dir_all(e.path());
+    // Staging left by killed runs: versions/.staging-*, and cache/staging-* of older
+    // updaters (which staged there).
+    for (dir, prefix) in [
+        (layout.versions_dir(), ".staging-"),
+        (layout.cache_dir(), "staging-"),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.filter_map(Result::ok) {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
             }
         }
     }

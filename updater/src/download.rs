@@ -86,7 +86,7 @@ pub struct DownloadRequest<'a> {
     pub expected: &'a TargetInfo,
     pub package: PackageName,
     pub platform: Platform,
-    /// The staging directory (`cache/staging-<v>`). It must not exist: the extractor creates
+    /// The staging directory (`versions/.staging-<v>`). It must not exist: the extractor creates
     /// it. Its parent is created if needed.
     pub staging: &'a Path,
     /// The partial file (`cache/<sha256>.partial`), resumed if it exists.

@@ -235,13 +235,18 @@ async fn install_and_switch(
     if !reuse {
         let cache = layout.cache_dir();
         std::fs::create_dir_all(&cache).map_err(|e| UpdateError::io("create", &cache, e))?;
+        let versions = layout.versions_dir();
+        std::fs::create_dir_all(&versions).map_err(|e| UpdateError::io("create", &versions, e))?;
         let staging = layout.staging_dir(&to);
         if staging.exists() {
             std::fs::remove_dir_all(&staging)
                 .map_err(|e| UpdateError::io("remove", &staging, e))?;
         }
         let result = async {
+            // The download goes to cache/, the unpacked files to versions/: both
+            // filesystems need the room when they are two.
             check_free_space(&cache, info.length)?;
+            check_free_space(&versions, info.length)?;
             download_and_stage(
                 transport,
                 &DownloadRequest {

@@ -127,8 +127,11 @@ impl HostLayout {
     pub fn cache_dir(&self) -> PathBuf {
         self.state_dir().join("cache")
     }
+    /// `versions/.staging-<v>`: where a download is unpacked. On the filesystem of
+    /// `versions/` (not in `cache/`), so the install is a rename even when `state/` or
+    /// `state/cache` is a mount of its own. Not a version name, so never taken for one.
     pub fn staging_dir(&self, v: &Version) -> PathBuf {
-        self.cache_dir().join(format!("staging-{v}"))
+        self.versions_dir().join(format!(".staging-{v}"))
     }
     /// `cache/<sha256>.partial`: a download's bytes so far.
     pub fn partial(&self, sha: &Sha256) -> PathBuf {
