@@ -80,7 +80,9 @@ fn main() -> ExitCode {
     molt_host::build::set_version(BUILD_VERSION);
     let cli = Cli::parse();
     let default_verbosity = u8::from(matches!(cli.command, Cmd::Run));
-    cli::init_logging(cli.verbose.max(default_verbosity), false);
+    let (config_path, _) = molt_agent::settings::config_path(cli.config.as_deref(), &env);
+    let format = molt_host::config::Config::peek_log_format(&config_path, env);
+    cli::init_logging(cli.verbose.max(default_verbosity), false, format);
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {

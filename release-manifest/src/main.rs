@@ -69,7 +69,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    cli::init_logging(args.verbose, args.quiet);
+    let format = std::env::var("MOLT_LOG_FORMAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    cli::init_logging(args.verbose, args.quiet, format);
     let result = match args.command {
         Command::Package(a) => package::run(a),
         Command::Resolve(a) => resolve::run(a),

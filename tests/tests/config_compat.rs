@@ -153,12 +153,12 @@ fn the_target_checks_the_config_the_updater_was_given() {
     assert_eq!(host.history().len(), records, "the updater never started");
 
     // a newer key: the updater and both agents ignore it with a warning, and the update runs
-    std::fs::write(&config, "[agent]\nlog_format = \"json\"\n").unwrap();
+    std::fs::write(&config, "[agent]\nlog_sink = \"json\"\n").unwrap();
     let out = host.update("2.0.0", &[]);
     let said = text(&out);
     assert_eq!(code(&out), 0, "{said}");
     assert!(
-        said.contains("unknown key `log_format` in [agent] (line 2) is ignored"),
+        said.contains("unknown key `log_sink` in [agent] (line 2) is ignored"),
         "{said}"
     );
     assert_eq!(host.assert_healthy(), v("2.0.0"));
@@ -169,13 +169,13 @@ fn the_real_agent_ignores_newer_keys_and_refuses_typos() {
     let agent = workspace_bin("agent");
     let host = AgentHost::new();
 
-    host.write_config("[agent]\nhold = true\nlog_format = \"json\"\n\n[telemetry]\nport = 1\n");
+    host.write_config("[agent]\nhold = true\nlog_sink = \"json\"\n\n[telemetry]\nport = 1\n");
     let out = host.agent(&agent).arg("check-config").output().unwrap();
     let said = text(&out);
     assert_eq!(code(&out), 0, "{said}");
     assert!(
         said.contains("is valid; 2 key(s) this version does not know are ignored")
-            && said.contains("unknown key `log_format` in [agent] (line 4) is ignored")
+            && said.contains("unknown key `log_sink` in [agent] (line 4) is ignored")
             && said.contains("unknown key `telemetry` at the top level (line 6) is ignored"),
         "{said}"
     );

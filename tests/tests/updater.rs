@@ -140,6 +140,86 @@ fn links_in_the_state_directory_are_never_followed() {
     assert_eq!(records.last().unwrap().to, v("1.0.0"), "{records:?}");
 }
 
+/// Logs that go to a file or a pipe carry no ANSI colour codes (they did: `state/agent.log`
+/// and the updater's stderr under a pipe were full of escapes), and `log_format = "json"`
+/// makes every record of both programs one JSON object a line.
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_when_asked() {
+    let repo = repo_v1_v2();
+    let mut host = TestHost::new(&repo);
+    host.env.push(("MOLT_LOG".into(), "info".into()));
+    let out = host.update("1.0.0", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    host.assert_healthy();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "escapes in the updater's log: {stderr:?}"
+    );
+    std::fs::write(
+        host.root.path().join("agent.toml"),
+        "log_format = \"json\"\n",
+    )
+    .unwrap();
+    let out = host.update("2.0.0", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    let records = |text: &str, what: &str| {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{what}: no log lines");
+        for line in lines {
+            let record: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {line:?}"));
+            assert!(record["level"].is_string(), "{what}: {line}");
+            assert!(record["message"].is_string(), "{what}: {line}");
+        }
+    };
+    records(&String::from_utf8_lossy(&out.stderr), "the updater");
+    // the agent: a key of a newer version is warned about, in the format asked for
+    let agent = |config: &str| {
+        let path = host.root.path().join("agent-check.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(molt_tests::fixture::workspace_bin("agent"))
+            .arg("--config")
+            .arg(&path)
+            .arg("check-config")
+            .env_remove("MOLT_LOG_FORMAT")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let plain = agent("[agent]\nfuture_key = 1\n");
+    assert!(
+        plain.contains("WARN") && plain.contains("future_key"),
+        "{plain}"
+    );
+    assert!(
+        !plain.contains('\x1b'),
+        "escapes in the agent's log: {plain:?}"
+    );
+    records(
+        &agent("log_format = \"json\"\n[agent]\nfuture_key = 1\n"),
+        "the agent",
+    );
+
+    // a typo in the value is a config error that names the key and the choices
+    std::fs::write(
+        host.root.path().join("agent.toml"),
+        "log_format = \"jsno\"\n",
+    )
+    .unwrap();
+    let out = host.update("2.0.0", &[]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains("use \"text\" or \"json\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+}
+
 #[test]
 fn first_install_needs_a_trusted_root() {
     let repo = repo_v1_v2();

@@ -1,6 +1,6 @@
 //! `updater`: moves this host to another version of molt-agent, safely (SPEC §6).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -139,7 +139,13 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     molt_host::build::set_version(BUILD_VERSION);
     let cli = Cli::parse();
-    cli::init_logging(cli.common.verbose, cli.common.quiet);
+    let config_path = cli
+        .common
+        .config
+        .as_deref()
+        .unwrap_or(Path::new(DEFAULT_CONFIG));
+    let format = Config::peek_log_format(config_path, |k| std::env::var(k).ok());
+    cli::init_logging(cli.common.verbose, cli.common.quiet, format);
     let json = cli.common.json;
     let result = run(cli);
     match result {

@@ -40,6 +40,7 @@ const ROOT_KEYS: &[&str] = &[
     "trusted_root",
     "platform",
     "imds_v1_fallback",
+    "log_format",
     "updater",
     "agent",
 ];
@@ -108,6 +109,8 @@ pub struct Config {
     /// Allow IMDSv1 when IMDSv2 is unavailable.
     #[serde(default)]
     pub imds_v1_fallback: bool,
+    /// `text` (the default) or `json`: how the agent and the updater write their logs.
+    pub log_format: Option<molt_schema::cli::LogFormat>,
     #[serde(default)]
     pub updater: UpdaterConfig,
     #[serde(default)]
@@ -436,6 +439,24 @@ impl Config {
     /// Applies `MOLT_ROOT`, `MOLT_REGION`, `MOLT_SOURCE`, `MOLT_BUCKET`, `MOLT_DOMAIN`,
     /// `MOLT_TRUSTED_ROOT`, `MOLT_PLATFORM`, and the agent's `MOLT_SCHEDULE`, `MOLT_HOLD`
     /// and `MOLT_REPORT` from `lookup` (the environment).
+    /// The log format, read before anything else (logging starts first, so that the
+    /// config's own errors are logged in the format asked for): `MOLT_LOG_FORMAT`, else
+    /// `log_format` at the top of the config at `path`, else text. A value that cannot be
+    /// read here counts as text; the full reading of the config then names the error.
+    pub fn peek_log_format(
+        path: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> molt_schema::cli::LogFormat {
+        if let Some(format) = lookup("MOLT_LOG_FORMAT").and_then(|v| v.parse().ok()) {
+            return format;
+        }
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("log_format")?.as_str()?.parse().ok())
+            .unwrap_or_default()
+    }
+
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -463,6 +484,11 @@ impl Config {
         }
         if let Some(v) = lookup("MOLT_DOMAIN") {
             self.domain = Some(v);
+        }
+        if let Some(v) = lookup("MOLT_LOG_FORMAT") {
+            self.log_format = Some(v.parse().map_err(|e: molt_schema::cli::BadLogFormat| {
+                err("MOLT_LOG_FORMAT", &v, e.to_string())
+            })?);
         }
         if let Some(v) = lookup("MOLT_TRUSTED_ROOT") {
             self.trusted_root = Some(PathBuf::from(v));
@@ -559,7 +585,7 @@ soak = "30s"
     #[test]
     fn keys_of_a_newer_version_are_ignored_and_named() {
         let text = format!(
-            "{GOOD}log_format = \"json\"\nwatch.interval = \"5m\"\n\n[agent]\nhold = true\nmetrics = {{ port = 9100 }}\n\n[telemetry]\nendpoint = \"x\"\n"
+            "{GOOD}log_sink = \"json\"\nwatch.interval = \"5m\"\n\n[agent]\nhold = true\nmetrics = {{ port = 9100 }}\n\n[telemetry]\nendpoint = \"x\"\n"
         );
         let c = Config::parse(&text, Path::new("agent.toml")).unwrap();
         assert!(c.agent.hold);
@@ -572,7 +598,7 @@ soak = "30s"
         assert_eq!(
             seen,
             [
-                (Some("updater"), "log_format", 10),
+                (Some("updater"), "log_sink", 10),
                 (Some("updater"), "watch", 11),
                 (Some("agent"), "metrics", 15),
                 (None, "telemetry", 17),
@@ -580,7 +606,7 @@ soak = "30s"
         );
         let said = c.ignored[0].to_string();
         assert!(
-            said.contains("`log_format` in [updater] (line 10) is ignored"),
+            said.contains("`log_sink` in [updater] (line 10) is ignored"),
             "{said}"
         );
         // a bad value next to an ignored key still names its own line
@@ -590,6 +616,43 @@ soak = "30s"
             err.contains("bad duration") && err.contains("line 9"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        use molt_schema::cli::LogFormat;
+        let c = Config::parse("log_format = \"json\"\n", Path::new("agent.toml")).unwrap();
+        assert_eq!(c.log_format, Some(LogFormat::Json));
+        let err = refused("log_format = \"JSON\"\n");
+        assert!(
+            err.contains("use \"text\" or \"json\"") && err.contains("line 1"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let none = |_: &str| None;
+        assert_eq!(
+            Config::peek_log_format(&path, none),
+            LogFormat::Text,
+            "no file"
+        );
+        std::fs::write(&path, "log_format = \"json\"\n").unwrap();
+        assert_eq!(Config::peek_log_format(&path, none), LogFormat::Json);
+        let env = |k: &str| (k == "MOLT_LOG_FORMAT").then(|| "text".to_owned());
+        assert_eq!(
+            Config::peek_log_format(&path, env),
+            LogFormat::Text,
+            "the env wins"
+        );
+        std::fs::write(&path, "log_format = \"json\"\n[[[").unwrap();
+        assert_eq!(
+            Config::peek_log_format(&path, none),
+            LogFormat::Text,
+            "unparsable"
+        );
+        let mut c = Config::parse("", Path::new("agent.toml")).unwrap();
+        let bad = |k: &str| (k == "MOLT_LOG_FORMAT").then(|| "xml".to_owned());
+        assert!(c.apply_env(bad).is_err());
     }
 
     /// The rule for new keys (module docs): within a table, every two keys are at least two
@@ -620,7 +683,7 @@ soak = "30s"
         assert!(err.contains("did you mean `hold`?"), "{err}");
         assert!(!err.contains("belongs"), "{err}");
         // future keys a rollback target must not refuse
-        for key in ["max_throughput", "port", "log_format", "watch_interval"] {
+        for key in ["max_throughput", "port", "log_sink", "watch_interval"] {
             let text = format!("[updater]\n{key} = 1\n[agent]\n{key} = 1\n");
             let c = Config::parse(&text, Path::new("agent.toml")).unwrap();
             assert_eq!(c.ignored.len(), 2, "{key}");

@@ -94,9 +94,48 @@ pub fn one_line(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// How log records are written: `text` (the default) or `json`, one object a line, for
+/// journald and CloudWatch (`log_format` in the config, or `MOLT_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A `log_format` that is neither `text` nor `json`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown log format {0:?}; use \"text\" or \"json\"")]
+pub struct BadLogFormat(pub String);
+
+impl std::str::FromStr for LogFormat {
+    type Err = BadLogFormat;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(BadLogFormat(other.to_owned())),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LogFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether log text may carry ANSI colours: only to a terminal, and never with `NO_COLOR`
+/// set. A log file (`state/agent.log`), a pipe or journald gets plain text.
+pub fn colour_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Sets up `tracing` to stderr. `MOLT_LOG` (an env-filter) wins; otherwise `-v` raises and
-/// `-q` lowers the default level (warn).
-pub fn init_logging(verbose: u8, quiet: bool) {
+/// `-q` lowers the default level (warn). Colours only to a terminal ([`colour_stderr`]).
+pub fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
@@ -106,14 +145,21 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("MOLT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         // A log line that cannot be written (stderr is `state/agent.log` on a full disk) is
         // dropped; reporting it would `eprintln!` to the same stderr, which panics.
-        .log_internal_errors(false)
-        .try_init();
+        .log_internal_errors(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colour_stderr()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_ansi(false)
+            .try_init(),
+    };
 }
 
 /// Writes `text` to stderr, dropping it when stderr cannot be written (a full disk under
