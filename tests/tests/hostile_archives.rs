@@ -1016,3 +1016,126 @@ fn zip_is_not_a_tar_and_back() {
     refused!(UNIX, zip(&good_zip()), ExtractError::Corrupt { .. });
     refused!(WINDOWS, tar_gz(&good_tar()), ExtractError::Corrupt { .. });
 }
+
+/// `release-manifest add` runs the hosts' extractor before it signs: an archive every host
+/// would refuse is refused here, with the extractor's reason, and the repository is left as
+/// it was. (Hostile archives were signed without a look inside: traversal, links, devices,
+/// duplicates, extra and missing files.) A well-formed archive of the same version still goes
+/// in afterwards.
+#[test]
+fn the_release_tool_signs_nothing_a_host_would_refuse() {
+    use molt_schema::manifest::Status;
+    let repo = molt_tests::fixture::TestRepo::new("us-east-1");
+    repo.publish("1.0.0", Status::Active);
+    let metadata = |repo: &molt_tests::fixture::TestRepo| -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<(String, Vec<u8>)> = fs::read_dir(repo.path().join("metadata"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = metadata(&repo);
+    let good = package_tar_members(PackageName::Agent, UNIX);
+    let with = |extra: TarMember| {
+        let mut m = good.clone();
+        m.push(extra);
+        tar_gz(&m)
+    };
+    let replacing = |name: &str, by: TarMember| {
+        let mut m = good.clone();
+        for member in &mut m {
+            if *member.header.path_bytes() == *name.as_bytes() {
+                *member = by.clone();
+            }
+        }
+        tar_gz(&m)
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a path out of the directory",
+            with(TarMember::file("../escape", "x")),
+            "escape",
+        ),
+        (
+            "an absolute path",
+            with(TarMember::file("/tmp/molt-evil", "x")),
+            "molt-evil",
+        ),
+        (
+            "a symlink for the agent",
+            replacing(
+                "bin/agent",
+                TarMember::link("bin/agent", tar::EntryType::Symlink, b"/bin/sh"),
+            ),
+            "bin/agent",
+        ),
+        (
+            "a hard link",
+            with(TarMember::link(
+                "bin/other",
+                tar::EntryType::Link,
+                b"bin/agent",
+            )),
+            "bin/other",
+        ),
+        (
+            "a device",
+            with(TarMember::special("bin/null", tar::EntryType::Char)),
+            "bin/null",
+        ),
+        ("a duplicate", with(good[0].clone()), ""),
+        (
+            "an extra file",
+            with(TarMember::file("README", "x")),
+            "README",
+        ),
+        ("a missing file", tar_gz(&good[1..]), ""),
+        ("not an archive", b"this is no gzip stream".to_vec(), ""),
+    ];
+    let dist = tempfile::tempdir().unwrap();
+    let archive = dist
+        .path()
+        .join("molt-agent/1.4.0")
+        .join(PackageName::Agent.file_name(UNIX));
+    fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    let add = || {
+        std::process::Command::new(molt_tests::fixture::workspace_bin("release-manifest"))
+            .arg("add")
+            .arg("--repo")
+            .arg(repo.path())
+            .arg("--dist")
+            .arg(dist.path())
+            .args(["--version", "1.4.0", "--keys"])
+            .arg(repo.dir.path().join("keys"))
+            .output()
+            .unwrap()
+    };
+    for (what, bytes, named) in cases {
+        fs::write(&archive, bytes).unwrap();
+        let out = add();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {said}");
+        assert!(
+            said.contains("would be refused by every host, so it is not signed"),
+            "{what}: {said}"
+        );
+        assert!(said.contains(named), "{what}: {said}");
+        assert!(metadata(&repo) == before, "{what}: the repository changed");
+        assert!(!Path::new("/tmp/molt-evil").exists(), "{what}");
+    }
+    fs::write(&archive, tar_gz(&good)).unwrap();
+    let out = add();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(metadata(&repo) != before);
+}

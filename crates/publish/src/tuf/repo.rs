@@ -31,7 +31,7 @@ use url::Url;
 use super::keys::{KeyDir, KeyError, public_key};
 use super::{Expirations, MANIFEST_TARGET, expiry};
 use crate::store::Body;
-use molt_schema::artifact::{ArtifactName, HashedFile, PackageName};
+use molt_schema::artifact::{ArtifactName, HashedFile, PackageName, Sha256};
 use molt_schema::manifest::{FileEntry, Manifest, ManifestError, Package, Status, VersionEntry};
 use molt_schema::region::Region;
 use molt_schema::rollout::Rollout;
@@ -80,6 +80,16 @@ pub enum RepoError {
         package: PackageName,
         version: Version,
     },
+    #[error(
+        "{path} would be refused by every host, so it is not signed: {}",
+        molt_schema::cli::one_line(source)
+    )]
+    HostsWouldRefuse {
+        path: PathBuf,
+        source: molt_archive::extract::ExtractError,
+    },
+    #[error("{path} changed while it was checked; nothing was signed, run the command again")]
+    ChangedWhileRead { path: PathBuf },
     #[error("{path} is not a molt archive name (expected {package}-<platform>.<ext>)")]
     UnknownArchive { path: PathBuf, package: PackageName },
     #[error(
@@ -756,8 +766,12 @@ impl ReleaseFiles {
         let hashed: Vec<Result<HashedFile, RepoError>> = std::thread::scope(|scope| {
             let jobs: Vec<_> = found
                 .iter()
-                .map(|(_, _, path)| {
-                    scope.spawn(move || HashedFile::hash(path).map_err(io("read", path)))
+                .map(|(package, name, path)| {
+                    scope.spawn(move || {
+                        let file = HashedFile::hash(path).map_err(io("read", path))?;
+                        check_as_a_host_would(*package, name, &file)?;
+                        Ok(file)
+                    })
                 })
                 .collect();
             jobs.into_iter()
@@ -789,6 +803,81 @@ impl ReleaseFiles {
     /// The archives: package, file name, and the hashed file.
     pub fn files(&self) -> impl Iterator<Item = (PackageName, &str, &HashedFile)> {
         self.files.iter().map(|(p, n, f)| (*p, n.as_str(), f))
+    }
+}
+
+/// Runs the hosts' own extractor over an archive before it is signed (into a temporary
+/// directory, with the hosts' limits): what every host would refuse (a path out of the
+/// directory, a link, a device, a bomb, a duplicate, a missing or extra file) is never
+/// signed. The bytes checked are the bytes hashed: they are hashed again on the way through
+/// and must match `file`.
+fn check_as_a_host_would(
+    package: PackageName,
+    name: &str,
+    file: &HashedFile,
+) -> Result<(), RepoError> {
+    use std::io::Read as _;
+    let path = file.path();
+    let Some(platform) = package.platform_of_file(name) else {
+        return Err(RepoError::UnknownArchive {
+            path: path.to_owned(),
+            package,
+        });
+    };
+    let scratch = tempfile::tempdir().map_err(io("create a temporary directory for", path))?;
+    let reader = std::fs::File::open(path).map_err(io("read", path))?;
+    let mut hashing = HashingReader::new(reader);
+    molt_archive::extract::extract(
+        &mut hashing,
+        package,
+        platform,
+        &scratch.path().join("x"),
+        &molt_archive::extract::Limits::default(),
+    )
+    .map_err(|source| RepoError::HostsWouldRefuse {
+        path: path.to_owned(),
+        source,
+    })?;
+    // what the extractor left unread (a tar's end padding) is part of the signed bytes too
+    std::io::copy(&mut hashing.by_ref(), &mut std::io::sink()).map_err(io("read", path))?;
+    if hashing.finish() != (file.len(), file.sha256()) {
+        return Err(RepoError::ChangedWhileRead {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    len: u64,
+    hasher: sha2::Sha256,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        use sha2::Digest as _;
+        HashingReader {
+            inner,
+            len: 0,
+            hasher: sha2::Sha256::new(),
+        }
+    }
+
+    fn finish(self) -> (u64, Sha256) {
+        use sha2::Digest as _;
+        (self.len, Sha256::from_bytes(self.hasher.finalize().into()))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
     }
 }
 
