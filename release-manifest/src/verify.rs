@@ -118,6 +118,7 @@ pub fn run(args: Args) -> Result<i32, Failure> {
         datastore: None,
         transport,
         retry: molt_fetch::retry::RetryPolicy::DOWNLOAD,
+        commit: false,
     }));
     let mut worst = exit::OK;
     match loaded {

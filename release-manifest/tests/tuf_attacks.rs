@@ -122,6 +122,7 @@ impl Fixture {
             datastore: Some(&self.state),
             transport: FilesystemTransport,
             retry: molt_fetch::retry::RetryPolicy::ONCE,
+            commit: true,
         })
         .await
     }
@@ -141,6 +142,7 @@ impl Fixture {
             datastore: None,
             transport: FilesystemTransport,
             retry: molt_fetch::retry::RetryPolicy::ONCE,
+            commit: true,
         })
         .await
     }

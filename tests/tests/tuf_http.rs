@@ -76,6 +76,7 @@ async fn loads_over_http_with_403_for_missing_keys() {
         datastore: Some(&state),
         transport: MoltTransport::new(HttpSettings::default()).unwrap(),
         retry: RetryPolicy::ONCE,
+        commit: true,
     })
     .await
     .unwrap();
@@ -116,6 +117,7 @@ async fn load_from(
         datastore: state,
         transport: MoltTransport::new(HttpSettings::default()).unwrap(),
         retry: FAST,
+        commit: true,
     })
     .await
 }

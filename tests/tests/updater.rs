@@ -220,6 +220,87 @@ fn logs_are_plain_text_off_a_terminal_and_json_when_asked() {
     assert_eq!(host.assert_healthy(), v("2.0.0"));
 }
 
+/// Every file, directory and link under `root`, with contents, as a sorted list (the agent's
+/// own output, `agent.log`, aside).
+fn tree(root: &std::path::Path) -> Vec<(String, String)> {
+    fn walk(base: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let kind = e.file_type().unwrap();
+            if kind.is_symlink() {
+                out.push((
+                    rel,
+                    format!("-> {}", std::fs::read_link(&path).unwrap().display()),
+                ));
+            } else if kind.is_dir() {
+                out.push((rel.clone(), "dir".into()));
+                walk(base, &path, out);
+            } else if !rel.ends_with("agent.log") {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((
+                    rel,
+                    format!(
+                        "{} bytes, {:x}",
+                        bytes.len(),
+                        molt_schema::Sha256::digest(&bytes).as_bytes()[0]
+                    ),
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// `--dry-run` changes nothing: no lock taken (it answers while an update holds one), no
+/// recovery, no datastore commit, no scratch left, the agent untouched; what killed runs
+/// left (datastore copies, partial downloads) waits for the next real run, which removes it.
+/// (A dry run took the lock, ran recovery, committed the datastore and left copies in
+/// `state/tuf/`.)
+#[test]
+fn a_dry_run_changes_nothing() {
+    let repo = repo_v1_v2();
+    let host = host_on_v1(&repo);
+    let layout = host.layout();
+    let pid = host.agent_pid().unwrap();
+    // what killed runs leave behind
+    let stale = layout.tuf_dir().join(".us-east-1.Ab12Cd");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("timestamp.json"), b"{}").unwrap();
+    std::os::unix::fs::symlink(
+        ".us-east-1.Ab12Cd",
+        layout.tuf_dir().join(".us-east-1.Ab12Cd.link"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(layout.cache_dir()).unwrap();
+    let partial = layout
+        .cache_dir()
+        .join(format!("{}.partial", "ab".repeat(32)));
+    std::fs::write(&partial, b"half a download").unwrap();
+    let before = tree(host.root.path());
+
+    let held = molt_host::lock::UpdateLock::try_acquire(&layout.lock()).unwrap();
+    for run in 0..2 {
+        let out = host.update("latest", &["--dry-run"]);
+        assert_eq!(code(&out), 0, "run {run}: {}", text(&out));
+        assert!(text(&out).contains("2.0.0"), "{}", text(&out));
+        assert_eq!(tree(host.root.path()), before, "run {run} changed the host");
+        assert_eq!(host.agent_pid(), Some(pid));
+    }
+    drop(held);
+
+    let out = host.update("latest", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+    assert!(!stale.exists(), "a stale datastore copy stays");
+    assert!(!layout.tuf_dir().join(".us-east-1.Ab12Cd.link").exists());
+    assert!(!partial.exists(), "a stale partial download stays");
+}
+
 #[test]
 fn first_install_needs_a_trusted_root() {
     let repo = repo_v1_v2();

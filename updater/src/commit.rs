@@ -78,17 +78,25 @@ pub(crate) fn finish(
             let _ = crate::install::remove_version(layout, &v);
         }
     }
-    // Staging left by killed runs: versions/.staging-*, and cache/staging-* of older
-    // updaters (which staged there).
-    for (dir, prefix) in [
-        (layout.versions_dir(), ".staging-"),
-        (layout.cache_dir(), "staging-"),
-    ] {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.filter_map(Result::ok) {
-                if e.file_name().to_string_lossy().starts_with(prefix) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+    // What killed runs left: staging (versions/.staging-*, and cache/staging-* of older
+    // updaters, which staged there) and partial downloads of other targets (a killed run's
+    // partial of the target is resumed by the next run, until an update finishes).
+    let leftover = |dir: &std::path::Path, name: &str| {
+        (dir == layout.versions_dir() && name.starts_with(".staging-"))
+            || (dir == layout.cache_dir()
+                && (name.starts_with("staging-") || name.ends_with(".partial")))
+    };
+    for dir in [layout.versions_dir(), layout.cache_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            if leftover(&dir, &e.file_name().to_string_lossy()) {
+                let path = e.path();
+                let _ = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                    _ => std::fs::remove_file(&path),
+                };
             }
         }
     }

@@ -85,15 +85,30 @@ pub async fn run(
     svc: &mut dyn ServiceManager,
 ) -> Result<UpdateReport, UpdateError> {
     let layout = &settings.layout;
-    std::fs::create_dir_all(layout.state_dir())
-        .map_err(|e| UpdateError::io("create", &layout.state_dir(), e))?;
-    let lock = UpdateLock::try_acquire(&layout.lock())?;
-    if let recover::Recovered::LeftAlone { step } = recover::recover_locked(settings, svc)? {
-        return Err(UpdateError::NewerJournal {
-            path: layout.journal(),
-            step,
-        });
-    }
+    // A dry run changes nothing on the host: no lock (it writes nothing an update could
+    // collide with), no recovery (which may stop and start the agent), no datastore commit,
+    // nothing saved. (The rollout seed is still persisted when the host has none, so that
+    // the wave a dry run reports is the one the real run uses.)
+    let lock = if opts.dry_run {
+        if layout.journal().exists() {
+            tracing::warn!(
+                "{} holds an unfinished update; the next real run (or `updater recover`) completes or undoes it first",
+                layout.journal().display()
+            );
+        }
+        None
+    } else {
+        std::fs::create_dir_all(layout.state_dir())
+            .map_err(|e| UpdateError::io("create", &layout.state_dir(), e))?;
+        let lock = UpdateLock::try_acquire(&layout.lock())?;
+        if let recover::Recovered::LeftAlone { step } = recover::recover_locked(settings, svc)? {
+            return Err(UpdateError::NewerJournal {
+                path: layout.journal(),
+                step,
+            });
+        }
+        Some(lock)
+    };
 
     let current = layout.current_version();
     let first_install = current.is_none();
@@ -120,9 +135,10 @@ pub async fn run(
         datastore: Some(&layout.tuf_dir()),
         transport: transport.clone(),
         retry: molt_fetch::retry::RetryPolicy::DOWNLOAD,
+        commit: !opts.dry_run,
     })
     .await?;
-    if first_install && !settings.saved_trusted_root().exists() {
+    if first_install && !opts.dry_run && !settings.saved_trusted_root().exists() {
         state::write_atomic(&settings.saved_trusted_root(), &trusted_root)
             .map_err(UpdateError::state)?;
     }

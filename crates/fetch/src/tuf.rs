@@ -425,6 +425,10 @@ pub struct LoadOptions<'a, T> {
     /// so one 503 on `timestamp.json` costs a second, not the host's schedule slot. A
     /// verification failure or a missing file is never retried.
     pub retry: RetryPolicy,
+    /// Whether a successful load becomes the live datastore. `false` (a dry run) loads from a
+    /// copy of it in the system's temporary directory, with the same rollback protection,
+    /// and leaves `state/tuf` exactly as it was.
+    pub commit: bool,
 }
 
 /// A region whose metadata and manifest have been verified.
@@ -474,10 +478,11 @@ where
     let metadata_url = opts.source.join("metadata/")?;
     let targets_url = opts.source.join("targets/")?;
     let (scratch, live) = match (opts.datastore, opts.region) {
-        (Some(base), Some(region)) => {
+        (Some(base), Some(region)) if opts.commit => {
             let (dir, live) = prepare_datastore(base, region)?;
             (dir, Some(live))
         }
+        (Some(base), Some(region)) => (copy_datastore(&base.join(region.as_str()))?, None),
         (Some(base), None) => {
             return Err(TrustError::Datastore {
                 action: "name (no region given for)",
@@ -591,20 +596,64 @@ fn prepare_datastore(
 ) -> Result<(tempfile::TempDir, PathBuf), TrustError> {
     std::fs::create_dir_all(base).map_err(ds_err("create", base))?;
     let live = base.join(region.as_str());
+    remove_stale_copies(base, region, &live);
     let scratch = tempfile::Builder::new()
         .prefix(&format!(".{region}."))
         .tempdir_in(base)
         .map_err(ds_err("create a copy of", &live))?;
-    if let Ok(entries) = std::fs::read_dir(&live) {
+    copy_files(&live, scratch.path())?;
+    Ok((scratch, live))
+}
+
+/// A copy of the live datastore in the system's temporary directory, for a load that must
+/// change nothing on the host (a dry run).
+fn copy_datastore(live: &Path) -> Result<tempfile::TempDir, TrustError> {
+    let scratch = tempfile::tempdir().map_err(ds_err("create a copy of", live))?;
+    copy_files(live, scratch.path())?;
+    Ok(scratch)
+}
+
+fn copy_files(from_dir: &Path, to_dir: &Path) -> Result<(), TrustError> {
+    if let Ok(entries) = std::fs::read_dir(from_dir) {
         for entry in entries.filter_map(Result::ok) {
             let from = entry.path();
             if from.is_file() {
-                std::fs::copy(&from, scratch.path().join(entry.file_name()))
+                std::fs::copy(&from, to_dir.join(entry.file_name()))
                     .map_err(ds_err("copy", &from))?;
             }
         }
     }
-    Ok((scratch, live))
+    Ok(())
+}
+
+/// Removes what killed loads left in `base` for `region`: copies (`.<region>.XXXXXX`) that
+/// the live link does not name, and their half-made links (`.<region>.XXXXXX.link`). Loads
+/// with a datastore run under the update lock, so no other load is using them.
+fn remove_stale_copies(base: &Path, region: &Region, live: &Path) {
+    let current = std::fs::read_link(live).ok();
+    let prefix = format!(".{region}.");
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        if !text.starts_with(&prefix) || current.as_deref() == Some(Path::new(&name)) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if text.ends_with(".link") {
+            std::fs::remove_file(&path)
+        } else if text.ends_with(".old") {
+            continue;
+        } else {
+            std::fs::remove_dir_all(&path)
+        };
+        match removed {
+            Ok(()) => tracing::info!("removed {}, left by an interrupted run", path.display()),
+            Err(e) => tracing::debug!("cannot remove {}: {e}", path.display()),
+        }
+    }
 }
 
 /// Makes the scratch copy the live datastore: fsync its files, point a fresh symlink at

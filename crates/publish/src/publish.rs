@@ -721,6 +721,7 @@ pub async fn read_back(
         datastore: None,
         transport,
         retry: molt_fetch::retry::RetryPolicy::PUBLISH,
+        commit: false,
     })
     .await
     .map_err(|e| fail(molt_schema::cli::one_line(&e)))?;
