@@ -553,6 +553,15 @@ fn fleet_of_twenty_agents_across_two_regions() {
     let out = release.advance("2.0.0");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("bakes until"), "{}", text(&out));
+    // The bake runs from the wave's start as the publish recorded it, which the publish's
+    // own checks put later than `published`: wait for the instant the refusal named.
+    let refused = text(&out);
+    let bakes_until: Timestamp = refused
+        .split("bakes until ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no instant in: {refused}"));
     wait_update(&canary, "2.0.0", "2.0.0", Outcome::Success, published);
     let rollout = Rollout::new(published, canary_waves()).unwrap();
     assert_waves_respected(&canary, "2.0.0", &rollout);
@@ -574,7 +583,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
     }
     // Wave 1's reports reach the sink; after its bake, `rollout advance` sends wave 2.
     wait_reports(&release, &canary, "2.0.0");
-    let baked = published + jiff::SignedDuration::from_secs(13);
+    let baked = bakes_until + jiff::SignedDuration::from_millis(500);
     while Timestamp::now() < baked {
         std::thread::sleep(Duration::from_millis(200));
     }
