@@ -47,15 +47,15 @@ pub struct Launch {
     pub error: Option<String>,
 }
 
-/// The updater to run: the standalone `<root>/bin/updater`, else the current version's.
+/// The updater to run: the first that runs of `<root>/bin/updater`, `bin/updater.previous`
+/// and the current version's (an empty, truncated, non-executable or failing `bin/updater`
+/// is passed over with a warning; the updater that runs repairs it).
 pub fn updater_program(settings: &AgentSettings) -> Option<PathBuf> {
-    let layout = &settings.layout;
-    [
-        layout.updater_bin(),
-        layout.current_link().join("bin").join("updater"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
+    let (program, passed_over) = settings.layout.runnable_updater();
+    for why in passed_over {
+        tracing::warn!("not launching {why}; trying the next updater");
+    }
+    program
 }
 
 fn launch_id(now: Timestamp) -> String {
@@ -104,8 +104,9 @@ pub fn launch(settings: &AgentSettings, kind: LaunchKind, reason: Option<String>
     };
     let result = match &record.program {
         None => Err(format!(
-            "no updater to launch: neither {} nor {} exists; reinstall with the install script",
+            "no updater to launch: none of {}, {} and {} runs; reinstall with the install script",
             settings.layout.updater_bin().display(),
+            settings.layout.updater_previous().display(),
             settings.layout.current_link().join("bin/updater").display()
         )),
         Some(program) => match settings.service {

@@ -576,15 +576,15 @@ start)
     agent_unit "$2"
     alive && exit 0
     sed -n 's/^Environment=//p' "$unit" > "$dir/unit.env"
-    pre=$(sed -n 's/^ExecStartPre=-//p' "$unit")
+    pre=$(sed -n 's/^ExecStartPre=-//p' "$unit" | sed 's/[$][$]/$/g')
     start=$(sed -n 's/^ExecStart=//p' "$unit")
     (
         set -a
         [ -f "$dir/env" ] && . "$dir/env"
         . "$dir/unit.env"
         set +a
-        if [ -n "$pre" ] && [ -x "${{pre%% *}}" ]; then
-            $pre || true
+        if [ -n "$pre" ]; then
+            eval "$pre" || true
         fi
         exec $start
     ) < /dev/null >> "$dir/agent.log" 2>&1 &
@@ -660,9 +660,12 @@ fn systemd_mode_installs_the_units_and_starts_through_systemctl() {
             .collect()
     };
     let agent = unit("molt-agent.service");
+    let chain = format!(
+        "/bin/sh -c 'for u in {root}/bin/updater {root}/bin/updater.previous {root}/current/bin/updater; do case \"$$(timeout 10 \"$$u\" --version 2>/dev/null)\" in \"updater \"[0-9]*) exec \"$$u\" recover;; esac; done; echo \"no updater under {root} runs\" >&2; exit 1'"
+    );
     assert_eq!(
         lines(&agent, "ExecStartPre"),
-        [format!("ExecStartPre=-{root}/bin/updater recover")]
+        [format!("ExecStartPre=-{chain}")]
     );
     assert_eq!(
         lines(&agent, "ExecStart"),
@@ -676,10 +679,7 @@ fn systemd_mode_installs_the_units_and_starts_through_systemctl() {
         ]
     );
     let recover = unit("molt-recover.service");
-    assert_eq!(
-        lines(&recover, "ExecStart"),
-        [format!("ExecStart={root}/bin/updater recover")]
-    );
+    assert_eq!(lines(&recover, "ExecStart"), [format!("ExecStart={chain}")]);
     assert_eq!(
         lines(&recover, "Environment"),
         [
@@ -753,6 +753,44 @@ fn systemd_mode_installs_the_units_and_starts_through_systemctl() {
         !layout.agent_pid().exists(),
         "systemd mode keeps no pid file"
     );
+    // The chain, run as systemd runs it (`$$` is a `$`): with bin/updater broken it recovers
+    // through the next updater, which repairs bin/updater.
+    let bin = host.layout().updater_bin();
+    let good = std::fs::read(&bin).unwrap();
+    for broken in [&b""[..], b"#!/bin/sh\nexit 3\n", b"\x7fELF truncated"] {
+        std::fs::write(&bin, broken).unwrap();
+        let script = chain
+            .strip_prefix("/bin/sh -c '")
+            .and_then(|c| c.strip_suffix('\''))
+            .unwrap()
+            .replace("$$", "$");
+        std::fs::copy(workspace_bin("updater"), host.layout().updater_previous()).unwrap();
+        let out = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .env("MOLT_ROOT", host.root())
+            .env("MOLT_CONFIG", host.config())
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    fake.join("bin").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{broken:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("replaced it with this updater"),
+            "{broken:?}: {}",
+            text(&out)
+        );
+        assert!(
+            molt_host::process::runs_as_updater(&bin).is_ok(),
+            "{broken:?}"
+        );
+        assert_eq!(std::fs::read(&bin).unwrap(), good, "{broken:?}");
+    }
 }
 
 #[test]

@@ -125,8 +125,44 @@ fn install_standalone_updater(layout: &HostLayout, v: &Version) -> Result<(), Up
     }
     let src = layout.version_dir(v).join("bin").join("updater");
     let bytes = std::fs::read(&src).map_err(|e| UpdateError::io("read", &src, e))?;
-    state::write_atomic(&dest, &bytes).map_err(UpdateError::state)?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| UpdateError::io("chmod", &dest, e))
+    state::write_atomic_mode(&dest, &bytes, 0o755).map_err(UpdateError::state)
+}
+
+/// Puts a runnable `bin/updater` back when it does not run (empty, truncated, not
+/// executable, failing `--version`): this updater, which does run, copies itself there. The
+/// agent's launcher, `ExecStartPre` and the recover timer fall back to `bin/updater.previous`
+/// or the current version's updater meanwhile; the repair happens here, on the updater's
+/// side, which may be the only side allowed to write `bin/`. A `bin/updater` that is missing
+/// is left to the first install (or the commit) that puts it in place.
+pub fn repair_standalone_updater(layout: &HostLayout) {
+    let dest = layout.updater_bin();
+    if std::fs::symlink_metadata(&dest).is_err() {
+        return;
+    }
+    let Ok(me) = std::env::current_exe() else {
+        return;
+    };
+    if std::fs::canonicalize(&me).ok() == std::fs::canonicalize(&dest).ok() {
+        return; // this is bin/updater, and it runs
+    }
+    let Err(why) = molt_host::process::runs_as_updater(&dest) else {
+        return;
+    };
+    let repaired = std::fs::read(&me)
+        .map_err(|e| UpdateError::io("read", &me, e))
+        .and_then(|bytes| {
+            state::write_atomic_mode(&dest, &bytes, 0o755).map_err(UpdateError::state)
+        });
+    match repaired {
+        Ok(()) => tracing::warn!(
+            "{} did not run ({why}); replaced it with this updater ({})",
+            dest.display(),
+            me.display()
+        ),
+        Err(e) => tracing::warn!(
+            "{} does not run ({why}), and cannot be repaired: {}",
+            dest.display(),
+            molt_schema::cli::one_line(&e)
+        ),
+    }
 }

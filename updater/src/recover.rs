@@ -210,6 +210,7 @@ pub fn recover_locked(
     svc: &mut dyn ServiceManager,
 ) -> Result<Recovered, UpdateError> {
     let layout = &settings.layout;
+    crate::commit::repair_standalone_updater(layout);
     let journal: Option<Journal> = match state::read_json(&layout.journal()) {
         Ok(j) => j,
         Err(state::StateError::Corrupt { path, detail }) => {

@@ -179,11 +179,18 @@ fn replace(bin: &Path, previous: &Path, new: &Path, version: &Version) -> Result
         path: previous.to_owned(),
         source,
     };
-    state::write_atomic(previous, &current).map_err(|e| keep(e.into()))?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(previous, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| keep(e.into()))?;
-    self_replace::self_replace(new).map_err(ReplaceError::SelfReplace)
+    state::write_atomic_mode(previous, &current, 0o755).map_err(|e| keep(e.into()))?;
+    self_replace::self_replace(new).map_err(ReplaceError::SelfReplace)?;
+    // self-replace renames a copy into place but syncs neither: make the new file and its
+    // directory entry durable before this updater re-execs it.
+    let synced = std::fs::File::open(bin)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::File::open(bin.parent().unwrap_or(Path::new("."))))
+        .and_then(|d| d.sync_all());
+    if let Err(e) = synced {
+        tracing::warn!("cannot sync {} after replacing it: {e}", bin.display());
+    }
+    Ok(())
 }
 
 /// Replaces this process with `program`, same arguments, marked as re-exec'd.

@@ -89,6 +89,27 @@ impl HostLayout {
     pub fn updater_previous(&self) -> PathBuf {
         self.bin_dir().join("updater.previous")
     }
+    /// The updaters to run, in the order to try them: the standalone `bin/updater`, the one
+    /// it replaced (`bin/updater.previous`), then the current version's.
+    pub fn updater_candidates(&self) -> [PathBuf; 3] {
+        [
+            self.updater_bin(),
+            self.updater_previous(),
+            self.current_link().join("bin").join("updater"),
+        ]
+    }
+    /// The first of [`HostLayout::updater_candidates`] that runs ([`process::runs_as_updater`]),
+    /// with why each one before it was passed over.
+    pub fn runnable_updater(&self) -> (Option<PathBuf>, Vec<String>) {
+        let mut passed_over = Vec::new();
+        for candidate in self.updater_candidates() {
+            match process::runs_as_updater(&candidate) {
+                Ok(()) => return (Some(candidate), passed_over),
+                Err(why) => passed_over.push(format!("{}: {why}", candidate.display())),
+            }
+        }
+        (None, passed_over)
+    }
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
@@ -189,5 +210,46 @@ mod tests {
         assert_eq!(layout.current_version(), Some(v.clone()));
         std::fs::create_dir_all(layout.versions_dir().join("not-a-version")).unwrap();
         assert_eq!(layout.installed_versions(), vec![v]);
+    }
+
+    /// An updater that does not run is passed over for the next: empty, not executable,
+    /// failing, another program, or (an empty file, which a shell would run as a script
+    /// that succeeds) nothing at all.
+    #[test]
+    fn the_first_updater_that_runs_is_chosen() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HostLayout::new(dir.path());
+        std::fs::create_dir_all(layout.bin_dir()).unwrap();
+        let script = |path: &Path, text: &str, mode: u32| {
+            std::fs::write(path, text).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let (bin, previous) = (layout.updater_bin(), layout.updater_previous());
+        script(&previous, "#!/bin/sh\necho updater 1.2.3\n", 0o755);
+        for (text, mode, why) in [
+            ("", 0o755, "empty"),
+            ("#!/bin/sh\necho updater 9.9.9\n", 0o644, "not executable"),
+            ("#!/bin/sh\nexit 3\n", 0o755, "exit status: 3"),
+            ("#!/bin/sh\necho agent 1.2.3\n", 0o755, "agent 1.2.3"),
+            ("\x7fELF\x02\x01", 0o755, ""),
+        ] {
+            script(&bin, text, mode);
+            let (chosen, passed_over) = layout.runnable_updater();
+            assert_eq!(
+                chosen.as_ref(),
+                Some(&previous),
+                "{text:?}: {passed_over:?}"
+            );
+            assert_eq!(passed_over.len(), 1, "{text:?}");
+            assert!(passed_over[0].contains(why), "{text:?}: {passed_over:?}");
+        }
+        script(&bin, "#!/bin/sh\necho updater 2.0.0\n", 0o755);
+        assert_eq!(layout.runnable_updater().0, Some(bin.clone()));
+        std::fs::remove_file(&bin).unwrap();
+        std::fs::remove_file(&previous).unwrap();
+        let (chosen, passed_over) = layout.runnable_updater();
+        assert_eq!(chosen, None);
+        assert_eq!(passed_over.len(), 3, "{passed_over:?}");
     }
 }

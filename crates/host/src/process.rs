@@ -128,6 +128,42 @@ pub fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> Result<Boun
     })
 }
 
+/// Whether `program` is an updater that runs: a regular, executable, non-empty file whose
+/// `--version` prints `updater <version>` within 10 s. The reason when it is not (missing,
+/// empty, truncated, not executable, hung, another program).
+pub fn runs_as_updater(program: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(program).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() == 0 {
+        return Err("empty".into());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err("not executable".into());
+    }
+    let ran = run_bounded(
+        Command::new(program).arg("--version"),
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| e.to_string())?;
+    let printed = ran.stdout.trim();
+    let ok = ran.status.success()
+        && printed
+            .strip_prefix("updater ")
+            .is_some_and(|v| v.parse::<molt_schema::Version>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`--version` exited with {} and printed {:?}",
+            ran.status,
+            printed.chars().take(200).collect::<String>()
+        ))
+    }
+}
+
 /// What `/proc/<pid>/stat` says about a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcStat {

@@ -134,6 +134,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     sync_dir(dir)
 }
 
+/// [`write_atomic`] for a program: the temporary file has its final `mode` from the start,
+/// so there is no instant at which `path` exists without it (a crash between a write and a
+/// chmod left a standalone updater no one could run).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file in", dir))?;
+    // the umask may have taken bits off at creation
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", path))?;
+    tmp.write_all(bytes).map_err(io_err("write", path))?;
+    tmp.as_file().sync_all().map_err(io_err("sync", path))?;
+    tmp.persist(path).map_err(|e| StateError::Io {
+        action: "rename into place",
+        path: path.to_owned(),
+        source: e.error,
+    })?;
+    sync_dir(dir)
+}
+
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Corrupt {
