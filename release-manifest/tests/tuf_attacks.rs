@@ -469,6 +469,13 @@ async fn endless_data_oversized_target_is_cut_off() {
         matches!(err, ReadError::Trust(TrustError::LengthExceeded { .. })),
         "{err:?}"
     );
+    // the message names the package, and the role that set its length
+    let said = err.to_string();
+    assert!(
+        said.starts_with("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz is larger than")
+            && said.contains("the length targets.json lists for it"),
+        "{said}"
+    );
 }
 
 #[tokio::test]
@@ -479,6 +486,26 @@ async fn endless_data_oversized_metadata_is_cut_off() {
     std::fs::write(f.metadata("timestamp.json"), ts).unwrap();
     let err = f.load().await.unwrap_err();
     assert!(matches!(err, TrustError::LengthExceeded { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with("timestamp.json is larger than")
+            && err.to_string().contains("this host's limit for it"),
+        "{err}"
+    );
+    // an oversized snapshot is named as the snapshot, limited by what timestamp.json lists
+    // (tough's message named timestamp.json as the file that was too long)
+    let f = Fixture::new().await;
+    let mut snap = std::fs::read(f.metadata("2.snapshot.json")).unwrap();
+    snap.extend(std::iter::repeat_n(b' ', 4096));
+    std::fs::write(f.metadata("2.snapshot.json"), snap).unwrap();
+    let err = f.load().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("2.snapshot.json is larger than")
+            && err
+                .to_string()
+                .contains("the length timestamp.json lists for it"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -65,8 +65,16 @@ pub enum TrustError {
         expected: String,
         calculated: String,
     },
-    #[error("{what} is larger than its limit of {max} bytes (endless data)")]
-    LengthExceeded { what: String, max: u64 },
+    #[error("{what} is larger than {max} bytes, {limit} (endless data)")]
+    LengthExceeded {
+        /// The file that was too long (its name in the repository).
+        what: String,
+        max: u64,
+        /// Who set the limit: the length the role above lists, or this host's own.
+        limit: String,
+    },
+    #[error("the repository offers more than {max} root.json updates in a row (endless data)")]
+    TooManyRootUpdates { max: u64 },
     #[error("the manifest is for region {found}, but this host is in {expected}")]
     WrongRegion { expected: String, found: String },
     #[error(
@@ -228,14 +236,10 @@ impl TrustError {
                 max_size,
                 specifier,
                 ..
-            } => TrustError::LengthExceeded {
-                what: specifier.to_owned(),
-                max: max_size,
-            },
+            } => length_exceeded("a file", max_size, specifier),
             E::MaxUpdatesExceeded {
                 max_root_updates, ..
-            } => TrustError::LengthExceeded {
-                what: "root.json updates".into(),
+            } => TrustError::TooManyRootUpdates {
                 max: max_root_updates,
             },
             E::SystemTimeSteppedBackward {
@@ -259,7 +263,7 @@ impl TrustError {
                 let inner = std::error::Error::source(&source)
                     .and_then(|e| e.downcast_ref::<tough::error::Error>());
                 if let Some(found) = inner.and_then(verification_in_stream) {
-                    found
+                    found.about(file_of(&url))
                 } else if source.kind() == TransportErrorKind::FileNotFound {
                     TrustError::NotFound { url: redact(&url) }
                 } else {
@@ -311,11 +315,47 @@ fn verification_in_stream(err: &tough::error::Error) -> Option<TrustError> {
             max_size,
             specifier,
             ..
-        } => Some(TrustError::LengthExceeded {
-            what: (*specifier).to_owned(),
-            max: *max_size,
-        }),
+        } => Some(length_exceeded("a file", *max_size, specifier)),
         _ => None,
+    }
+}
+
+/// tough names the limit by who set it (`specifier`): a role that lists the file's length
+/// (`timestamp.json` for the snapshot), or an argument of the client (`max_timestamp_size
+/// argument`: this host's own limit). Its message named that as the file that was too long.
+fn length_exceeded(what: &str, max: u64, specifier: &str) -> TrustError {
+    let limit = if specifier.ends_with("argument") {
+        "this host's limit for it".to_owned()
+    } else {
+        format!("the length {specifier} lists for it")
+    };
+    TrustError::LengthExceeded {
+        what: what.to_owned(),
+        max,
+        limit,
+    }
+}
+
+/// The last segment of a fetched URL's path: the file's name in the repository
+/// (`snapshot.json`, `2.snapshot.json`, `<sha256>.molt-agent-linux-amd64.tar.gz`).
+fn file_of(url: &Url) -> String {
+    url.path_segments()
+        .and_then(|mut s| s.next_back().map(str::to_owned))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| redact(url))
+}
+
+impl TrustError {
+    /// Names the file a length failure was about, when tough's error did not.
+    fn about(self, file: String) -> TrustError {
+        match self {
+            TrustError::LengthExceeded { max, limit, .. } => TrustError::LengthExceeded {
+                what: file,
+                max,
+                limit,
+            },
+            other => other,
+        }
     }
 }
 
@@ -801,7 +841,9 @@ impl LoadedRegion {
         })?;
         let stream_failure = failure.lock().ok().and_then(|mut g| g.take());
         match (stream_failure, outcome) {
-            (Some(e), _) => Err(ReadError::Trust(TrustError::from_tough(e))),
+            (Some(e), _) => Err(ReadError::Trust(
+                TrustError::from_tough(e).about(name.to_owned()),
+            )),
             (None, Err(e)) => Err(ReadError::Consumer(e)),
             (None, Ok(value)) => Ok(Verified(value)),
         }
