@@ -54,7 +54,7 @@ fn updater_installs_from_a_private_bucket_with_sigv4() {
     for (k, v) in s3.env_for_credentials() {
         host.env.push((k.into(), v));
     }
-    let out = host.update("latest", &[]);
+    let out = host.update("1.0.0", &[]);
     assert!(
         out.status.success(),
         "{}\nserver log:\n{}",
@@ -62,6 +62,27 @@ fn updater_installs_from_a_private_bucket_with_sigv4() {
         s3.log()
     );
     assert_eq!(host.assert_healthy().to_string(), "1.0.0");
+    // the same source as people type it: no trailing slash, a doubled one, a bucket root
+    // with the repository under it (each a fresh update: 2.0.0, then back to 1.0.0)
+    repo.publish("2.0.0", Status::Active);
+    mirror(
+        &repo.path(),
+        &s3.root().join("private-molt-us-east-1").join("molt"),
+    );
+    for (source, target) in [
+        ("s3://private-molt-us-east-1/molt", "2.0.0"),
+        ("s3://private-molt-us-east-1/molt//", "1.0.0"),
+    ] {
+        host.source = source.into();
+        let out = host.update(target, &["--allow-downgrade"]);
+        assert!(
+            out.status.success(),
+            "{source}: {}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s3.log()
+        );
+        assert_eq!(host.assert_healthy().to_string(), target, "{source}");
+    }
 }
 
 #[test]
