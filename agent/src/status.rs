@@ -180,7 +180,7 @@ pub fn trust(settings: &AgentSettings, region: Option<&Region>, now: Timestamp) 
                 return Fact::Unknown {
                     error,
                     hint: Some(
-                        "no verified metadata yet: the first update (or `updater --dry-run`) fetches it".into(),
+                        "no verified metadata yet: the first update fetches it (a dry run reads but keeps nothing)".into(),
                     ),
                 };
             }
@@ -215,7 +215,10 @@ pub fn wave(
 ) -> Fact<WaveInfo> {
     let unknown = |error: String| Fact::Unknown {
         error,
-        hint: Some("the first update (or `updater --dry-run`) caches the region's manifest".into()),
+        hint: Some(
+            "the first update caches the region's manifest (a dry run reads but keeps nothing)"
+                .into(),
+        ),
     };
     let (Some(region), Some(platform)) = (region, platform) else {
         return unknown("the region or platform is not known".into());

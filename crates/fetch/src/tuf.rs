@@ -130,11 +130,22 @@ impl TrustError {
 
     /// True when another attempt may succeed: the repository could not be reached, or
     /// answered with a 5xx, 408 or 429, or a transfer broke off ([`retry::is_transient`]).
+    ///
+    /// A transfer that hit its deadline or the throughput floor is not retried: metadata
+    /// files are small, and a server that trickles them would otherwise hold the update
+    /// lock for the whole deadline on every attempt.
     pub fn is_transient(&self) -> bool {
+        use crate::transport::TransferError;
         match self {
             TrustError::Transport { source, .. } => source
                 .downcast_ref::<tough::TransportError>()
-                .is_some_and(retry::is_transient),
+                .is_some_and(|e| {
+                    retry::is_transient(e)
+                        && !matches!(
+                            retry::transfer_error(e),
+                            Some(TransferError::Deadline { .. } | TransferError::Throughput { .. })
+                        )
+                }),
             _ => false,
         }
     }
@@ -540,10 +551,27 @@ where
         ),
     };
     let what = format!("load {}", redact(&metadata_url));
-    let (repo, manifest_bytes) = retry::run(&opts.retry, &what, TrustError::is_transient, || {
+    // Retries stop after this much time in all, whatever the policy would still allow.
+    const BUDGET: std::time::Duration = std::time::Duration::from_secs(300);
+    let started = std::time::Instant::now();
+    let retryable = |e: &TrustError| e.is_transient() && started.elapsed() < BUDGET;
+    // What the copy was made from: each retry starts from it again, not from what a failed
+    // attempt accepted (a newer timestamp, then a 503 on the snapshot, then a stale edge
+    // serving the older timestamp would read as a rollback attack).
+    let copied_from = opts
+        .datastore
+        .zip(opts.region)
+        .map(|(base, region)| base.join(region.as_str()));
+    let attempt = std::sync::atomic::AtomicU32::new(0);
+    let (repo, manifest_bytes) = retry::run(&opts.retry, &what, retryable, || {
         let (metadata_url, targets_url) = (metadata_url.clone(), targets_url.clone());
         let (transport, scratch) = (opts.transport.clone(), scratch.path());
+        let again = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+        let copied_from = copied_from.clone();
         async move {
+            if again {
+                refresh_copy(scratch, copied_from.as_deref())?;
+            }
             // Again on each attempt: an earlier one may have accepted a newer root.
             let trusted_root = newest_root(opts.trusted_root, scratch);
             let repo = RepositoryLoader::new(&trusted_root, metadata_url, targets_url)
@@ -653,6 +681,24 @@ fn copy_datastore(live: &Path) -> Result<tempfile::TempDir, TrustError> {
     Ok(scratch)
 }
 
+/// Empties `scratch` and copies the datastore at `from` into it again (nothing for a load
+/// without a datastore).
+fn refresh_copy(scratch: &Path, from: Option<&Path>) -> Result<(), TrustError> {
+    for entry in std::fs::read_dir(scratch)
+        .map_err(ds_err("list", scratch))?
+        .filter_map(Result::ok)
+    {
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(ds_err("remove", &path))?;
+        }
+    }
+    match from {
+        Some(from) => copy_files(from, scratch),
+        None => Ok(()),
+    }
+}
+
 fn copy_files(from_dir: &Path, to_dir: &Path) -> Result<(), TrustError> {
     if let Ok(entries) = std::fs::read_dir(from_dir) {
         for entry in entries.filter_map(Result::ok) {
@@ -670,7 +716,14 @@ fn copy_files(from_dir: &Path, to_dir: &Path) -> Result<(), TrustError> {
 /// the live link does not name, and their half-made links (`.<region>.XXXXXX.link`). Loads
 /// with a datastore run under the update lock, so no other load is using them.
 fn remove_stale_copies(base: &Path, region: &Region, live: &Path) {
-    let current = std::fs::read_link(live).ok();
+    // The copy the live link names, by its name (a link written as `./.<region>.X` or as an
+    // absolute path names it too); a live link that cannot be read keeps every copy.
+    let Ok(current) = std::fs::read_link(live) else {
+        return;
+    };
+    let Some(current) = current.file_name().map(|n| n.to_owned()) else {
+        return;
+    };
     let prefix = format!(".{region}.");
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
@@ -678,7 +731,7 @@ fn remove_stale_copies(base: &Path, region: &Region, live: &Path) {
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let text = name.to_string_lossy();
-        if !text.starts_with(&prefix) || current.as_deref() == Some(Path::new(&name)) {
+        if !text.starts_with(&prefix) || name == current {
             continue;
         }
         let path = entry.path();

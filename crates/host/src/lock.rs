@@ -43,25 +43,50 @@ impl UpdateLock {
                 source,
             })?;
         }
-        let file = open_lock_file(path).map_err(|source| LockError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        match file.try_lock() {
-            Ok(()) => Ok(UpdateLock {
-                _file: file,
-                path: path.to_owned(),
-            }),
-            Err(TryLockError::WouldBlock) => Err(LockError::Held {
-                path: path.to_owned(),
-            }),
-            Err(TryLockError::Error(source)) => Err(LockError::Lock {
+        // A lock on a file that is no longer at `path` (another updater replaced a link or a
+        // FIFO there between our open and our lock) locks nothing: try again, a few times.
+        for _ in 0..5 {
+            let file = open_lock_file(path).map_err(|source| LockError::Open {
                 path: path.to_owned(),
                 source,
-            }),
+            })?;
+            match file.try_lock() {
+                Ok(()) if still_at(&file, path) => {
+                    return Ok(UpdateLock {
+                        _file: file,
+                        path: path.to_owned(),
+                    });
+                }
+                Ok(()) => continue,
+                Err(TryLockError::WouldBlock) => {
+                    return Err(LockError::Held {
+                        path: path.to_owned(),
+                    });
+                }
+                Err(TryLockError::Error(source)) => {
+                    return Err(LockError::Lock {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
         }
+        Err(LockError::Held {
+            path: path.to_owned(),
+        })
     }
+}
 
+/// Whether `path` still names the file `file` is open on (same device and inode).
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+impl UpdateLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -94,7 +119,19 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
 
 /// Whether an updater holds the lock right now (the agent asks before it launches one).
 /// A lock file that cannot be opened counts as not held: the updater will say why.
+///
+/// A link in the lock's place is not replaced here: an older updater that followed it may
+/// hold a lock on what it points at, so that file is asked (opened read-only, never
+/// created); the next updater replaces the link.
 pub fn update_in_progress(path: &Path) -> bool {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let target = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path);
+        return target.is_ok_and(|f| matches!(f.try_lock(), Err(TryLockError::WouldBlock)));
+    }
     path.exists() && matches!(UpdateLock::try_acquire(path), Err(LockError::Held { .. }))
 }
 

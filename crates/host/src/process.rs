@@ -30,7 +30,8 @@ pub struct Bounded {
     pub status: std::process::ExitStatus,
     /// The first [`KEPT_OUTPUT`] bytes of stdout, lossily decoded.
     pub stdout: String,
-    /// The first [`KEPT_OUTPUT`] bytes of stderr.
+    /// The last [`KEPT_OUTPUT`] bytes of stderr, where a failing program's `error:` and
+    /// `hint:` lines are (after any log lines).
     pub stderr: String,
 }
 
@@ -75,7 +76,10 @@ pub fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> Result<Boun
             command: command.clone(),
             source,
         })?;
-    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+        tail: bool,
+    ) -> std::thread::JoinHandle<String> {
         std::thread::spawn(move || {
             let mut kept = Vec::new();
             if let Some(mut p) = pipe {
@@ -84,15 +88,25 @@ pub fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> Result<Boun
                     if n == 0 {
                         break;
                     }
-                    let room = KEPT_OUTPUT.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
+                    if tail {
+                        kept.extend_from_slice(&buf[..n]);
+                        if kept.len() > 2 * KEPT_OUTPUT {
+                            kept.drain(..kept.len() - KEPT_OUTPUT);
+                        }
+                    } else {
+                        let room = KEPT_OUTPUT.saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
                 }
+            }
+            if kept.len() > KEPT_OUTPUT {
+                kept.drain(..kept.len() - KEPT_OUTPUT);
             }
             String::from_utf8_lossy(&kept).into_owned()
         })
     }
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let stdout = drain(child.stdout.take(), false);
+    let stderr = drain(child.stderr.take(), true);
     let started = std::time::Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -252,7 +266,7 @@ mod tests {
         let ran = run_bounded(
             Command::new("sh").args([
                 "-c",
-                "head -c 200000 /dev/zero | tr '\\0' a; head -c 200000 /dev/zero >&2; exit 3",
+                "head -c 200000 /dev/zero | tr '\\0' a; head -c 200000 /dev/zero >&2; echo error: the end >&2; exit 3",
             ]),
             Duration::from_secs(10),
         )
@@ -260,6 +274,10 @@ mod tests {
         assert_eq!(ran.status.code(), Some(3));
         assert_eq!(ran.stdout, "a".repeat(KEPT_OUTPUT));
         assert_eq!(ran.stderr.len(), KEPT_OUTPUT);
+        assert!(
+            ran.stderr.ends_with("error: the end\n"),
+            "the tail of stderr is kept"
+        );
 
         // a grandchild that keeps the pipes open does not hold the caller
         let started = Instant::now();

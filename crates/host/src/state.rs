@@ -46,8 +46,11 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> S
 /// create, append to or read a file anywhere. The error for a link names it and the fix.
 pub fn open_no_follow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC;
-    options
+    // O_NONBLOCK: a FIFO planted in the file's place must not block the open (with the
+    // update lock held); it is refused below. Regular files ignore the flag.
+    let flags =
+        rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NONBLOCK;
+    let file = options
         .custom_flags(flags.bits() as i32)
         .open(path)
         .map_err(|e| {
@@ -56,8 +59,16 @@ pub fn open_no_follow(path: &Path, options: &mut OpenOptions) -> std::io::Result
             } else {
                 e
             }
-        })
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(NOT_A_FILE));
+    }
+    Ok(file)
 }
+
+/// What [`open_no_follow`] says of a FIFO, a device or a directory.
+pub const NOT_A_FILE: &str =
+    "it is not a regular file (a FIFO, a device or a directory); remove it (molt makes a new file)";
 
 /// What [`open_no_follow`] says of a link.
 pub const LINK_REFUSED: &str = "it is a symbolic link, and molt never follows one in its state directory; remove the link (molt makes a new file)";
@@ -82,18 +93,35 @@ pub fn open_append(path: &Path, read: bool) -> std::io::Result<File> {
 /// only, never what it points at) with a warning, so the caller can make a new file; else
 /// gives `error` back. For the files that are molt's own (the lock, the history, the logs): a
 /// host whose lock or history is a link must not stop updating until a person removes it.
+/// A FIFO, socket or device in the file's place is removed the same way.
 pub fn remove_link(path: &Path, error: std::io::Error) -> std::io::Result<()> {
-    if !is_link(path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Err(error);
+    };
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        tracing::warn!(
+            "{} is a symbolic link to {}, and molt never follows one in its state directory; removing the link and making a new file",
+            path.display(),
+            std::fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "(unreadable)".into())
+        );
+    } else if !kind.is_file() && !kind.is_dir() {
+        tracing::warn!(
+            "{} is not a regular file (a FIFO, a socket or a device); removing it and making a new file",
+            path.display()
+        );
+    } else {
         return Err(error);
     }
-    tracing::warn!(
-        "{} is a symbolic link to {}, and molt never follows one in its state directory; removing the link and making a new file",
-        path.display(),
-        std::fs::read_link(path)
-            .map(|t| t.display().to_string())
-            .unwrap_or_else(|_| "(unreadable)".into())
-    );
     std::fs::remove_file(path).map_err(|_| error)
+}
+
+/// Whether `e` is [`open_no_follow`]'s refusal of a link or of a file that is not regular.
+fn is_refused(e: &StateError) -> bool {
+    matches!(e, StateError::Io { source, .. }
+        if [LINK_REFUSED, NOT_A_FILE].contains(&source.to_string().as_str()))
 }
 
 fn is_link(path: &Path) -> bool {
@@ -335,20 +363,26 @@ pub const HISTORY_KEEP: usize = 1000;
 /// The size at which `history.jsonl` is shortened to its newest [`HISTORY_KEEP`] records.
 pub const HISTORY_COMPACT_BYTES: u64 = 1024 * 1024;
 
-/// Rewrites the history with its newest [`HISTORY_KEEP`] records, atomically (a crash
-/// leaves the long file or the short one, never a mix). Unreadable lines are dropped with it.
+/// Rewrites the history with its newest [`HISTORY_KEEP`] lines, as they are (never parsed
+/// and written again: a record of a newer updater keeps every field this one does not
+/// know), atomically (a crash leaves the long file or the short one, never a mix) and with
+/// the file's own mode.
 fn compact_history(path: &Path) -> Result<(), StateError> {
-    let records = read_history(path)?;
-    let keep = &records[records.len().saturating_sub(HISTORY_KEEP)..];
-    let mut bytes = Vec::new();
-    for r in keep {
-        serde_json::to_writer(&mut bytes, r).map_err(|e| StateError::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        bytes.push(b'\n');
+    use std::os::unix::fs::PermissionsExt as _;
+    let bytes = read_no_follow(path).map_err(io_err("read", path))?;
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    let mut kept = Vec::with_capacity(bytes.len() / 2);
+    for line in &lines[lines.len().saturating_sub(HISTORY_KEEP)..] {
+        kept.extend_from_slice(line);
+        kept.push(b'\n');
     }
-    write_atomic(path, &bytes)
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    write_atomic_mode(path, &kept, mode)
 }
 
 /// Before a program's output is appended to the log at `path` for a new run: a log past
@@ -393,8 +427,8 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRecord>, StateError> {
     let bytes = match read_no_follow(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        // Not molt's history: the next append replaces the link with a file.
-        Err(e) if is_link(path) => {
+        // Not molt's history: the next append replaces the link (or FIFO) with a file.
+        Err(e) if is_link(path) || e.to_string() == NOT_A_FILE => {
             tracing::warn!("{}: {e}; reading no history from it", path.display());
             return Ok(Vec::new());
         }
@@ -486,13 +520,17 @@ impl Quarantine {
         };
         match read_json(path) {
             Ok(q) => Ok(q.unwrap_or(empty)),
-            Err(e) => {
+            // Damaged, a link or a FIFO: nothing in it can be read, and the next quarantine
+            // written replaces it. A file that cannot be read for another reason (EIO,
+            // EACCES) may hold entries, so it is an error, never overwritten as empty.
+            Err(e) if matches!(&e, StateError::Corrupt { .. }) || is_refused(&e) => {
                 tracing::warn!(
                     "{}; taking the quarantine as empty: a version it held may be tried again, and is quarantined again if it fails",
                     molt_schema::cli::one_line(&e)
                 );
                 Ok(empty)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -631,6 +669,23 @@ mod tests {
         assert_eq!(std::fs::read(&log).unwrap(), b"line\n");
 
         assert_eq!(std::fs::read(&outside).unwrap(), b"precious\n");
+
+        // a FIFO never blocks an open: refused when read, replaced for molt's own files
+        let fifo = |p: &Path| {
+            let _ = std::fs::remove_file(p);
+            rustix::fs::mkfifoat(rustix::fs::CWD, p, rustix::fs::Mode::RWXU).unwrap();
+        };
+        let quarantine = state.join("quarantine.json");
+        fifo(&quarantine);
+        assert!(Quarantine::load(&quarantine).unwrap().entries.is_empty());
+        fifo(&history);
+        assert!(read_history(&history).unwrap().is_empty());
+        append_history(&history, &record("after a fifo")).unwrap();
+        assert_eq!(read_history(&history).unwrap().len(), 1);
+        let lock = state.join("update.lock");
+        fifo(&lock);
+        drop(crate::lock::UpdateLock::try_acquire(&lock).unwrap());
+        assert!(std::fs::metadata(&lock).unwrap().is_file());
     }
 
     /// The history and the logs are bounded: past the limit the history keeps its newest
