@@ -32,19 +32,10 @@ else
   export MOLT_BENCH_GUNZIP=gzip
 fi
 
-# Fake programs: shared libraries and programs from the system, concatenated and cut to size.
-fake_program() { # out seed
-  local out=$1 seed=$2
-  find /usr/lib /usr/bin -type f -size +100k 2>/dev/null | sort | tail -n "+$seed" \
-    | while IFS= read -r file; do cat "$file" 2>/dev/null || true; done \
-    | head -c "$((size_mib * 1024 * 1024))" >"$out" || true
-  if [ "$(stat -c %s "$out")" -lt "$((size_mib * 1024 * 1024))" ]; then
-    echo "error: not enough files under /usr/lib and /usr/bin for ${size_mib} MiB" >&2
-    exit 1
-  fi
-}
-fake_program "$work/agent" 1
-fake_program "$work/updater" 7
+# shellcheck source=scripts/lib.sh
+. "$repo_root/scripts/lib.sh"
+fake_program "$work/agent" 1 "$size_mib"
+fake_program "$work/updater" 7 "$size_mib"
 
 cargo build --quiet --release -p molt-tests --example bench-download
 "${CARGO_TARGET_DIR:-target}/release/examples/bench-download" "$work/agent" "$work/updater" "$runs"

@@ -1,4 +1,5 @@
-# Shared by the demo and the benchmarks; source it, then call `make_work PREFIX`.
+# Shared by the demo and the benchmarks; source it, then call `make_work PREFIX` (and, for the
+# install benchmarks, `fake_program OUT SEED SIZE_MIB`).
 # shellcheck shell=bash
 
 # Creates a temporary directory in $work (a physical path) and arranges that, on exit,
@@ -22,4 +23,18 @@ stop_work() {
     done
   done
   rm -rf "$work"
+}
+
+# A fake program of SIZE_MIB MiB that compresses as a real binary does: shared libraries and
+# programs from the system, concatenated and cut to size. SEED picks where in the sorted list
+# of files it starts, so two programs differ.
+fake_program() { # out seed size_mib
+  local out=$1 seed=$2 size_mib=$3
+  find /usr/lib /usr/bin -type f -size +100k 2>/dev/null | sort | tail -n "+$seed" \
+    | while IFS= read -r file; do cat "$file" 2>/dev/null || true; done \
+    | head -c "$((size_mib * 1024 * 1024))" >"$out" || true
+  if [ "$(stat -c %s "$out")" -lt "$((size_mib * 1024 * 1024))" ]; then
+    echo "error: not enough files under /usr/lib and /usr/bin for ${size_mib} MiB" >&2
+    exit 1
+  fi
 }

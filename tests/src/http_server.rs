@@ -202,6 +202,23 @@ impl Faults {
         self.lock().clear();
     }
 
+    /// The rules that still have uses left, as `fault on path (n left)`, for a test's
+    /// message.
+    pub fn pending_rules(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|r| r.remaining != Some(0))
+            .map(|r| {
+                format!(
+                    "{:?} on {} ({} left)",
+                    r.fault,
+                    r.path.as_deref().unwrap_or("every path"),
+                    r.remaining.map_or("always".to_owned(), |n| n.to_string())
+                )
+            })
+            .collect()
+    }
+
     /// How many rules still have uses left.
     pub fn pending(&self) -> usize {
         self.lock()

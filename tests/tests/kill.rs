@@ -153,6 +153,22 @@ fn killed_at_random_instants_recovers() {
             .unwrap();
         let (from, delay) = if i % 5 == 0 {
             (spawned, next() % (full + full / 10 + 1))
+        } else if i % 5 == 2 || i % 5 == 4 {
+            // The download and unpack ("started") take most of an update on a slow or busy
+            // machine: two runs in five wait for the switch to begin, then kill within the
+            // few hundred milliseconds of the stop, the switch, the health check and the
+            // soak, so the instants cover those steps whatever the machine's speed.
+            let later = loop {
+                match journal_field(&journal, "step") {
+                    Some(step) if step != "started" => break Some(Instant::now()),
+                    _ if child.try_wait().unwrap().is_some() => break None,
+                    _ => std::thread::sleep(Duration::from_millis(1)),
+                }
+            };
+            match later {
+                Some(at) => (at, next() % 400),
+                None => (spawned, 0),
+            }
         } else {
             match wait_for_journal(&mut child) {
                 Some(at) => (at, next() % (after_journal + 1)),

@@ -146,20 +146,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync,
 /// rename over `path`, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err("create a temporary file in", dir))?;
-    tmp.write_all(bytes).map_err(io_err("write", path))?;
-    tmp.as_file().sync_all().map_err(io_err("sync", path))?;
-    tmp.persist(path).map_err(|e| StateError::Io {
-        action: "rename into place",
-        path: path.to_owned(),
-        source: e.error,
-    })?;
-    sync_dir(dir)
+    write_atomic_mode(path, bytes, 0o600)
 }
 
 /// [`write_atomic`] for a program: the temporary file has its final `mode` from the start,
