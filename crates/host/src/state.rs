@@ -55,23 +55,36 @@ pub fn open_no_follow(path: &Path, options: &mut OpenOptions) -> std::io::Result
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                std::io::Error::other(LINK_REFUSED)
+                std::io::Error::other(NotFollowed::Link)
             } else {
                 e
             }
         })?;
     if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other(NOT_A_FILE));
+        return Err(std::io::Error::other(NotFollowed::Special));
     }
     Ok(file)
 }
 
-/// What [`open_no_follow`] says of a FIFO, a device or a directory.
-pub const NOT_A_FILE: &str =
-    "it is not a regular file (a FIFO, a device or a directory); remove it (molt makes a new file)";
+/// Why [`open_no_follow`] refused a file (the inner error of the `io::Error` it returns).
+#[derive(Debug, thiserror::Error)]
+pub enum NotFollowed {
+    #[error(
+        "it is a symbolic link, and molt never follows one in its state directory; remove the link (molt makes a new file)"
+    )]
+    Link,
+    #[error(
+        "it is not a regular file (a FIFO, a device or a directory); remove it (molt makes a new file)"
+    )]
+    Special,
+}
 
-/// What [`open_no_follow`] says of a link.
-pub const LINK_REFUSED: &str = "it is a symbolic link, and molt never follows one in its state directory; remove the link (molt makes a new file)";
+impl NotFollowed {
+    /// Whether `e` is [`open_no_follow`]'s refusal of a link or of a file that is not regular.
+    pub fn is(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<NotFollowed>())
+    }
+}
 
 /// Opens a log or record file of `state/` to append to it, creating it when it is missing,
 /// without following a link ([`open_no_follow`]); a link in its place is replaced
@@ -116,16 +129,6 @@ pub fn remove_link(path: &Path, error: std::io::Error) -> std::io::Result<()> {
         return Err(error);
     }
     std::fs::remove_file(path).map_err(|_| error)
-}
-
-/// Whether `e` is [`open_no_follow`]'s refusal of a link or of a file that is not regular.
-fn is_refused(e: &StateError) -> bool {
-    matches!(e, StateError::Io { source, .. }
-        if [LINK_REFUSED, NOT_A_FILE].contains(&source.to_string().as_str()))
-}
-
-fn is_link(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Reads a whole state file without following a link ([`open_no_follow`]).
@@ -415,7 +418,7 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRecord>, StateError> {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         // Not molt's history: the next append replaces the link (or FIFO) with a file.
-        Err(e) if is_link(path) || e.to_string() == NOT_A_FILE => {
+        Err(e) if NotFollowed::is(&e) => {
             tracing::warn!("{}: {e}; reading no history from it", path.display());
             return Ok(Vec::new());
         }
@@ -510,7 +513,10 @@ impl Quarantine {
             // Damaged, a link or a FIFO: nothing in it can be read, and the next quarantine
             // written replaces it. A file that cannot be read for another reason (EIO,
             // EACCES) may hold entries, so it is an error, never overwritten as empty.
-            Err(e) if matches!(&e, StateError::Corrupt { .. }) || is_refused(&e) => {
+            Err(e)
+                if matches!(&e, StateError::Corrupt { .. })
+                    || matches!(&e, StateError::Io { source, .. } if NotFollowed::is(source)) =>
+            {
                 tracing::warn!(
                     "{}; taking the quarantine as empty: a version it held may be tried again, and is quarantined again if it fails",
                     molt_schema::cli::one_line(&e)

@@ -235,17 +235,24 @@ impl FileHasher {
         }
     }
 
-    /// Feeds everything `reader` yields, in 64 KiB blocks.
-    pub fn read_all(mut self, mut reader: impl std::io::Read) -> std::io::Result<FileHash> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => return Ok(self.finish()),
-                Ok(n) => self.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+    /// Feeds everything `reader` yields, in 64 KiB blocks (BLAKE3 is slow on small ones).
+    pub fn read_all(mut self, reader: impl std::io::Read) -> std::io::Result<FileHash> {
+        std::io::copy(
+            &mut std::io::BufReader::with_capacity(64 * 1024, reader),
+            &mut self,
+        )?;
+        Ok(self.finish())
+    }
+}
+
+impl std::io::Write for FileHasher {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.update(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -401,22 +408,54 @@ pub fn platform_of_file(package: &str, file_name: &str) -> Option<Platform> {
 }
 
 /// Length and SHA-256 of everything `reader` yields.
-pub fn hash_reader(mut reader: impl std::io::Read) -> std::io::Result<(u64, Sha256)> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        len += n as u64;
+pub fn hash_reader(reader: impl std::io::Read) -> std::io::Result<(u64, Sha256)> {
+    let mut hashing = HashingReader::new(reader);
+    std::io::copy(
+        &mut std::io::BufReader::with_capacity(256 * 1024, &mut hashing),
+        &mut std::io::sink(),
+    )?;
+    Ok(hashing.finish())
+}
+
+/// A reader that passes its bytes through and keeps their length and SHA-256, for a
+/// consumer that must see the very bytes that were hashed (the release tool's archive
+/// check).
+pub struct HashingReader<R> {
+    inner: R,
+    len: u64,
+    hasher: sha2::Sha256,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            len: 0,
+            hasher: sha2::Digest::new(),
+        }
     }
-    Ok((len, Sha256(hasher.finalize().into())))
+
+    /// The length and SHA-256 of what was read so far.
+    pub fn finish(self) -> (u64, Sha256) {
+        (self.len, Sha256(sha2::Digest::finalize(self.hasher).into()))
+    }
+}
+
+impl<R> fmt::Debug for HashingReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashingReader")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
 }
 
 /// A relative path inside a repository or package tree, checked at construction: no

@@ -31,7 +31,7 @@ use url::Url;
 use super::keys::{KeyDir, KeyError, public_key};
 use super::{Expirations, MANIFEST_TARGET, expiry};
 use crate::store::Body;
-use molt_schema::artifact::{ArtifactName, HashedFile, PackageName, Sha256};
+use molt_schema::artifact::{ArtifactName, HashedFile, PackageName};
 use molt_schema::manifest::{FileEntry, Manifest, ManifestError, Package, Status, VersionEntry};
 use molt_schema::region::Region;
 use molt_schema::rollout::Rollout;
@@ -826,7 +826,7 @@ fn check_as_a_host_would(
     };
     let scratch = tempfile::tempdir().map_err(io("create a temporary directory for", path))?;
     let reader = std::fs::File::open(path).map_err(io("read", path))?;
-    let mut hashing = HashingReader::new(reader);
+    let mut hashing = molt_schema::artifact::HashingReader::new(reader);
     molt_archive::extract::extract(
         &mut hashing,
         package,
@@ -846,39 +846,6 @@ fn check_as_a_host_would(
         });
     }
     Ok(())
-}
-
-/// A reader that hashes what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    len: u64,
-    hasher: sha2::Sha256,
-}
-
-impl<R: std::io::Read> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        use sha2::Digest as _;
-        HashingReader {
-            inner,
-            len: 0,
-            hasher: sha2::Sha256::new(),
-        }
-    }
-
-    fn finish(self) -> (u64, Sha256) {
-        use sha2::Digest as _;
-        (self.len, Sha256::from_bytes(self.hasher.finalize().into()))
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use sha2::Digest as _;
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
 }
 
 /// `add`: adds every archive of `version` found in `dist` (as `package` writes them) and
