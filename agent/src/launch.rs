@@ -6,7 +6,9 @@
 //! - In direct mode it runs detached (setsid), with its output appended to
 //!   `state/updater.log`. It never inherits the agent's stdout or stderr.
 //!
-//! Every launch is recorded in `state/last-launch.json`, including a launch that failed.
+//! Every launch is recorded in `state/last-launch.json`, including a launch that failed. The
+//! updater gets the launch's id in `MOLT_LAUNCH_ID` and writes how it ended under that id to
+//! `state/last-run.json`, which is how the agent learns a result it cannot wait for.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -66,12 +68,16 @@ fn launch_id(now: Timestamp) -> String {
     )
 }
 
-/// The environment the updater needs: the root and the config the agent runs with.
-fn updater_env(settings: &AgentSettings) -> Vec<(String, String)> {
-    let mut env = vec![(
-        "MOLT_ROOT".to_owned(),
-        settings.layout.root().display().to_string(),
-    )];
+/// The environment the updater needs: the root and the config the agent runs with, and
+/// the launch id, under which the updater records its result (`state/last-run.json`).
+fn updater_env(settings: &AgentSettings, id: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "MOLT_ROOT".to_owned(),
+            settings.layout.root().display().to_string(),
+        ),
+        (molt_host::attempt::LAUNCH_ID_ENV.to_owned(), id.to_owned()),
+    ];
     if settings.config_exists {
         env.push((
             "MOLT_CONFIG".to_owned(),
@@ -112,11 +118,11 @@ pub fn launch(settings: &AgentSettings, kind: LaunchKind, reason: Option<String>
         Some(program) => match settings.service {
             ServiceKind::Systemd => {
                 let unit = format!("molt-update-{id}");
-                systemd_run(settings, &unit, program, &args).map(|()| {
+                systemd_run(settings, &unit, &id, program, &args).map(|()| {
                     record.unit = Some(unit);
                 })
             }
-            ServiceKind::Direct => spawn_detached(settings, program, &args).map(|pid| {
+            ServiceKind::Direct => spawn_detached(settings, &id, program, &args).map(|pid| {
                 record.pid = Some(pid);
             }),
         },
@@ -146,6 +152,7 @@ pub fn launch(settings: &AgentSettings, kind: LaunchKind, reason: Option<String>
 fn systemd_run(
     settings: &AgentSettings,
     unit: &str,
+    id: &str,
     program: &std::path::Path,
     args: &[String],
 ) -> Result<(), String> {
@@ -154,7 +161,7 @@ fn systemd_run(
         .arg("--collect")
         .arg("--quiet")
         .arg("--description=molt update");
-    for (k, v) in updater_env(settings) {
+    for (k, v) in updater_env(settings, id) {
         cmd.arg(format!("--setenv={k}={v}"));
     }
     cmd.arg("--").arg(program).args(args);
@@ -210,6 +217,7 @@ fn wait_output(
 /// `state/updater.log`. A thread reaps the child so it never lingers as a zombie.
 fn spawn_detached(
     settings: &AgentSettings,
+    id: &str,
     program: &std::path::Path,
     args: &[String],
 ) -> Result<u32, String> {
@@ -222,7 +230,7 @@ fn spawn_detached(
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .envs(updater_env(settings))
+        .envs(updater_env(settings, id))
         .env_remove("MOLT_HEALTH_NONCE")
         // Set only on an updater that re-exec'd itself after a self-update; one this agent
         // inherited must not stop every later updater from self-updating.

@@ -5,7 +5,10 @@
 //! 3. If the journal shows an unfinished update and no updater holds the lock, launch
 //!    `updater recover`.
 //! 4. Run the association: sleep until the next due run, launch the updater, record it,
-//!    and keep serving until the updater stops this agent.
+//!    and keep serving until the updater stops this agent. The result of a launched run
+//!    comes back through `state/last-run.json` (to this agent, or to the one the update
+//!    started); a run that failed for a reason time may cure is retried before the next
+//!    slot ([`RetryPolicy::SCHEDULED_RUNS`]), and `state/schedule.json` keeps the attempts.
 //! 5. Report new history records to the results sink, if one is configured.
 //!
 //! SIGTERM and SIGINT stop it cleanly; SIGHUP reloads the config (a bad new config is
@@ -19,8 +22,9 @@ use molt_fetch::aws::{self, ImdsSettings};
 use molt_fetch::retry::RetryPolicy;
 use molt_fetch::s3::{S3Location, S3Signer};
 use molt_fetch::transport::{HttpSettings, MoltTransport};
+use molt_host::attempt::{FailureClass, RunResult};
 use molt_host::lock;
-use molt_host::schedule::{self, Due, Reason, ScheduleState};
+use molt_host::schedule::{self, Due, Ended, Pending, Reason, ScheduleState};
 use molt_host::state::{self, Health, HealthStatus, STATE_VERSION};
 use molt_schema::Region;
 use molt_schema::rollout::Seed;
@@ -194,18 +198,89 @@ fn recover_if_needed(settings: &AgentSettings) {
     launch::launch(settings, LaunchKind::Recover, None);
 }
 
+/// What a due run came to.
+enum Fired {
+    /// The host is on hold: nothing runs, nothing is retried.
+    Held,
+    /// The updater was launched (or the launch failed, as the record says).
+    Launched(launch::Launch),
+    /// An update was already in progress.
+    Busy,
+}
+
 /// What the scheduled run does when it is due.
-fn fire(settings: &AgentSettings, due: &Due) {
+fn fire(settings: &AgentSettings, due: &Due) -> Fired {
     if let Some(h) = hold::current(settings) {
         tracing::info!("scheduled update skipped: this host is on hold ({h})");
-        return;
+        return Fired::Held;
     }
     if lock::update_in_progress(&settings.layout.lock()) {
         tracing::info!("scheduled update skipped: an update is already in progress");
-        return;
+        return Fired::Busy;
     }
     tracing::info!("scheduled update is due ({})", due.reason);
-    launch::launch(settings, LaunchKind::Update, Some(due.reason.to_string()));
+    Fired::Launched(launch::launch(
+        settings,
+        LaunchKind::Update,
+        Some(due.reason.to_string()),
+    ))
+}
+
+/// How often the agent looks for the result of a run it launched, while it waits for one.
+const RESULT_POLL: Duration = Duration::from_secs(10);
+
+/// The retry schedule of failed scheduled runs.
+const RETRIES: RetryPolicy = RetryPolicy::SCHEDULED_RUNS;
+
+/// Records how the run launched at `at` ended and decides its retry (logged).
+fn settle(
+    settings: &AgentSettings,
+    sched: &mut ScheduleState,
+    at: Timestamp,
+    ended: Ended,
+    offset: Duration,
+    started_at: Timestamp,
+) {
+    let now = Timestamp::now();
+    let reason = sched.last_reason.unwrap_or(Reason::Scheduled);
+    let retries = RETRIES.max_attempts() - 1;
+    let failed = match &ended {
+        Ended::Succeeded => None,
+        Ended::Failed {
+            failure, message, ..
+        } => Some((*failure, message.clone().unwrap_or_default())),
+    };
+    let retry = sched.settle(
+        at,
+        reason,
+        ended,
+        &settings.plan,
+        offset,
+        started_at,
+        now,
+        retries,
+        |n| RETRIES.delay(n),
+    );
+    let Some((failure, message)) = failed else {
+        tracing::info!("the {reason} update finished");
+        return;
+    };
+    let attempt = sched.attempts.len();
+    match retry {
+        Some(when) => tracing::warn!(
+            "the {reason} update failed ({failure}: {message}); retry {attempt} of {retries} at {when}"
+        ),
+        None => tracing::warn!(
+            "the {reason} update failed ({failure}: {message}); not retried ({}); the next slot runs as usual",
+            if !failure.retryable() {
+                "a retry would fail the same way"
+            } else if attempt > usize::try_from(retries).unwrap_or(usize::MAX) {
+                "its retries are spent"
+            } else {
+                "the next slot comes first"
+            }
+        ),
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -250,6 +325,8 @@ pub async fn run(
     let mut reporter = Reporter::new(&settings);
     let mut next_report = Timestamp::now();
     let mut announced: Option<Timestamp> = None;
+    // When the agent first saw the update lock free while a launched run had no result.
+    let mut free_since: Option<Timestamp> = None;
 
     loop {
         if health_pending {
@@ -257,6 +334,24 @@ pub async fn run(
         }
         let now = Timestamp::now();
         let offset = schedule::jitter_offset(seed, settings.plan.jitter);
+        if let Some(pending) = sched.pending.clone() {
+            if lock::update_in_progress(&settings.layout.lock()) {
+                free_since = None;
+            } else {
+                free_since.get_or_insert(now);
+            }
+            let result =
+                state::read_json::<RunResult>(&settings.layout.last_run()).unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    None
+                });
+            if let Some(ended) = schedule::outcome_of(&pending, result.as_ref(), free_since, now) {
+                settle(&settings, &mut sched, pending.at, ended, offset, started_at);
+                save_schedule(&sched, &sched_path);
+                free_since = None;
+                announced = None;
+            }
+        }
         let Some(due) =
             schedule::next_run(&settings.plan, offset, &sched, started_at, boot_done, now)
         else {
@@ -275,14 +370,37 @@ pub async fn run(
             }
         };
         if due.at <= now {
-            fire(&settings, &due);
+            let fired = fire(&settings, &due);
             if due.reason == Reason::Boot {
                 boot_done = true;
             }
             sched.record_run(now, due.reason);
-            if let Err(e) = sched.save(&sched_path) {
-                tracing::warn!("cannot record the run in {}: {e}", sched_path.display());
+            let failed = |failure, message: String| Ended::Failed {
+                failure,
+                exit_code: None,
+                message: Some(message),
+            };
+            match fired {
+                Fired::Held => {}
+                Fired::Busy => {
+                    let ended = failed(FailureClass::Busy, "an update was in progress".into());
+                    settle(&settings, &mut sched, now, ended, offset, started_at);
+                }
+                Fired::Launched(launch::Launch {
+                    error: Some(error), ..
+                }) => {
+                    let ended = failed(FailureClass::Launch, error);
+                    settle(&settings, &mut sched, now, ended, offset, started_at);
+                }
+                Fired::Launched(l) => {
+                    sched.pending = Some(Pending {
+                        launch: l.id,
+                        at: l.at,
+                    });
+                    free_since = None;
+                }
             }
+            save_schedule(&sched, &sched_path);
             continue;
         }
         if announced != Some(due.at) {
@@ -311,6 +429,9 @@ pub async fn run(
         if health_pending {
             wait = wait.min(HEALTH_RETRY);
         }
+        if sched.pending.is_some() {
+            wait = wait.min(RESULT_POLL);
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
@@ -332,6 +453,12 @@ pub async fn run(
         tracing::warn!("{e}");
     }
     Ok(())
+}
+
+fn save_schedule(sched: &ScheduleState, path: &std::path::Path) {
+    if let Err(e) = sched.save(path) {
+        tracing::warn!("cannot record the run in {}: {e}", path.display());
+    }
 }
 
 /// How often an agent that could not write its health file tries again.

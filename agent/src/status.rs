@@ -7,8 +7,9 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use molt_fetch::aws::{self, CredentialsSource, ImdsSettings, RegionSource};
+use molt_fetch::retry::RetryPolicy;
 use molt_fetch::tuf::CACHED_MANIFEST;
-use molt_host::schedule::{self, Reason, ScheduleState};
+use molt_host::schedule::{self, Attempt, Pending, Reason, ScheduleState};
 use molt_host::state::{self, Health, HistoryRecord, Outcome, Quarantine};
 use molt_schema::manifest::Manifest;
 use molt_schema::resolve::{self, Decision, SkipReason, Target};
@@ -68,6 +69,14 @@ pub struct ScheduleInfo {
     pub last_run: Option<Timestamp>,
     pub next_run: Option<Timestamp>,
     pub next_reason: Option<Reason>,
+    /// A run the agent launched whose result it has not seen yet.
+    pub running: Option<Pending>,
+    /// The failed attempts of the current run, oldest first.
+    pub failed_attempts: Vec<Attempt>,
+    /// When the last failed attempt is tried again (before the next slot).
+    pub retry_at: Option<Timestamp>,
+    /// How many retries a failed run gets.
+    pub retries: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -316,6 +325,10 @@ pub fn schedule_info(
         last_run: sched.last_run,
         next_run: due.as_ref().map(|d| d.at.max(now)),
         next_reason: due.map(|d| d.reason),
+        running: sched.pending.clone(),
+        retry_at: sched.retrying_after().and(sched.retry_at),
+        failed_attempts: sched.attempts,
+        retries: RetryPolicy::SCHEDULED_RUNS.max_attempts() - 1,
     }
 }
 
@@ -448,10 +461,49 @@ pub fn render(s: &AgentStatus) -> String {
     line(
         "next run:",
         match (sc.next_run, sc.next_reason) {
+            (Some(at), Some(Reason::Retry)) => format!(
+                "{} (retry {} of {})",
+                ts(at),
+                sc.failed_attempts.len(),
+                sc.retries
+            ),
             (Some(at), Some(reason)) => format!("{} ({reason})", ts(at)),
             _ => "never (the schedule has no next slot)".into(),
         },
     );
+    if let Some(p) = &sc.running {
+        line(
+            "running:",
+            format!("an update launched at {} ({})", ts(p.at), p.launch),
+        );
+    }
+    if let Some(a) = sc.failed_attempts.last() {
+        line(
+            "failed run:",
+            format!(
+                "{} failure at {}{}{}; {}",
+                a.failure,
+                ts(a.at),
+                a.exit_code
+                    .map(|c| format!(" (exit {c})"))
+                    .unwrap_or_default(),
+                a.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default(),
+                match sc.retry_at {
+                    Some(_) => "the retry is the next run",
+                    None if !a.failure.retryable() => {
+                        "not retried (a retry would fail the same way); the next slot runs as usual"
+                    }
+                    None if sc.failed_attempts.len() > sc.retries as usize => {
+                        "not retried (its retries are spent); the next slot runs as usual"
+                    }
+                    None => "not retried (the next slot comes first)",
+                }
+            ),
+        );
+    }
     line(
         "wave:",
         fact(&s.wave, |w| match (&w.latest, w.wave_time) {

@@ -279,6 +279,19 @@ impl TestRepo {
         );
     }
 
+    /// `refresh` as of `now`, the timestamp expiring `timestamp_expires` later (the other
+    /// roles as by default): a `now` in the past signs a timestamp that has expired.
+    pub fn refresh_at(&self, now: Timestamp, timestamp_expires: Duration) {
+        let exp = Expirations {
+            timestamp: timestamp_expires,
+            ..Expirations::default()
+        };
+        check(
+            runtime().block_on(repo::refresh(&self.path(), &self.keys, &exp, now)),
+            "refresh",
+        );
+    }
+
     /// The file holding a published target, e.g. `molt-agent/2.0.0/molt-agent-linux-amd64.tar.gz`.
     pub fn target_file(&self, name: &str) -> PathBuf {
         let mut found = None;

@@ -624,3 +624,202 @@ fn output_that_cannot_be_written_stops_neither_binary() {
         .unwrap();
     assert!(out.code().is_some_and(|c| c != 101), "{out:?}");
 }
+
+fn schedule_json(host: &AgentHost) -> serde_json::Value {
+    let bytes = std::fs::read(host.root().join("state/schedule.json")).unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+}
+
+fn ts_of(v: &serde_json::Value) -> jiff::Timestamp {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+        .parse()
+        .unwrap()
+}
+
+/// A scheduled run that fails on an expired timestamp (the likeliest fleet-wide failure:
+/// the release tool's refresh stopped running) is retried before the next slot. The real
+/// agent launches the real updater, which exits 4 and records its result; the agent keeps
+/// the attempt and its class, `agent status` shows the retry, an agent restarted meanwhile
+/// keeps it, and once a refresh has cured the repository the retry succeeds and the
+/// schedule returns to its slots.
+#[test]
+fn a_scheduled_run_that_fails_verification_is_retried_before_the_next_slot() {
+    let agent = workspace_bin("agent");
+    let repo = TestRepo::new("us-east-1");
+    repo.publish("1.0.0", molt_schema::manifest::Status::Active);
+    let mut host = AgentHost::new();
+    host.write_config(&format!(
+        "region = \"us-east-1\"\nsource = \"{}\"\ntrusted_root = \"{}\"\n\
+         [updater]\nservice = \"direct\"\nsoak = \"200ms\"\nhealth_timeout = \"20s\"\n\
+         [agent]\nschedule = \"rate(14 days)\"\njitter = \"0s\"\n",
+        repo.url(),
+        repo.trusted_root().display()
+    ));
+    let out = host
+        .agent(&workspace_bin("updater"))
+        .args(["--target-version", "1.0.0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "first install: {}", stderr(&out));
+    let layout = host.layout();
+    assert!(layout.updater_bin().exists());
+
+    // The timestamp expires; two slots passed while the host was off: one catch-up run.
+    let now = jiff::Timestamp::now();
+    repo.refresh_at(
+        now - jiff::SignedDuration::from_hours(48),
+        Duration::from_secs(3600),
+    );
+    let long_ago = now - jiff::SignedDuration::from_hours(24 * 30);
+    std::fs::write(
+        host.root().join("state/schedule.json"),
+        serde_json::json!({
+            "version": 1, "first_seen": long_ago.to_string(), "last_run": long_ago.to_string()
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pid = host.start(&agent, &[]);
+    host.wait_ready(pid);
+    let sched = wait_for(Duration::from_secs(60), || {
+        let s = schedule_json(&host);
+        s["attempts"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the failed run was not recorded; agent log:\n{}\nupdater log:\n{}",
+            host.log(),
+            std::fs::read_to_string(host.root().join("state/updater.log")).unwrap_or_default()
+        )
+    });
+    let attempt = &sched["attempts"][0];
+    assert_eq!(attempt["failure"], "verification", "{sched}");
+    assert_eq!(attempt["exit_code"], 4, "{sched}");
+    assert_eq!(attempt["reason"], "missed", "{sched}");
+    assert!(
+        attempt["message"].as_str().unwrap().contains("expired"),
+        "{sched}"
+    );
+    assert!(sched["pending"].is_null(), "{sched}");
+    // about 30 minutes later: at least half of it, at most all of it
+    let retry_at = ts_of(&sched["retry_at"]);
+    let failed_at = ts_of(&attempt["at"]);
+    assert!(
+        retry_at >= failed_at + jiff::SignedDuration::from_mins(15)
+            && retry_at <= jiff::Timestamp::now() + jiff::SignedDuration::from_mins(30),
+        "{sched}"
+    );
+    // the updater's own record of the run, under the agent's launch id
+    let run: molt_host::attempt::RunResult = state::read_json(&layout.last_run()).unwrap().unwrap();
+    assert_eq!(run.launch, last_launch(&host)["id"].as_str().unwrap());
+    assert_eq!(run.exit_code, 4);
+    assert_eq!(
+        run.failure,
+        Some(molt_host::attempt::FailureClass::Verification)
+    );
+    // nothing reached the journal: history holds the first install only
+    assert_eq!(state::read_history(&layout.history()).unwrap().len(), 1);
+
+    let status = host.status_json(&agent);
+    let sc = &status["schedule"];
+    assert_eq!(sc["next_reason"], "retry", "{sc}");
+    assert_eq!(ts_of(&sc["next_run"]), retry_at, "{sc}");
+    assert_eq!(sc["failed_attempts"][0]["failure"], "verification", "{sc}");
+    assert_eq!(sc["retries"], 3, "{sc}");
+    let text = host.agent(&agent).arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("(retry 1 of 3)"), "{text}");
+    assert!(
+        text.contains("failed run:  verification failure at"),
+        "{text}"
+    );
+    assert!(text.contains("(exit 4)"), "{text}");
+
+    // The release tool's refresh cures the repository; the agent is restarted, and the
+    // retry's time (moved into the past here, as if half an hour had gone) has come.
+    repo.refresh_at(jiff::Timestamp::now(), Duration::from_secs(86_400));
+    sigterm(pid);
+    let child = host.children.iter_mut().find(|c| c.id() == pid).unwrap();
+    wait_for(Duration::from_secs(5), || child.try_wait().unwrap()).expect("agent exits");
+    let mut sched = schedule_json(&host);
+    assert_eq!(
+        ts_of(&sched["retry_at"]),
+        retry_at,
+        "a restart keeps the retry"
+    );
+    sched["retry_at"] = serde_json::json!(
+        (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1)).to_string()
+    );
+    std::fs::write(host.root().join("state/schedule.json"), sched.to_string()).unwrap();
+    let first_launch = last_launch(&host)["id"].clone();
+    let pid = host.start(&agent, &[]);
+    host.wait_ready(pid);
+    let sched = wait_for(Duration::from_secs(60), || {
+        let s = schedule_json(&host);
+        (s["last_reason"] == "retry" && s["pending"].is_null()).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("the retry did not run; agent log:\n{}", host.log()));
+    let launch = last_launch(&host);
+    assert_ne!(launch["id"], first_launch);
+    assert_eq!(launch["reason"], "retry");
+    assert!(
+        sched["attempts"].is_null(),
+        "a success ends the series: {sched}"
+    );
+    assert!(sched["retry_at"].is_null(), "{sched}");
+    let run: molt_host::attempt::RunResult = state::read_json(&layout.last_run()).unwrap().unwrap();
+    assert_eq!(run.launch, launch["id"].as_str().unwrap());
+    assert_eq!((run.exit_code, run.failure), (0, None));
+    let status = host.status_json(&agent);
+    // back to the slots anchored at first start (30 days ago): the next is in 12 days
+    assert_eq!(status["schedule"]["next_reason"], "scheduled");
+    let next = ts_of(&status["schedule"]["next_run"]);
+    let in_days = |d: i64| jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * d);
+    assert!(next > in_days(11) && next < in_days(13), "{next}");
+}
+
+/// A run that cannot even start (no updater on the host runs) is a failed attempt too: it
+/// is recorded as a launch failure and retried, never silently dropped until the next slot.
+#[test]
+fn a_run_whose_updater_cannot_start_is_retried() {
+    let agent = workspace_bin("agent");
+    let mut host = AgentHost::new();
+    host.write_config(
+        "region = \"us-east-1\"\n[updater]\nservice = \"direct\"\n[agent]\nschedule = \"rate(14 days)\"\njitter = \"0s\"\n",
+    );
+    // an empty bin/updater, and no other updater to fall back to
+    std::fs::create_dir_all(host.root().join("bin")).unwrap();
+    std::fs::write(host.root().join("bin/updater"), b"").unwrap();
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 30);
+    std::fs::create_dir_all(host.root().join("state")).unwrap();
+    std::fs::write(
+        host.root().join("state/schedule.json"),
+        serde_json::json!({
+            "version": 1, "first_seen": long_ago.to_string(), "last_run": long_ago.to_string()
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pid = host.start(&agent, &[]);
+    host.wait_ready(pid);
+    let sched = wait_for(Duration::from_secs(10), || {
+        let s = schedule_json(&host);
+        s["retry_at"].is_string().then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no retry; log:\n{}", host.log()));
+    assert_eq!(sched["attempts"][0]["failure"], "launch", "{sched}");
+    assert!(sched["attempts"][0]["exit_code"].is_null(), "{sched}");
+    assert!(
+        sched["attempts"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no updater to launch"),
+        "{sched}"
+    );
+    assert!(last_launch(&host)["error"].is_string());
+    assert!(host.log().contains("retry 1 of 3 at"), "{}", host.log());
+}

@@ -195,6 +195,7 @@ fn fast_retries(attempts: u32) -> RetryPolicy {
     RetryPolicy {
         attempts,
         initial: Duration::from_millis(10),
+        factor: 2,
         max: Duration::from_millis(40),
     }
 }

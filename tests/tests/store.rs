@@ -667,6 +667,7 @@ async fn s3_server_errors_and_non_s3_answers() {
     let policy = RetryPolicy {
         attempts: 3,
         initial: Duration::from_millis(10),
+        factor: 2,
         max: Duration::from_millis(20),
     };
     let retrying = Retrying::new(store.clone(), policy);

@@ -101,6 +101,7 @@ async fn loads_over_http_with_403_for_missing_keys() {
 const FAST: RetryPolicy = RetryPolicy {
     attempts: 3,
     initial: std::time::Duration::from_millis(5),
+    factor: 2,
     max: std::time::Duration::from_millis(20),
 };
 

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use molt_fetch::tuf::TrustError;
+use molt_host::attempt::FailureClass;
 use molt_host::state::StateError;
 use molt_schema::Version;
 use molt_schema::cli::exit;
@@ -134,6 +135,26 @@ impl UpdateError {
         }
     }
 
+    /// The kind of failure, for history and for the agent's retry rule
+    /// ([`FailureClass::retryable`]).
+    pub fn failure_class(&self) -> FailureClass {
+        match self {
+            UpdateError::Lock(LockError::Held { .. }) => FailureClass::Busy,
+            UpdateError::Refused(_) | UpdateError::ConfigRefused { .. } => FailureClass::Refused,
+            UpdateError::Trust(e) if e.is_verification() => FailureClass::Verification,
+            UpdateError::Trust(_) => FailureClass::Network,
+            UpdateError::Download(e) if e.is_verification() => FailureClass::Verification,
+            UpdateError::Download(
+                DownloadError::Transport { .. } | DownloadError::NotFound { .. },
+            ) => FailureClass::Network,
+            UpdateError::RolledBack { .. } => FailureClass::Health,
+            UpdateError::NotCommitted { .. } => FailureClass::NotCommitted,
+            UpdateError::RollbackFailed { .. } => FailureClass::Critical,
+            _ if self.exit_code() == exit::USAGE => FailureClass::Usage,
+            _ => FailureClass::Failed,
+        }
+    }
+
     /// What the operator can do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
@@ -213,5 +234,10 @@ mod tests {
             "the region's repository could not be verified"
         );
         assert_eq!(expired.exit_code(), exit::VERIFICATION);
+        // an outage is retried as a network failure, an expired timestamp as a
+        // verification failure (the release tool's next refresh usually cures it)
+        assert_eq!(unreachable.failure_class(), FailureClass::Network);
+        assert_eq!(expired.failure_class(), FailureClass::Verification);
+        assert!(unreachable.failure_class().retryable() && expired.failure_class().retryable());
     }
 }

@@ -3,10 +3,16 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
-use molt_host::state::{HistoryRecord, Journal, Outcome, STATE_VERSION, Timings};
+use crate::error::UpdateError;
 
-/// The record of the update `journal` describes, finished now.
+use jiff::Timestamp;
+use molt_host::HostLayout;
+use molt_host::attempt::{FailureClass, RunResult};
+use molt_host::state::{self, HistoryRecord, Journal, Outcome, STATE_VERSION, Timings};
+
+/// The record of the update `journal` describes, finished now. Its failure class follows
+/// from the outcome (a failure before the switch is [`FailureClass::Failed`] unless the
+/// caller sets a closer one).
 pub(crate) fn record(
     journal: &Journal,
     result: Outcome,
@@ -23,6 +29,52 @@ pub(crate) fn record(
         started_at: journal.started_at,
         finished_at: Timestamp::now(),
         timings,
+        failure: match result {
+            Outcome::Success | Outcome::Unknown => None,
+            // a rollback that quarantines nothing blamed no health check: a commit that
+            // could not be written, or a journal that could not be read
+            Outcome::RolledBack if journal.quarantine == Some(false) => {
+                Some(FailureClass::NotCommitted)
+            }
+            Outcome::RolledBack => Some(FailureClass::Health),
+            Outcome::Failed => Some(FailureClass::Failed),
+            Outcome::RollbackFailed => Some(FailureClass::Critical),
+        },
+    }
+}
+
+/// Records how a run the agent launched (`launch`, its `MOLT_LAUNCH_ID`) ended, in
+/// `state/last-run.json`, for the agent's retry rule. Best effort: a run whose result
+/// cannot be written is seen by the agent as one that left no result (retried the same),
+/// and the run's own outcome, already decided, is never changed by this write.
+pub fn record_launched_run(
+    layout: &HostLayout,
+    launch: String,
+    started_at: Timestamp,
+    result: Result<(), &UpdateError>,
+) {
+    let (exit_code, failure, message) = match result {
+        Ok(()) => (molt_schema::cli::exit::OK, None, None),
+        Err(e) => (
+            e.exit_code(),
+            Some(e.failure_class()),
+            Some(molt_schema::cli::one_line(e)),
+        ),
+    };
+    let run = RunResult {
+        version: STATE_VERSION,
+        launch,
+        started_at,
+        finished_at: Timestamp::now(),
+        exit_code,
+        failure,
+        message,
+    };
+    if let Err(e) = state::write_json(&layout.last_run(), &run) {
+        tracing::warn!(
+            "cannot record this run's result for the agent: {}; it retries as after a run that left none",
+            molt_schema::cli::one_line(&e)
+        );
     }
 }
 

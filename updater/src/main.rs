@@ -12,7 +12,7 @@ use molt_schema::{Platform, Region};
 use molt_updater::error::UpdateError;
 use molt_updater::settings::{Overrides, Settings};
 use molt_updater::update::{UpdateOptions, UpdateReport};
-use molt_updater::{recover, status, update};
+use molt_updater::{history, recover, status, update};
 
 /// The version stamped into this build: `MOLT_BUILD_VERSION` at compile time, else the
 /// crate version. Only this file reads the variable, so a re-stamp recompiles only it
@@ -250,11 +250,25 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 .enable_all()
                 .build()
                 .map_err(|e| Failure::new(exit::FAILED, e))?;
-            rt.block_on(settings.resolve_region())
-                .map_err(|e| failure(e.into()))?;
-            let report = rt
-                .block_on(update::run(&settings, &opts, svc.as_mut()))
-                .map_err(failure)?;
+            // A run the agent launched records its result for the agent's retry rule.
+            let launched = molt_host::attempt::launch_id_from(
+                std::env::var(molt_host::attempt::LAUNCH_ID_ENV).ok(),
+            )
+            .filter(|_| !opts.dry_run);
+            let started_at = jiff::Timestamp::now();
+            let result = rt.block_on(async {
+                settings.resolve_region().await?;
+                update::run(&settings, &opts, svc.as_mut()).await
+            });
+            if let Some(launch) = launched {
+                history::record_launched_run(
+                    &settings.layout,
+                    launch,
+                    started_at,
+                    result.as_ref().map(|_| ()),
+                );
+            }
+            let report = result.map_err(failure)?;
             if json {
                 out!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {

@@ -11,6 +11,7 @@ use molt_fetch::transport::{MoltTransport, Url};
 use molt_fetch::tuf::{
     LoadOptions, LoadedRegion, RegionSource, TargetInfo, TrustError, load_region,
 };
+use molt_host::attempt::FailureClass;
 use molt_host::state::{self, HistoryRecord, Outcome, Quarantine, Step, Timings};
 use molt_schema::resolve::{Decision, Plan, Request, Target, resolve};
 use molt_schema::{PackageName, Version};
@@ -283,8 +284,10 @@ async fn install_and_switch(
         let report = match result {
             Ok(r) => r,
             Err(e) => {
-                fail_before_switch(&mut jw, started, &e.to_string());
-                return Err(e.into());
+                let reason = e.to_string();
+                let error = UpdateError::from(e);
+                fail_before_switch(&mut jw, started, &reason, error.failure_class());
+                return Err(error);
             }
         };
         download_ms = Some(ms(report.elapsed));
@@ -298,8 +301,10 @@ async fn install_and_switch(
         {
             let _ = std::fs::remove_dir_all(&staging);
             let _ = install::remove_version(layout, &to);
-            fail_before_switch(&mut jw, started, &e.to_string());
-            return Err(e.into());
+            let reason = e.to_string();
+            let error = UpdateError::from(e);
+            fail_before_switch(&mut jw, started, &reason, error.failure_class());
+            return Err(error);
         }
     }
     // Both versions this update may leave running must start with the host's config:
@@ -319,7 +324,12 @@ async fn install_and_switch(
                     rollback,
                     source: Box::new(source),
                 };
-                fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error));
+                fail_before_switch(
+                    &mut jw,
+                    started,
+                    &molt_schema::cli::one_line(&error),
+                    error.failure_class(),
+                );
                 return Err(error);
             }
         }
@@ -330,7 +340,12 @@ async fn install_and_switch(
         Ok(s) => s,
         Err(NotSwitched::NotStopped(source)) => {
             let error = UpdateError::NotStopped { source };
-            fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error));
+            fail_before_switch(
+                &mut jw,
+                started,
+                &molt_schema::cli::one_line(&error),
+                error.failure_class(),
+            );
             return Err(error);
         }
         Err(NotSwitched::Failed(e)) => return Err(e),
@@ -339,7 +354,12 @@ async fn install_and_switch(
             restarted: Ok(()),
         }) => {
             // `current` never moved and the old agent runs again: nothing changed.
-            fail_before_switch(&mut jw, started, &molt_schema::cli::one_line(&error));
+            fail_before_switch(
+                &mut jw,
+                started,
+                &molt_schema::cli::one_line(&error),
+                error.failure_class(),
+            );
             return Err(*error);
         }
         Err(NotSwitched::Restarted {
@@ -435,14 +455,22 @@ async fn install_and_switch(
 /// journal. Best effort: on a full disk the record may not be written, and the failure the
 /// caller returns matters more than that (the journal, if it stays, is cleaned up by the
 /// next recovery, which records the attempt then).
-fn fail_before_switch(jw: &mut JournalWriter<'_>, started: Instant, reason: &str) {
+fn fail_before_switch(
+    jw: &mut JournalWriter<'_>,
+    started: Instant,
+    reason: &str,
+    failure: FailureClass,
+) {
     let layout = jw.layout;
     let timings = Timings {
         total_ms: ms(started.elapsed()),
         download_ms: None,
         agent_downtime_ms: None,
     };
-    let record = history::record(&jw.journal, Outcome::Failed, reason, timings);
+    let record = HistoryRecord {
+        failure: Some(failure),
+        ..history::record(&jw.journal, Outcome::Failed, reason, timings)
+    };
     let staging = layout.staging_dir(&jw.journal.to);
     let _ = std::fs::remove_dir_all(staging);
     if !layout.is_valid(&jw.journal.to) {

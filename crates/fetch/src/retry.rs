@@ -2,11 +2,12 @@
 //!
 //! Every retry in molt goes through a [`RetryPolicy`]: package downloads (whose loop also
 //! resumes and re-verifies, so it asks the policy for delays itself), the publisher's object
-//! store calls ([`run`]), and the agent's report uploads (a schedule, not a loop: it asks for
-//! [`RetryPolicy::delay`] after each failure). The publisher's S3 client has the SDK's own
+//! store calls ([`run`]), TUF metadata fetches, and the agent's report uploads and retries of
+//! failed scheduled runs (schedules, not loops: the agent asks for [`RetryPolicy::delay`]
+//! after each failure). The publisher's S3 client has the SDK's own
 //! retries turned off, so attempts never multiply.
 //!
-//! The delay before retry `n` is `initial × 2^(n−1)` capped at `max`, of which the upper
+//! The delay before retry `n` is `initial × factor^(n−1)` capped at `max`, of which the upper
 //! half is random ("equal jitter"): a fleet that failed together does not come back together,
 //! and no host waits less than half the nominal delay.
 
@@ -23,8 +24,11 @@ pub struct RetryPolicy {
     /// Attempts in all, the first one included (0 counts as 1). `u32::MAX` for a schedule
     /// that never gives up (the agent's reports).
     pub attempts: u32,
-    /// The delay before the first retry; it doubles for each further retry.
+    /// The delay before the first retry; it is multiplied by `factor` for each further
+    /// retry.
     pub initial: Duration,
+    /// 2 for doubling; 0 and 1 keep every delay at `initial`.
+    pub factor: u32,
     /// The longest delay.
     pub max: Duration,
 }
@@ -35,6 +39,7 @@ impl RetryPolicy {
     pub const DOWNLOAD: Self = Self {
         attempts: 5,
         initial: Duration::from_millis(500),
+        factor: 2,
         max: Duration::from_secs(10),
     };
 
@@ -44,6 +49,7 @@ impl RetryPolicy {
     pub const PUBLISH: Self = Self {
         attempts: 6,
         initial: Duration::from_millis(500),
+        factor: 2,
         max: Duration::from_secs(10),
     };
 
@@ -52,13 +58,25 @@ impl RetryPolicy {
     pub const REPORTS: Self = Self {
         attempts: u32::MAX,
         initial: Duration::from_secs(30),
+        factor: 2,
         max: Duration::from_secs(3600),
+    };
+
+    /// The agent's retries of a scheduled run that failed for a reason time may cure (the
+    /// network, an expired timestamp): 3 retries, about 30 minutes, 2 hours and 8 hours
+    /// after the failures (at least half of each), and never on or after the next slot.
+    pub const SCHEDULED_RUNS: Self = Self {
+        attempts: 4,
+        initial: Duration::from_secs(30 * 60),
+        factor: 4,
+        max: Duration::from_secs(8 * 3600),
     };
 
     /// One attempt, no retry.
     pub const ONCE: Self = Self {
         attempts: 1,
         initial: Duration::ZERO,
+        factor: 2,
         max: Duration::ZERO,
     };
 
@@ -74,8 +92,10 @@ impl RetryPolicy {
 
     /// The delay before retry number `retry` (1 for the first retry).
     pub fn delay(&self, retry: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
+        let factor = self
+            .factor
+            .max(1)
+            .checked_pow(retry.saturating_sub(1))
             .unwrap_or(u32::MAX);
         let capped = self.initial.saturating_mul(factor).min(self.max);
         let half = capped / 2;
@@ -195,6 +215,22 @@ mod tests {
     }
 
     #[test]
+    fn scheduled_runs_retry_three_times_at_about_30_min_2_h_and_8_h() {
+        let p = RetryPolicy::SCHEDULED_RUNS;
+        assert_eq!(p.max_attempts(), 4);
+        for (retry, nominal) in [(1, 1800), (2, 7200), (3, 28_800), (4, 28_800)] {
+            for _ in 0..50 {
+                let d = p.delay(retry);
+                let nominal = Duration::from_secs(nominal);
+                assert!(d >= nominal / 2 && d <= nominal, "retry {retry}: {d:?}");
+            }
+        }
+        // the jitter spreads a fleet that failed together
+        let spread: std::collections::BTreeSet<_> = (0..20).map(|_| p.delay(1)).collect();
+        assert!(spread.len() > 10, "{spread:?}");
+    }
+
+    #[test]
     fn zero_attempts_means_one() {
         let p = RetryPolicy {
             attempts: 0,
@@ -249,6 +285,7 @@ mod tests {
         RetryPolicy {
             attempts,
             initial: Duration::from_millis(1),
+            factor: 2,
             max: Duration::from_millis(2),
         }
     }

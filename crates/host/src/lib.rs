@@ -7,9 +7,11 @@
 //! <root>/bin/updater, <root>/bin/updater.previous    the standalone updater (a real file)
 //! <root>/state/                                      journal.json, history.jsonl, update.lock, seed,
 //!                                                    health.json, agent.pid, agent.log,
-//!                                                    quarantine.json, tuf/<region>/, cache/
+//!                                                    quarantine.json, last-run.json, tuf/<region>/,
+//!                                                    cache/
 //! ```
 
+pub mod attempt;
 pub mod build;
 pub mod config;
 pub mod installed;
@@ -118,6 +120,11 @@ impl HostLayout {
     }
     pub fn history(&self) -> PathBuf {
         self.state_dir().join("history.jsonl")
+    }
+    /// `state/last-run.json`: how the last run the agent launched ended
+    /// ([`attempt::RunResult`]).
+    pub fn last_run(&self) -> PathBuf {
+        self.state_dir().join(attempt::LAST_RUN_FILE)
     }
     pub fn lock(&self) -> PathBuf {
         self.state_dir().join("update.lock")

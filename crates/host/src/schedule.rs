@@ -8,7 +8,9 @@
 //! - [`jitter_offset`] turns the host's seed into a stable offset in `[0, jitter)`, so
 //!   a fleet does not update in the same minute.
 //! - A [`MaintenanceWindow`] restricts runs to set hours (`02:00` for `4h` on `sat`, `sun`).
-//! - [`ScheduleState`] (`state/schedule.json`) keeps the anchor and the last run.
+//! - [`ScheduleState`] (`state/schedule.json`) keeps the anchor, the last run, the run the
+//!   agent launched and has not seen end ([`Pending`]), and the failed attempts of the
+//!   current run with the time of its retry.
 //!
 //! # The rule ([`next_run`])
 //!
@@ -26,11 +28,15 @@
 //!      more slots: a single **Missed** run at `max(now, started_at + offset)`. Once,
 //!      never once per missed slot: after it, `last_run` is that time and the next slot
 //!      lies after it.
-//! 3. If `plan.on_boot` is `Some(delay)`, `boot_run_done` is false and no run was
+//! 3. If `state.retry_at` is set (a run failed, and [`ScheduleState::settle`] decided to
+//!    try it again) and it is earlier than the time from 1–2, the run is **Retry** at
+//!    `retry_at`. `settle` never sets a retry on or after the next slot, and the slot wins
+//!    over one left from an older plan.
+//! 4. If `plan.on_boot` is `Some(delay)`, `boot_run_done` is false and no run was
 //!    recorded since `started_at` (`last_run` is `None` or before `started_at`), and
-//!    `started_at + delay` is strictly earlier than the time from 1–2, the run is
+//!    `started_at + delay` is strictly earlier than the time from 1–3, the run is
 //!    **Boot** at `started_at + delay`.
-//! 4. If `plan.window` is set and the instant the run would happen, `max(at, now)`, is
+//! 5. If `plan.window` is set and the instant the run would happen, `max(at, now)`, is
 //!    outside it, the run moves to `window.next_opening(max(at, now)) + w`, where `w =
 //!    offset × (window duration / 2) / plan.jitter` (the host's offset scaled into the
 //!    first half of the window; 0 without jitter). The reason stays.
@@ -57,6 +63,7 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
+use crate::attempt::{FailureClass, RunResult};
 use crate::state::{STATE_VERSION, StateError, read_json, write_json};
 use molt_schema::rollout::Seed;
 
@@ -594,6 +601,8 @@ pub enum Reason {
     Missed,
     /// `on_boot`: shortly after the agent started.
     Boot,
+    /// A run that failed for a reason time may cure, tried again before the next slot.
+    Retry,
 }
 
 impl fmt::Display for Reason {
@@ -602,6 +611,7 @@ impl fmt::Display for Reason {
             Reason::Scheduled => "scheduled",
             Reason::Missed => "missed",
             Reason::Boot => "boot",
+            Reason::Retry => "retry",
         })
     }
 }
@@ -625,6 +635,7 @@ fn lenient_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::
         Scheduled,
         Missed,
         Boot,
+        Retry,
         #[serde(other)]
         Unknown,
     }
@@ -632,6 +643,7 @@ fn lenient_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::
         Some(Wire::Scheduled) => Some(Reason::Scheduled),
         Some(Wire::Missed) => Some(Reason::Missed),
         Some(Wire::Boot) => Some(Reason::Boot),
+        Some(Wire::Retry) => Some(Reason::Retry),
         Some(Wire::Unknown) | None => None,
     })
 }
@@ -648,6 +660,89 @@ pub struct ScheduleState {
     pub last_run: Option<Timestamp>,
     #[serde(default, deserialize_with = "lenient_reason")]
     pub last_reason: Option<Reason>,
+    /// The run the agent launched last, until its result is seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+    /// The failed attempts of the current run (the one a slot, a catch-up or a boot
+    /// started, and its retries), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// When the failed run is tried again (always before the next slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
+}
+
+/// A launched run whose end the agent has not seen yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The launch id, which the updater writes back into `state/last-run.json`.
+    pub launch: String,
+    pub at: Timestamp,
+}
+
+/// One failed attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it was launched.
+    pub at: Timestamp,
+    #[serde(default, deserialize_with = "lenient_reason")]
+    pub reason: Option<Reason>,
+    pub failure: FailureClass,
+    /// The updater's exit code (none when no updater ran, or none recorded one).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The error's first line.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// How a launched run ended, as the agent learns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Succeeded,
+    Failed {
+        failure: FailureClass,
+        exit_code: Option<i32>,
+        message: Option<String>,
+    },
+}
+
+/// How long a launched run may leave no result once no updater holds the lock (and at
+/// least this long after its launch) before the agent counts it as
+/// [`FailureClass::NoResult`]: the updater releases the lock a moment before it writes
+/// its result, and a self-updated updater takes the lock again after its re-exec.
+pub const NO_RESULT_GRACE: Duration = Duration::from_secs(120);
+
+/// Whether `pending` has ended: `result` is the last `state/last-run.json`, `free_since`
+/// when the agent first saw the update lock free (none while an update holds it).
+pub fn outcome_of(
+    pending: &Pending,
+    result: Option<&RunResult>,
+    free_since: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<Ended> {
+    if let Some(r) = result.filter(|r| r.launch == pending.launch) {
+        return Some(match r.failure {
+            None if r.exit_code == 0 => Ended::Succeeded,
+            failure => Ended::Failed {
+                failure: failure
+                    .or_else(|| FailureClass::from_exit_code(r.exit_code))
+                    .unwrap_or(FailureClass::Failed),
+                exit_code: Some(r.exit_code),
+                message: r.message.clone(),
+            },
+        });
+    }
+    let grace = jiff::SignedDuration::try_from(NO_RESULT_GRACE).unwrap_or_default();
+    let waited = |since: Timestamp| now.duration_since(since) >= grace;
+    (waited(pending.at) && free_since.is_some_and(waited)).then(|| Ended::Failed {
+        failure: FailureClass::NoResult,
+        exit_code: None,
+        message: Some(
+            "the updater ended without recording a result (killed, or the machine stopped); see state/updater.log or the journal"
+                .into(),
+        ),
+    })
 }
 
 impl ScheduleState {
@@ -658,6 +753,9 @@ impl ScheduleState {
             first_seen: now,
             last_run: None,
             last_reason: None,
+            pending: None,
+            attempts: Vec::new(),
+            retry_at: None,
         }
     }
 
@@ -681,10 +779,75 @@ impl ScheduleState {
         write_json(path, &state)
     }
 
-    /// Records a run that starts at `at`.
+    /// Records a run that starts at `at`. A run that is not a retry starts a new series of
+    /// attempts; any run takes the place of a retry that was waiting.
     pub fn record_run(&mut self, at: Timestamp, reason: Reason) {
         self.last_run = Some(at);
         self.last_reason = Some(reason);
+        self.retry_at = None;
+        self.pending = None;
+        if reason != Reason::Retry {
+            self.attempts.clear();
+        }
+    }
+
+    /// Settles the run the agent launched at `at` for `reason`: a success ends the series;
+    /// a failure is recorded, and when its class is retryable and `retries` is not spent,
+    /// it is tried again `delay(n)` after `now` (`n` = 1 for the first retry), unless that
+    /// falls on or after the next slot (which then runs as usual). Returns the retry time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn settle(
+        &mut self,
+        at: Timestamp,
+        reason: Reason,
+        ended: Ended,
+        plan: &Plan,
+        offset: Duration,
+        started_at: Timestamp,
+        now: Timestamp,
+        retries: u32,
+        delay: impl Fn(u32) -> Duration,
+    ) -> Option<Timestamp> {
+        self.pending = None;
+        self.retry_at = None;
+        let Ended::Failed {
+            failure,
+            exit_code,
+            message,
+        } = ended
+        else {
+            self.attempts.clear();
+            return None;
+        };
+        self.attempts.push(Attempt {
+            at,
+            reason: Some(reason),
+            failure,
+            exit_code,
+            message,
+        });
+        // bounded even if a newer agent's state held more
+        let keep = usize::try_from(retries)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        if self.attempts.len() > keep {
+            self.attempts.drain(..self.attempts.len() - keep);
+        }
+        let retry = u32::try_from(self.attempts.len()).unwrap_or(u32::MAX);
+        if !failure.retryable() || retry > retries {
+            return None;
+        }
+        let at = now.checked_add(delay(retry)).ok()?;
+        let slot = next_run(plan, offset, self, started_at, true, now)?;
+        (at < slot.at).then(|| {
+            self.retry_at = Some(at);
+            at
+        })
+    }
+
+    /// The failed attempt that a waiting retry follows.
+    pub fn retrying_after(&self) -> Option<&Attempt> {
+        self.retry_at.and(self.attempts.last())
     }
 }
 
@@ -726,6 +889,16 @@ pub fn next_run(
                 }
             }
         });
+
+    // A failed run's retry, while it is due before the next slot.
+    let retry = state
+        .retry_at
+        .filter(|r| scheduled.is_none_or(|s| *r < s.at))
+        .map(|at| Due {
+            at,
+            reason: Reason::Retry,
+        });
+    let scheduled = retry.or(scheduled);
 
     let boot_pending = !boot_run_done && state.last_run.is_none_or(|last| last < started_at);
     let boot = plan
@@ -1034,6 +1207,353 @@ mod tests {
             window: None,
             on_boot: None,
         }
+    }
+
+    fn failed(failure: FailureClass) -> Ended {
+        Ended::Failed {
+            failure,
+            exit_code: Some(4),
+            message: Some("timestamp.json expired".into()),
+        }
+    }
+
+    /// The nominal delays with the jitter at its largest (the policy's are random).
+    fn nominal(n: u32) -> Duration {
+        Duration::from_secs([1800, 7200, 28_800][(n as usize - 1).min(2)])
+    }
+
+    const HOUR: i64 = 3600;
+
+    fn plus(t: Timestamp, secs: i64) -> Timestamp {
+        t + jiff::SignedDuration::from_secs(secs)
+    }
+
+    /// A failed scheduled run is tried again about 30 min, 2 h and 8 h after each failure,
+    /// then waits for its slot; each attempt's class is kept; a success ends the series.
+    #[test]
+    fn a_failed_run_is_retried_with_backoff_before_the_next_slot() {
+        let p = plan("rate(14 days)");
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let slot = ts("2026-01-15T00:00:00Z");
+        let mut st = ScheduleState::new(t0);
+        st.record_run(slot, Reason::Scheduled);
+        let mut now = plus(slot, 60);
+        let mut expected_next_slot = None;
+        for n in 1..=4u32 {
+            let retry = st.settle(
+                st.last_run.unwrap(),
+                st.last_reason.unwrap(),
+                failed(FailureClass::Verification),
+                &p,
+                Duration::ZERO,
+                t0,
+                now,
+                3,
+                nominal,
+            );
+            assert_eq!(st.attempts.len(), n as usize);
+            assert_eq!(
+                st.attempts[n as usize - 1].failure,
+                FailureClass::Verification
+            );
+            if n == 4 {
+                assert_eq!(retry, None, "three retries, then the slot");
+                assert_eq!(st.retrying_after(), None);
+                expected_next_slot = next_run(&p, Duration::ZERO, &st, t0, true, now);
+                break;
+            }
+            let at = retry.expect("retried");
+            assert_eq!(at, now.checked_add(nominal(n)).unwrap());
+            assert_eq!(
+                st.retrying_after().unwrap().failure,
+                FailureClass::Verification
+            );
+            // the retry is the next run, and it keeps its reason
+            let due = next_run(&p, Duration::ZERO, &st, t0, true, now).unwrap();
+            assert_eq!(
+                due,
+                Due {
+                    at,
+                    reason: Reason::Retry
+                }
+            );
+            now = at;
+            st.record_run(now, Reason::Retry);
+            assert_eq!(
+                st.attempts.len(),
+                n as usize,
+                "a retry continues the series"
+            );
+            now = plus(now, 60);
+        }
+        // after the last retry: the next slot, 14 days after the first
+        assert_eq!(
+            expected_next_slot,
+            Some(Due {
+                at: ts("2026-01-29T00:00:00Z"),
+                reason: Reason::Scheduled
+            })
+        );
+        // the slot starts a new series
+        st.record_run(ts("2026-01-29T00:00:00Z"), Reason::Scheduled);
+        assert!(st.attempts.is_empty());
+        let retry = st.settle(
+            st.last_run.unwrap(),
+            Reason::Scheduled,
+            failed(FailureClass::Network),
+            &p,
+            Duration::ZERO,
+            t0,
+            ts("2026-01-29T00:01:00Z"),
+            3,
+            nominal,
+        );
+        assert_eq!(retry, Some(ts("2026-01-29T00:31:00Z")));
+        // a success ends it
+        st.record_run(ts("2026-01-29T00:31:00Z"), Reason::Retry);
+        let retry = st.settle(
+            st.last_run.unwrap(),
+            Reason::Retry,
+            Ended::Succeeded,
+            &p,
+            Duration::ZERO,
+            t0,
+            ts("2026-01-29T00:32:00Z"),
+            3,
+            nominal,
+        );
+        assert_eq!(retry, None);
+        assert!(st.attempts.is_empty() && st.retry_at.is_none());
+        assert_eq!(
+            next_run(
+                &p,
+                Duration::ZERO,
+                &st,
+                t0,
+                true,
+                ts("2026-01-29T00:32:00Z")
+            )
+            .unwrap(),
+            Due {
+                at: ts("2026-02-12T00:00:00Z"),
+                reason: Reason::Scheduled
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_never_falls_on_or_after_the_next_slot() {
+        // hourly: the first retry (30 min) fits, the second (2 h) would pass the slot
+        let p = Plan {
+            jitter: Duration::ZERO,
+            ..plan("rate(1 hour)")
+        };
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let mut st = ScheduleState::new(t0);
+        st.record_run(ts("2026-01-01T01:00:00Z"), Reason::Scheduled);
+        let args = |st: &mut ScheduleState, now| {
+            st.settle(
+                st.last_run.unwrap(),
+                Reason::Scheduled,
+                failed(FailureClass::Network),
+                &p,
+                Duration::ZERO,
+                t0,
+                now,
+                3,
+                nominal,
+            )
+        };
+        assert_eq!(
+            args(&mut st, ts("2026-01-01T01:00:05Z")),
+            Some(ts("2026-01-01T01:30:05Z"))
+        );
+        st.record_run(ts("2026-01-01T01:30:05Z"), Reason::Retry);
+        assert_eq!(args(&mut st, ts("2026-01-01T01:30:10Z")), None);
+        assert_eq!(
+            next_run(
+                &p,
+                Duration::ZERO,
+                &st,
+                t0,
+                true,
+                ts("2026-01-01T01:30:10Z")
+            )
+            .unwrap(),
+            Due {
+                at: ts("2026-01-01T02:00:00Z"),
+                reason: Reason::Scheduled
+            }
+        );
+        // a retry time left from a longer schedule (before a SIGHUP) yields to the slot
+        st.retry_at = Some(ts("2026-01-01T05:00:00Z"));
+        assert_eq!(
+            next_run(
+                &p,
+                Duration::ZERO,
+                &st,
+                t0,
+                true,
+                ts("2026-01-01T01:30:10Z")
+            )
+            .unwrap()
+            .reason,
+            Reason::Scheduled
+        );
+        // and a retry is still held to the maintenance window
+        let win = Plan {
+            window: Some(
+                MaintenanceWindow::new(
+                    None,
+                    "03:00".parse().unwrap(),
+                    Duration::from_secs(2 * 3600),
+                )
+                .unwrap(),
+            ),
+            ..plan("rate(14 days)")
+        };
+        let mut st = ScheduleState::new(t0);
+        st.record_run(ts("2026-01-15T03:10:00Z"), Reason::Scheduled);
+        st.retry_at = Some(ts("2026-01-15T06:00:00Z"));
+        let due = next_run(
+            &win,
+            Duration::ZERO,
+            &st,
+            t0,
+            true,
+            ts("2026-01-15T03:20:00Z"),
+        )
+        .unwrap();
+        assert_eq!(due.reason, Reason::Retry);
+        assert_eq!(due.at, ts("2026-01-16T03:00:00Z"));
+    }
+
+    #[test]
+    fn what_a_retry_would_repeat_is_not_retried() {
+        let p = plan("rate(14 days)");
+        let t0 = ts("2026-01-01T00:00:00Z");
+        for class in [
+            FailureClass::Refused,
+            FailureClass::Health,
+            FailureClass::Critical,
+            FailureClass::Usage,
+        ] {
+            let mut st = ScheduleState::new(t0);
+            st.record_run(ts("2026-01-15T00:00:00Z"), Reason::Scheduled);
+            let retry = st.settle(
+                st.last_run.unwrap(),
+                Reason::Scheduled,
+                failed(class),
+                &p,
+                Duration::ZERO,
+                t0,
+                ts("2026-01-15T00:01:00Z"),
+                3,
+                nominal,
+            );
+            assert_eq!(retry, None, "{class}");
+            assert_eq!(
+                st.attempts.len(),
+                1,
+                "{class}: the attempt is still recorded"
+            );
+        }
+    }
+
+    #[test]
+    fn a_launched_run_ends_with_its_result_or_after_the_grace_without_one() {
+        let launched = ts("2026-01-15T00:00:00Z");
+        let pending = Pending {
+            launch: "L1".into(),
+            at: launched,
+        };
+        let result = |launch: &str, code: i32, failure| RunResult {
+            version: 1,
+            launch: launch.into(),
+            started_at: launched,
+            finished_at: plus(launched, 5),
+            exit_code: code,
+            failure,
+            message: None,
+        };
+        let soon = plus(launched, 10);
+        // still running: no result, the lock held (or only just seen free)
+        assert_eq!(outcome_of(&pending, None, None, soon), None);
+        assert_eq!(outcome_of(&pending, None, Some(soon), soon), None);
+        // another launch's result is not this one's
+        assert_eq!(
+            outcome_of(&pending, Some(&result("L0", 0, None)), Some(soon), soon),
+            None
+        );
+        assert_eq!(
+            outcome_of(&pending, Some(&result("L1", 0, None)), None, soon),
+            Some(Ended::Succeeded)
+        );
+        assert_eq!(
+            outcome_of(
+                &pending,
+                Some(&result("L1", 4, Some(FailureClass::Verification))),
+                None,
+                soon
+            ),
+            Some(Ended::Failed {
+                failure: FailureClass::Verification,
+                exit_code: Some(4),
+                message: None
+            })
+        );
+        // a class this agent does not know is still a failure (and retried)
+        let failure = match outcome_of(&pending, Some(&result("L1", 9, None)), None, soon) {
+            Some(Ended::Failed { failure, .. }) => failure,
+            other => panic!("{other:?}"),
+        };
+        assert!(failure.retryable());
+        // killed without a result: once the lock has been free for the grace
+        let late = plus(launched, HOUR);
+        assert_eq!(
+            outcome_of(&pending, None, None, late),
+            None,
+            "an update holds the lock"
+        );
+        assert_eq!(
+            outcome_of(&pending, None, Some(plus(late, -60)), late),
+            None
+        );
+        assert!(matches!(
+            outcome_of(&pending, None, Some(plus(late, -120)), late),
+            Some(Ended::Failed {
+                failure: FailureClass::NoResult,
+                exit_code: None,
+                ..
+            })
+        ));
+    }
+
+    /// An older agent reads a newer agent's state (and the reverse) without failing.
+    #[test]
+    fn retry_state_is_optional_and_unknown_reasons_are_lenient() {
+        let old: ScheduleState = serde_json::from_str(
+            r#"{"version":1,"first_seen":"2026-01-01T00:00:00Z","last_run":"2026-01-02T00:00:00Z","last_reason":"scheduled"}"#,
+        )
+        .unwrap();
+        assert!(old.attempts.is_empty() && old.pending.is_none() && old.retry_at.is_none());
+        let newer: ScheduleState = serde_json::from_str(
+            r#"{"version":1,"first_seen":"2026-01-01T00:00:00Z","last_reason":"watch","attempts":[{"at":"2026-01-02T00:00:00Z","reason":"watch","failure":"cosmic","exit_code":1}],"retry_at":"2026-01-02T00:30:00Z","later":1}"#,
+        )
+        .unwrap();
+        assert_eq!(newer.last_reason, None);
+        assert_eq!(newer.attempts[0].failure, FailureClass::Unknown);
+        assert_eq!(newer.attempts[0].reason, None);
+        // what this version writes, it reads back
+        let mut st = ScheduleState::new(ts("2026-01-01T00:00:00Z"));
+        st.record_run(ts("2026-01-15T00:00:00Z"), Reason::Retry);
+        st.pending = Some(Pending {
+            launch: "L".into(),
+            at: ts("2026-01-15T00:00:00Z"),
+        });
+        let text = serde_json::to_string(&st).unwrap();
+        assert!(text.contains(r#""last_reason":"retry""#), "{text}");
+        assert_eq!(serde_json::from_str::<ScheduleState>(&text).unwrap(), st);
     }
 
     #[test]

@@ -314,6 +314,10 @@ pub struct HistoryRecord {
     pub finished_at: Timestamp,
     #[serde(default)]
     pub timings: Timings,
+    /// For a record that is not a success: the kind of failure (older molt versions wrote
+    /// none, and ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::attempt::FailureClass>,
 }
 
 /// Appends a record to `history.jsonl` and fsyncs it.
@@ -728,6 +732,7 @@ mod tests {
             started_at: Timestamp::UNIX_EPOCH,
             finished_at: Timestamp::UNIX_EPOCH,
             timings: Timings::default(),
+            failure: None,
         }
     }
 
