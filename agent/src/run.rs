@@ -25,7 +25,7 @@ use molt_fetch::transport::{HttpSettings, MoltTransport};
 use molt_host::attempt::{FailureClass, RunResult};
 use molt_host::lock;
 use molt_host::schedule::{self, Due, Ended, Pending, Reason, ScheduleState};
-use molt_host::state::{self, Health, HealthStatus, STATE_VERSION};
+use molt_host::state::{self, Health, HealthStatus, Outcome, STATE_VERSION};
 use molt_schema::Region;
 use molt_schema::rollout::Seed;
 use tokio::signal::unix::{SignalKind, signal};
@@ -345,7 +345,9 @@ pub async fn run(
                     tracing::warn!("{e}");
                     None
                 });
-            if let Some(ended) = schedule::outcome_of(&pending, result.as_ref(), free_since, now) {
+            if let Some(ended) = schedule::outcome_of(&pending, result.as_ref(), free_since, now)
+                .map(|ended| from_history(&settings, &pending, ended))
+            {
                 settle(&settings, &mut sched, pending.at, ended, offset, started_at);
                 save_schedule(&sched, &sched_path);
                 free_since = None;
@@ -369,7 +371,10 @@ pub async fn run(
                 }
             }
         };
-        if due.at <= now {
+        // A run that comes due while the one launched last still holds the update lock (a
+        // long update) waits for that run's result rather than count as busy and lose it.
+        let waits = sched.pending.is_some() && free_since.is_none();
+        if due.at <= now && !waits {
             let fired = fire(&settings, &due);
             if due.reason == Reason::Boot {
                 boot_done = true;
@@ -378,10 +383,12 @@ pub async fn run(
             let failed = |failure, message: String| Ended::Failed {
                 failure,
                 exit_code: None,
-                message: Some(message),
+                message: Some(molt_host::attempt::clean_message(&message)),
             };
             match fired {
-                Fired::Held => {}
+                // a retry that comes due on hold is dropped with its series: the next
+                // slot runs as usual after `agent unhold`
+                Fired::Held => sched.attempts.clear(),
                 Fired::Busy => {
                     let ended = failed(FailureClass::Busy, "an update was in progress".into());
                     settle(&settings, &mut sched, now, ended, offset, started_at);
@@ -453,6 +460,36 @@ pub async fn run(
         tracing::warn!("{e}");
     }
     Ok(())
+}
+
+/// A run that left no result may still have left a history record (an updater older than
+/// `state/last-run.json` writes only that): the record of an update started since the
+/// launch says how it ended.
+fn from_history(settings: &AgentSettings, pending: &Pending, ended: Ended) -> Ended {
+    let no_result = matches!(
+        ended,
+        Ended::Failed {
+            failure: FailureClass::NoResult,
+            ..
+        }
+    );
+    if !no_result {
+        return ended;
+    }
+    let records = state::read_history(&settings.layout.history()).unwrap_or_default();
+    match records.iter().rev().find(|r| r.started_at >= pending.at) {
+        Some(r) if r.result == Outcome::Success => Ended::Succeeded,
+        Some(r) => Ended::Failed {
+            failure: r.failure.unwrap_or(match r.result {
+                Outcome::RolledBack => FailureClass::Health,
+                Outcome::RollbackFailed => FailureClass::Critical,
+                _ => FailureClass::Failed,
+            }),
+            exit_code: None,
+            message: r.reason.as_deref().map(molt_host::attempt::clean_message),
+        },
+        None => ended,
+    }
 }
 
 fn save_schedule(sched: &ScheduleState, path: &std::path::Path) {

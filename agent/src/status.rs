@@ -492,6 +492,7 @@ pub fn render(s: &AgentStatus) -> String {
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default(),
                 match sc.retry_at {
+                    _ if sc.running.is_some() => "it is being retried now",
                     Some(_) => "the retry is the next run",
                     None if !a.failure.retryable() => {
                         "not retried (a retry would fail the same way); the next slot runs as usual"

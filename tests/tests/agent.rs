@@ -386,6 +386,23 @@ fn agent_updates_itself_from_v1_to_v2() {
     assert_eq!(report["agent_version"], "2.0.0");
     assert_eq!(report["record"]["to"], "2.0.0");
     assert_eq!(report["record"]["result"], "success");
+    // The v2 agent, which the update started, settled the run the v1 agent launched (its
+    // result came back through state/last-run.json): no failed attempt, no retry.
+    wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(layout.agent_log())
+            .ok()?
+            .contains("the scheduled update finished")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the v2 agent never settled the launched run; agent log:\n{}",
+            std::fs::read_to_string(layout.agent_log()).unwrap_or_default()
+        )
+    });
+    let sched = schedule_json(&host);
+    assert!(sched["attempts"].is_null(), "{sched}");
+    assert!(sched["retry_at"].is_null(), "{sched}");
     // the self-update moved the standalone updater too
     let out = Command::new(layout.updater_bin())
         .arg("--version")

@@ -58,7 +58,9 @@ pub fn record_launched_run(
         Err(e) => (
             e.exit_code(),
             Some(e.failure_class()),
-            Some(molt_schema::cli::one_line(e)),
+            Some(molt_host::attempt::clean_message(
+                &molt_schema::cli::one_line(e),
+            )),
         ),
     };
     let run = RunResult {

@@ -106,13 +106,13 @@ impl fmt::Display for FailureClass {
             FailureClass::Verification => "verification",
             FailureClass::Refused => "refused",
             FailureClass::Health => "health",
-            FailureClass::NotCommitted => "not committed",
+            FailureClass::NotCommitted => "not_committed",
             FailureClass::Busy => "busy",
             FailureClass::Critical => "critical",
             FailureClass::Usage => "usage",
             FailureClass::Failed => "failed",
             FailureClass::Launch => "launch",
-            FailureClass::NoResult => "no result",
+            FailureClass::NoResult => "no_result",
             FailureClass::Unknown => "unknown",
         })
     }
@@ -138,6 +138,23 @@ pub struct RunResult {
 
 fn state_version() -> u32 {
     STATE_VERSION
+}
+
+/// The longest message kept with a result or an attempt, in characters.
+pub const MAX_MESSAGE: usize = 512;
+
+/// A message fit to keep and print: control characters (a terminal's escapes, newlines)
+/// become spaces, and it is cut to [`MAX_MESSAGE`] characters.
+pub fn clean_message(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .take(MAX_MESSAGE)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if message.chars().nth(MAX_MESSAGE).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The launch id in `MOLT_LAUNCH_ID`, when it is one the agent could have written: at most
@@ -174,6 +191,15 @@ mod tests {
         .unwrap();
         assert_eq!(r.failure, Some(FailureClass::Unknown));
         assert_eq!(r.version, STATE_VERSION);
+    }
+
+    #[test]
+    fn messages_are_cleaned_and_bounded() {
+        assert_eq!(clean_message("a\x1b[31mred\nline"), "a [31mred line");
+        let long = clean_message(&"é".repeat(2000));
+        assert_eq!(long.chars().count(), MAX_MESSAGE + 1);
+        assert!(long.ends_with('…'));
+        assert_eq!(clean_message("short"), "short");
     }
 
     #[test]

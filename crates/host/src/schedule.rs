@@ -29,13 +29,15 @@
 //!      never once per missed slot: after it, `last_run` is that time and the next slot
 //!      lies after it.
 //! 3. If `state.retry_at` is set (a run failed, and [`ScheduleState::settle`] decided to
-//!    try it again) and it is earlier than the time from 1–2, the run is **Retry** at
-//!    `retry_at`. `settle` never sets a retry on or after the next slot, and the slot wins
-//!    over one left from an older plan.
-//! 4. If `plan.on_boot` is `Some(delay)`, `boot_run_done` is false and no run was
-//!    recorded since `started_at` (`last_run` is `None` or before `started_at`), and
-//!    `started_at + delay` is strictly earlier than the time from 1–3, the run is
-//!    **Boot** at `started_at + delay`.
+//!    try it again), the slot still lies ahead (1 gave **Scheduled** later than `now`; a
+//!    slot that passed, or a catch-up run, makes a retry left from before stale), and
+//!    `retry_at`, moved into the window as in 5, is strictly earlier than the run from 1,
+//!    2 and 4 after 5, the run is **Retry** at `retry_at` (in the window).
+//! 4. If `plan.on_boot` is `Some(delay)`, `boot_run_done` is false, no run was recorded
+//!    since `started_at` (`last_run` is `None` or before `started_at`), no launched run
+//!    waits for its result and no failed attempts are open (an agent an update started,
+//!    or a rollback restarted, must not start another run), and `started_at + delay` is
+//!    strictly earlier than the time from 1–2, the run is **Boot** at `started_at + delay`.
 //! 5. If `plan.window` is set and the instant the run would happen, `max(at, now)`, is
 //!    outside it, the run moves to `window.next_opening(max(at, now)) + w`, where `w =
 //!    offset × (window duration / 2) / plan.jitter` (the host's offset scaled into the
@@ -707,14 +709,15 @@ pub enum Ended {
     },
 }
 
-/// How long a launched run may leave no result once no updater holds the lock (and at
-/// least this long after its launch) before the agent counts it as
+/// How long a launched run may leave no result once the agent has seen the update lock
+/// free (watching from the launch, or from its own start) before the agent counts it as
 /// [`FailureClass::NoResult`]: the updater releases the lock a moment before it writes
 /// its result, and a self-updated updater takes the lock again after its re-exec.
 pub const NO_RESULT_GRACE: Duration = Duration::from_secs(120);
 
 /// Whether `pending` has ended: `result` is the last `state/last-run.json`, `free_since`
-/// when the agent first saw the update lock free (none while an update holds it).
+/// when the agent first saw the update lock free since the launch (or since the agent
+/// started), none while an update holds it.
 pub fn outcome_of(
     pending: &Pending,
     result: Option<&RunResult>,
@@ -729,13 +732,15 @@ pub fn outcome_of(
                     .or_else(|| FailureClass::from_exit_code(r.exit_code))
                     .unwrap_or(FailureClass::Failed),
                 exit_code: Some(r.exit_code),
-                message: r.message.clone(),
+                message: r.message.as_deref().map(crate::attempt::clean_message),
             },
         });
     }
     let grace = jiff::SignedDuration::try_from(NO_RESULT_GRACE).unwrap_or_default();
-    let waited = |since: Timestamp| now.duration_since(since) >= grace;
-    (waited(pending.at) && free_since.is_some_and(waited)).then(|| Ended::Failed {
+    // `free_since` is this agent's own observation, made after the launch (a wall clock
+    // that went back since the launch cannot stall this).
+    let waited = free_since.is_some_and(|since| now.duration_since(since) >= grace);
+    waited.then(|| Ended::Failed {
         failure: FailureClass::NoResult,
         exit_code: None,
         message: Some(
@@ -838,11 +843,15 @@ impl ScheduleState {
             return None;
         }
         let at = now.checked_add(delay(retry)).ok()?;
-        let slot = next_run(plan, offset, self, started_at, true, now)?;
-        (at < slot.at).then(|| {
-            self.retry_at = Some(at);
-            at
-        })
+        // kept only when it comes first, once the window has moved both it and the slot
+        self.retry_at = Some(at);
+        let next = next_run(plan, offset, self, started_at, true, now);
+        if let Some(d) = next.filter(|d| d.reason == Reason::Retry) {
+            Some(d.at)
+        } else {
+            self.retry_at = None;
+            None
+        }
     }
 
     /// The failed attempt that a waiting retry follows.
@@ -890,17 +899,12 @@ pub fn next_run(
             }
         });
 
-    // A failed run's retry, while it is due before the next slot.
-    let retry = state
-        .retry_at
-        .filter(|r| scheduled.is_none_or(|s| *r < s.at))
-        .map(|at| Due {
-            at,
-            reason: Reason::Retry,
-        });
-    let scheduled = retry.or(scheduled);
-
-    let boot_pending = !boot_run_done && state.last_run.is_none_or(|last| last < started_at);
+    // No boot run while a launched run is unsettled or a series of attempts is open: an
+    // agent the update started (or restarted by a rollback) must not start another run.
+    let boot_pending = !boot_run_done
+        && state.last_run.is_none_or(|last| last < started_at)
+        && state.pending.is_none()
+        && state.attempts.is_empty();
     let boot = plan
         .on_boot
         .filter(|_| boot_pending)
@@ -910,22 +914,39 @@ pub fn next_run(
             reason: Reason::Boot,
         });
 
-    let mut due = match (scheduled, boot) {
-        (Some(s), Some(b)) if b.at < s.at => b,
-        (Some(s), _) => s,
-        (None, b) => b?,
-    };
-
-    if let Some(window) = &plan.window {
-        let runs_at = due.at.max(now);
-        if !window.contains(runs_at) {
-            let opening = window.next_opening(runs_at);
-            due.at = opening
-                .checked_add(window_offset(offset, plan.jitter, window))
-                .unwrap_or(opening);
+    let in_window = |mut due: Due| {
+        if let Some(window) = &plan.window {
+            let runs_at = due.at.max(now);
+            if !window.contains(runs_at) {
+                let opening = window.next_opening(runs_at);
+                due.at = opening
+                    .checked_add(window_offset(offset, plan.jitter, window))
+                    .unwrap_or(opening);
+            }
         }
+        due
+    };
+    // The slot still lies ahead (a slot that passed, a catch-up run, makes any retry left
+    // from before stale).
+    let slot_ahead = scheduled.is_none_or(|s| s.reason == Reason::Scheduled && s.at > now);
+    let due = match (scheduled, boot) {
+        (Some(s), Some(b)) if b.at < s.at => Some(b),
+        (Some(s), _) => Some(s),
+        (None, b) => b,
     }
-    Some(due)
+    .map(in_window);
+    // A failed run's retry, while it comes (in the window) strictly before the next run.
+    let retry = state
+        .retry_at
+        .filter(|_| slot_ahead)
+        .map(|at| {
+            in_window(Due {
+                at,
+                reason: Reason::Retry,
+            })
+        })
+        .filter(|r| due.is_none_or(|d| r.at < d.at));
+    retry.or(due)
 }
 
 #[cfg(test)]
@@ -1428,6 +1449,179 @@ mod tests {
         assert_eq!(due.at, ts("2026-01-16T03:00:00Z"));
     }
 
+    /// The window moves a retry and the slot alike: a retry it would push onto (or past)
+    /// the slot is not kept, and the slot runs as a new series.
+    #[test]
+    fn a_retry_the_window_moves_onto_the_slot_is_dropped() {
+        let win = Plan {
+            jitter: Duration::ZERO,
+            window: Some(
+                MaintenanceWindow::new(
+                    None,
+                    "02:00".parse().unwrap(),
+                    Duration::from_secs(4 * 3600),
+                )
+                .unwrap(),
+            ),
+            ..plan("rate(1 day)")
+        };
+        let t0 = ts("2026-01-01T02:00:00Z");
+        let mut st = ScheduleState::new(t0);
+        st.record_run(ts("2026-01-02T02:00:00Z"), Reason::Scheduled);
+        let fail = |st: &mut ScheduleState, now| {
+            st.settle(
+                st.last_run.unwrap(),
+                st.last_reason.unwrap(),
+                failed(FailureClass::Network),
+                &win,
+                Duration::ZERO,
+                t0,
+                now,
+                3,
+                nominal,
+            )
+        };
+        // 30 min and 2 h later are inside the window
+        assert_eq!(
+            fail(&mut st, ts("2026-01-02T02:00:10Z")),
+            Some(ts("2026-01-02T02:30:10Z"))
+        );
+        st.record_run(ts("2026-01-02T02:30:10Z"), Reason::Retry);
+        assert_eq!(
+            fail(&mut st, ts("2026-01-02T02:30:20Z")),
+            Some(ts("2026-01-02T04:30:20Z"))
+        );
+        st.record_run(ts("2026-01-02T04:30:20Z"), Reason::Retry);
+        // 8 h later is outside; the window would move it to the next opening, the slot
+        assert_eq!(fail(&mut st, ts("2026-01-02T04:30:30Z")), None);
+        assert_eq!(st.retry_at, None);
+        assert_eq!(
+            next_run(
+                &win,
+                Duration::ZERO,
+                &st,
+                t0,
+                true,
+                ts("2026-01-02T04:30:30Z")
+            )
+            .unwrap(),
+            Due {
+                at: ts("2026-01-03T02:00:00Z"),
+                reason: Reason::Scheduled
+            }
+        );
+        // and should a retry time still be there, the slot is the next run, not "retry 3"
+        st.retry_at = Some(ts("2026-01-02T12:30:30Z"));
+        assert_eq!(
+            next_run(
+                &win,
+                Duration::ZERO,
+                &st,
+                t0,
+                true,
+                ts("2026-01-02T04:30:30Z")
+            )
+            .unwrap()
+            .reason,
+            Reason::Scheduled
+        );
+    }
+
+    /// A retry left from before the host went down (or before a forward clock jump) does
+    /// not take the place of the catch-up run, nor of a slot that has come.
+    #[test]
+    fn a_stale_retry_yields_to_a_missed_or_passed_slot() {
+        let p = plan("rate(14 days)");
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let mut st = ScheduleState::new(t0);
+        st.record_run(ts("2026-01-15T00:00:00Z"), Reason::Scheduled);
+        st.attempts.push(Attempt {
+            at: ts("2026-01-15T00:00:00Z"),
+            reason: Some(Reason::Scheduled),
+            failure: FailureClass::Network,
+            exit_code: Some(1),
+            message: None,
+        });
+        st.retry_at = Some(ts("2026-01-15T00:30:00Z"));
+        // the host was off for 30 days: one catch-up run, not "retry 1"
+        let back = ts("2026-02-14T00:00:00Z");
+        let due = next_run(&p, Duration::ZERO, &st, back, true, back).unwrap();
+        assert_eq!(due.reason, Reason::Missed);
+        // the agent ran but the slot came meanwhile (a suspend): the slot
+        let due = next_run(
+            &p,
+            Duration::ZERO,
+            &st,
+            t0,
+            true,
+            ts("2026-01-29T00:00:01Z"),
+        )
+        .unwrap();
+        assert_eq!(due.reason, Reason::Scheduled);
+        // while the slot is ahead, the retry is the next run
+        let due = next_run(
+            &p,
+            Duration::ZERO,
+            &st,
+            t0,
+            true,
+            ts("2026-01-15T00:10:00Z"),
+        )
+        .unwrap();
+        assert_eq!(
+            due,
+            Due {
+                at: ts("2026-01-15T00:30:00Z"),
+                reason: Reason::Retry
+            }
+        );
+    }
+
+    /// An agent the update started (or a rollback restarted) with `on_boot` does not start
+    /// another run while a launched run waits for its result or a series is open: a
+    /// failure the version does not cause (a commit that cannot be written) cannot loop.
+    #[test]
+    fn no_boot_run_while_a_run_is_unsettled_or_attempts_are_open() {
+        let p = Plan {
+            on_boot: Some(Duration::from_secs(60)),
+            ..plan("rate(14 days)")
+        };
+        let t0 = ts("2026-01-01T00:00:00Z");
+        let start = ts("2026-01-16T00:00:00Z");
+        let mut st = ScheduleState::new(t0);
+        st.record_run(ts("2026-01-15T00:00:00Z"), Reason::Scheduled);
+        assert_eq!(
+            next_run(&p, Duration::ZERO, &st, start, false, start)
+                .unwrap()
+                .reason,
+            Reason::Boot
+        );
+        st.pending = Some(Pending {
+            launch: "L".into(),
+            at: ts("2026-01-15T00:00:00Z"),
+        });
+        assert_eq!(
+            next_run(&p, Duration::ZERO, &st, start, false, start)
+                .unwrap()
+                .reason,
+            Reason::Scheduled
+        );
+        st.pending = None;
+        st.attempts.push(Attempt {
+            at: ts("2026-01-15T00:00:00Z"),
+            reason: Some(Reason::Scheduled),
+            failure: FailureClass::NotCommitted,
+            exit_code: Some(5),
+            message: None,
+        });
+        assert_eq!(
+            next_run(&p, Duration::ZERO, &st, start, false, start)
+                .unwrap()
+                .reason,
+            Reason::Scheduled
+        );
+    }
+
     #[test]
     fn what_a_retry_would_repeat_is_not_retried() {
         let p = plan("rate(14 days)");
@@ -1502,7 +1696,8 @@ mod tests {
                 message: None
             })
         );
-        // a class this agent does not know is still a failure (and retried)
+        // an exit code this agent does not know, without a class, is still a failure (and
+        // retried)
         let failure = match outcome_of(&pending, Some(&result("L1", 9, None)), None, soon) {
             Some(Ended::Failed { failure, .. }) => failure,
             other => panic!("{other:?}"),

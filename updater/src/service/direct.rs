@@ -385,6 +385,8 @@ impl ServiceManager for DirectService {
             // A re-exec'd updater (self-update) carries this; the agent must not pass it on
             // to the updaters it launches, or they would never self-update again.
             .env_remove(crate::self_update::REEXEC_ENV)
+            // the agent gives each updater it launches an id of its own
+            .env_remove(molt_host::attempt::LAUNCH_ID_ENV)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
