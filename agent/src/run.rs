@@ -25,7 +25,7 @@ use molt_fetch::transport::{HttpSettings, MoltTransport};
 use molt_host::attempt::{FailureClass, RunResult};
 use molt_host::lock;
 use molt_host::schedule::{self, Due, Ended, Pending, Reason, ScheduleState};
-use molt_host::state::{self, Health, HealthStatus, Outcome, STATE_VERSION};
+use molt_host::state::{self, Health, HealthStatus, STATE_VERSION};
 use molt_schema::Region;
 use molt_schema::rollout::Seed;
 use tokio::signal::unix::{SignalKind, signal};
@@ -232,6 +232,11 @@ const RESULT_POLL: Duration = Duration::from_secs(10);
 /// The retry schedule of failed scheduled runs.
 const RETRIES: RetryPolicy = RetryPolicy::SCHEDULED_RUNS;
 
+/// How many retries a failed scheduled run gets.
+pub fn retries() -> u32 {
+    RETRIES.max_attempts() - 1
+}
+
 /// Records how the run launched at `at` ended and decides its retry (logged).
 fn settle(
     settings: &AgentSettings,
@@ -243,7 +248,7 @@ fn settle(
 ) {
     let now = Timestamp::now();
     let reason = sched.last_reason.unwrap_or(Reason::Scheduled);
-    let retries = RETRIES.max_attempts() - 1;
+    let retries = retries();
     let failed = match &ended {
         Ended::Succeeded => None,
         Ended::Failed {
@@ -266,19 +271,13 @@ fn settle(
         return;
     };
     let attempt = sched.attempts.len();
-    match retry {
-        Some(when) => tracing::warn!(
+    match (retry, sched.not_retried_because(retries)) {
+        (Some(when), _) => tracing::warn!(
             "the {reason} update failed ({failure}: {message}); retry {attempt} of {retries} at {when}"
         ),
-        None => tracing::warn!(
+        (None, why) => tracing::warn!(
             "the {reason} update failed ({failure}: {message}); not retried ({}); the next slot runs as usual",
-            if !failure.retryable() {
-                "a retry would fail the same way"
-            } else if attempt > usize::try_from(retries).unwrap_or(usize::MAX) {
-                "its retries are spent"
-            } else {
-                "the next slot comes first"
-            }
+            why.unwrap_or("the next slot comes first")
         ),
     }
 }
@@ -345,8 +344,9 @@ pub async fn run(
                     tracing::warn!("{e}");
                     None
                 });
-            if let Some(ended) = schedule::outcome_of(&pending, result.as_ref(), free_since, now)
-                .map(|ended| from_history(&settings, &pending, ended))
+            let history = || state::read_history(&settings.layout.history()).unwrap_or_default();
+            if let Some(ended) =
+                schedule::outcome_of(&pending, result.as_ref(), free_since, now, history)
             {
                 settle(&settings, &mut sched, pending.at, ended, offset, started_at);
                 save_schedule(&sched, &sched_path);
@@ -460,36 +460,6 @@ pub async fn run(
         tracing::warn!("{e}");
     }
     Ok(())
-}
-
-/// A run that left no result may still have left a history record (an updater older than
-/// `state/last-run.json` writes only that): the record of an update started since the
-/// launch says how it ended.
-fn from_history(settings: &AgentSettings, pending: &Pending, ended: Ended) -> Ended {
-    let no_result = matches!(
-        ended,
-        Ended::Failed {
-            failure: FailureClass::NoResult,
-            ..
-        }
-    );
-    if !no_result {
-        return ended;
-    }
-    let records = state::read_history(&settings.layout.history()).unwrap_or_default();
-    match records.iter().rev().find(|r| r.started_at >= pending.at) {
-        Some(r) if r.result == Outcome::Success => Ended::Succeeded,
-        Some(r) => Ended::Failed {
-            failure: r.failure.unwrap_or(match r.result {
-                Outcome::RolledBack => FailureClass::Health,
-                Outcome::RollbackFailed => FailureClass::Critical,
-                _ => FailureClass::Failed,
-            }),
-            exit_code: None,
-            message: r.reason.as_deref().map(molt_host::attempt::clean_message),
-        },
-        None => ended,
-    }
 }
 
 fn save_schedule(sched: &ScheduleState, path: &std::path::Path) {

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use molt_fetch::aws::{self, CredentialsSource, ImdsSettings, RegionSource};
-use molt_fetch::retry::RetryPolicy;
 use molt_fetch::tuf::CACHED_MANIFEST;
 use molt_host::schedule::{self, Attempt, Pending, Reason, ScheduleState};
 use molt_host::state::{self, Health, HistoryRecord, Outcome, Quarantine};
@@ -77,6 +76,8 @@ pub struct ScheduleInfo {
     pub retry_at: Option<Timestamp>,
     /// How many retries a failed run gets.
     pub retries: u32,
+    /// Why the last failed attempt has no retry waiting.
+    pub not_retried: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -326,9 +327,10 @@ pub fn schedule_info(
         next_run: due.as_ref().map(|d| d.at.max(now)),
         next_reason: due.map(|d| d.reason),
         running: sched.pending.clone(),
-        retry_at: sched.retrying_after().and(sched.retry_at),
+        retry_at: sched.retry_at,
+        not_retried: sched.not_retried_because(crate::run::retries()),
         failed_attempts: sched.attempts,
-        retries: RetryPolicy::SCHEDULED_RUNS.max_attempts() - 1,
+        retries: crate::run::retries(),
     }
 }
 
@@ -491,16 +493,12 @@ pub fn render(s: &AgentStatus) -> String {
                     .as_ref()
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default(),
-                match sc.retry_at {
-                    _ if sc.running.is_some() => "it is being retried now",
-                    Some(_) => "the retry is the next run",
-                    None if !a.failure.retryable() => {
-                        "not retried (a retry would fail the same way); the next slot runs as usual"
+                match (&sc.running, sc.not_retried) {
+                    (Some(_), _) => "it is being retried now".to_owned(),
+                    (None, Some(why)) => {
+                        format!("not retried ({why}); the next slot runs as usual")
                     }
-                    None if sc.failed_attempts.len() > sc.retries as usize => {
-                        "not retried (its retries are spent); the next slot runs as usual"
-                    }
-                    None => "not retried (the next slot comes first)",
+                    (None, None) => "the retry is the next run".to_owned(),
                 }
             ),
         );

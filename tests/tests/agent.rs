@@ -499,12 +499,7 @@ fn missed_runs_run_once_at_start_and_boot_runs_after_their_delay() {
     host.write_config(
         "region = \"us-east-1\"\n[updater]\nservice = \"direct\"\n[agent]\nschedule = \"rate(14 days)\"\njitter = \"0s\"\n",
     );
-    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 30);
-    let sched = serde_json::json!({
-        "version": 1, "first_seen": long_ago.to_string(), "last_run": long_ago.to_string()
-    });
-    std::fs::create_dir_all(host.root().join("state")).unwrap();
-    std::fs::write(host.root().join("state/schedule.json"), sched.to_string()).unwrap();
+    last_ran_30_days_ago(&host);
     let pid = host.start(&agent, &[]);
     host.wait_ready(pid);
     wait_for(Duration::from_secs(10), || {
@@ -642,6 +637,23 @@ fn output_that_cannot_be_written_stops_neither_binary() {
     assert!(out.code().is_some_and(|c| c != 101), "{out:?}");
 }
 
+fn write_schedule_json(host: &AgentHost, sched: &serde_json::Value) {
+    std::fs::create_dir_all(host.root().join("state")).unwrap();
+    std::fs::write(host.root().join("state/schedule.json"), sched.to_string()).unwrap();
+}
+
+/// A host first started, and last run, 30 days ago: on `rate(14 days)` its start is a
+/// catch-up (missed) run.
+fn last_ran_30_days_ago(host: &AgentHost) {
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 30);
+    write_schedule_json(
+        host,
+        &serde_json::json!({
+            "version": 1, "first_seen": long_ago.to_string(), "last_run": long_ago.to_string()
+        }),
+    );
+}
+
 fn schedule_json(host: &AgentHost) -> serde_json::Value {
     let bytes = std::fs::read(host.root().join("state/schedule.json")).unwrap_or_default();
     serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
@@ -688,15 +700,7 @@ fn a_scheduled_run_that_fails_verification_is_retried_before_the_next_slot() {
         now - jiff::SignedDuration::from_hours(48),
         Duration::from_secs(3600),
     );
-    let long_ago = now - jiff::SignedDuration::from_hours(24 * 30);
-    std::fs::write(
-        host.root().join("state/schedule.json"),
-        serde_json::json!({
-            "version": 1, "first_seen": long_ago.to_string(), "last_run": long_ago.to_string()
-        })
-        .to_string(),
-    )
-    .unwrap();
+    last_ran_30_days_ago(&host);
     let pid = host.start(&agent, &[]);
     host.wait_ready(pid);
     let sched = wait_for(Duration::from_secs(60), || {
@@ -771,7 +775,7 @@ fn a_scheduled_run_that_fails_verification_is_retried_before_the_next_slot() {
     sched["retry_at"] = serde_json::json!(
         (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1)).to_string()
     );
-    std::fs::write(host.root().join("state/schedule.json"), sched.to_string()).unwrap();
+    write_schedule_json(&host, &sched);
     let first_launch = last_launch(&host)["id"].clone();
     let pid = host.start(&agent, &[]);
     host.wait_ready(pid);
@@ -811,16 +815,7 @@ fn a_run_whose_updater_cannot_start_is_retried() {
     // an empty bin/updater, and no other updater to fall back to
     std::fs::create_dir_all(host.root().join("bin")).unwrap();
     std::fs::write(host.root().join("bin/updater"), b"").unwrap();
-    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 30);
-    std::fs::create_dir_all(host.root().join("state")).unwrap();
-    std::fs::write(
-        host.root().join("state/schedule.json"),
-        serde_json::json!({
-            "version": 1, "first_seen": long_ago.to_string(), "last_run": long_ago.to_string()
-        })
-        .to_string(),
-    )
-    .unwrap();
+    last_ran_30_days_ago(&host);
     let pid = host.start(&agent, &[]);
     host.wait_ready(pid);
     let sched = wait_for(Duration::from_secs(10), || {

@@ -29,16 +29,12 @@ pub(crate) fn record(
         started_at: journal.started_at,
         finished_at: Timestamp::now(),
         timings,
-        failure: match result {
-            Outcome::Success | Outcome::Unknown => None,
-            // a rollback that quarantines nothing blamed no health check: a commit that
-            // could not be written, or a journal that could not be read
-            Outcome::RolledBack if journal.quarantine == Some(false) => {
-                Some(FailureClass::NotCommitted)
-            }
-            Outcome::RolledBack => Some(FailureClass::Health),
-            Outcome::Failed => Some(FailureClass::Failed),
-            Outcome::RollbackFailed => Some(FailureClass::Critical),
+        // a rollback that quarantines nothing blamed no health check: a commit that could
+        // not be written, or a journal that could not be read
+        failure: if result == Outcome::RolledBack && journal.quarantine == Some(false) {
+            Some(FailureClass::NotCommitted)
+        } else {
+            FailureClass::from_outcome(result)
         },
     }
 }

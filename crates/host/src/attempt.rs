@@ -15,6 +15,8 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::state::Outcome;
+#[cfg(test)]
 use crate::state::STATE_VERSION;
 
 /// The file under `<root>/state/` that holds the last launched run's [`RunResult`].
@@ -83,6 +85,17 @@ impl FailureClass {
         }
     }
 
+    /// The class a history record's outcome implies, for a record that names none (an
+    /// older updater's); `None` for a success.
+    pub fn from_outcome(outcome: Outcome) -> Option<FailureClass> {
+        match outcome {
+            Outcome::Success | Outcome::Unknown => None,
+            Outcome::RolledBack => Some(FailureClass::Health),
+            Outcome::Failed => Some(FailureClass::Failed),
+            Outcome::RollbackFailed => Some(FailureClass::Critical),
+        }
+    }
+
     /// The class an exit code implies, for a run that recorded no class of its own.
     pub fn from_exit_code(code: i32) -> Option<FailureClass> {
         use molt_schema::cli::exit;
@@ -121,7 +134,7 @@ impl fmt::Display for FailureClass {
 /// `state/last-run.json`: how the last run the agent launched ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunResult {
-    #[serde(default = "state_version")]
+    #[serde(default = "crate::state::state_version")]
     pub version: u32,
     /// The agent's launch id (`MOLT_LAUNCH_ID`).
     pub launch: String,
@@ -134,10 +147,6 @@ pub struct RunResult {
     /// The error's first line, for `agent status`.
     #[serde(default)]
     pub message: Option<String>,
-}
-
-fn state_version() -> u32 {
-    STATE_VERSION
 }
 
 /// The longest message kept with a result or an attempt, in characters.

@@ -66,7 +66,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
 use crate::attempt::{FailureClass, RunResult};
-use crate::state::{STATE_VERSION, StateError, read_json, write_json};
+use crate::state::{HistoryRecord, Outcome, STATE_VERSION, StateError, read_json, write_json};
 use molt_schema::rollout::Seed;
 
 /// The file under `<root>/state/` that holds the [`ScheduleState`].
@@ -625,10 +625,6 @@ pub struct Due {
     pub reason: Reason,
 }
 
-fn state_version() -> u32 {
-    STATE_VERSION
-}
-
 /// A reason written by a newer molt reads as `None`, so it never breaks the agent.
 fn lenient_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::Error> {
     #[derive(Deserialize)]
@@ -653,7 +649,7 @@ fn lenient_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::
 /// `state/schedule.json`: the anchor of rate schedules and the last run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleState {
-    #[serde(default = "state_version")]
+    #[serde(default = "crate::state::state_version")]
     pub version: u32,
     /// When this host first ran the agent; rate slots count from here.
     pub first_seen: Timestamp,
@@ -717,12 +713,16 @@ pub const NO_RESULT_GRACE: Duration = Duration::from_secs(120);
 
 /// Whether `pending` has ended: `result` is the last `state/last-run.json`, `free_since`
 /// when the agent first saw the update lock free since the launch (or since the agent
-/// started), none while an update holds it.
+/// started), none while an update holds it. A run that left no result by the grace may
+/// still have left a history record (an updater older than `last-run.json` writes only
+/// that): `history`, read only then, gives the records, and one of an update started since
+/// the launch says how it ended.
 pub fn outcome_of(
     pending: &Pending,
     result: Option<&RunResult>,
     free_since: Option<Timestamp>,
     now: Timestamp,
+    history: impl FnOnce() -> Vec<HistoryRecord>,
 ) -> Option<Ended> {
     if let Some(r) = result.filter(|r| r.launch == pending.launch) {
         return Some(match r.failure {
@@ -739,8 +739,27 @@ pub fn outcome_of(
     let grace = jiff::SignedDuration::try_from(NO_RESULT_GRACE).unwrap_or_default();
     // `free_since` is this agent's own observation, made after the launch (a wall clock
     // that went back since the launch cannot stall this).
-    let waited = free_since.is_some_and(|since| now.duration_since(since) >= grace);
-    waited.then(|| Ended::Failed {
+    if free_since.is_none_or(|since| now.duration_since(since) < grace) {
+        return None;
+    }
+    if let Some(r) = history()
+        .into_iter()
+        .rev()
+        .find(|r| r.started_at >= pending.at)
+    {
+        return Some(match r.result {
+            Outcome::Success => Ended::Succeeded,
+            outcome => Ended::Failed {
+                failure: r
+                    .failure
+                    .or(FailureClass::from_outcome(outcome))
+                    .unwrap_or(FailureClass::Failed),
+                exit_code: None,
+                message: r.reason.as_deref().map(crate::attempt::clean_message),
+            },
+        });
+    }
+    Some(Ended::Failed {
         failure: FailureClass::NoResult,
         exit_code: None,
         message: Some(
@@ -854,9 +873,17 @@ impl ScheduleState {
         }
     }
 
-    /// The failed attempt that a waiting retry follows.
-    pub fn retrying_after(&self) -> Option<&Attempt> {
-        self.retry_at.and(self.attempts.last())
+    /// Why the last failed attempt has no retry waiting (none when it has one, or when no
+    /// attempt failed): for the agent's log and `agent status`.
+    pub fn not_retried_because(&self, retries: u32) -> Option<&'static str> {
+        let last = self.attempts.last().filter(|_| self.retry_at.is_none())?;
+        Some(if !last.failure.retryable() {
+            "a retry would fail the same way"
+        } else if self.attempts.len() > usize::try_from(retries).unwrap_or(usize::MAX) {
+            "its retries are spent"
+        } else {
+            "the next slot comes first"
+        })
     }
 }
 
@@ -1249,6 +1276,64 @@ mod tests {
         t + jiff::SignedDuration::from_secs(secs)
     }
 
+    /// Settles the run `st` recorded last, at `now`: no jitter offset, 3 retries at the
+    /// nominal delays, an agent up since `started`.
+    fn settle_last(
+        st: &mut ScheduleState,
+        p: &Plan,
+        started: Timestamp,
+        ended: Ended,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let (at, reason) = (st.last_run.unwrap(), st.last_reason.unwrap());
+        st.settle(
+            at,
+            reason,
+            ended,
+            p,
+            Duration::ZERO,
+            started,
+            now,
+            3,
+            nominal,
+        )
+    }
+
+    /// The next run without a jitter offset, the boot run done.
+    fn next_at(p: &Plan, st: &ScheduleState, started: Timestamp, now: Timestamp) -> Due {
+        next_run(p, Duration::ZERO, st, started, true, now).unwrap()
+    }
+
+    fn due(at: &str, reason: Reason) -> Due {
+        Due { at: ts(at), reason }
+    }
+
+    /// A failed attempt of the run of 2026-01-15.
+    fn attempt(failure: FailureClass, exit_code: i32) -> Attempt {
+        Attempt {
+            at: ts("2026-01-15T00:00:00Z"),
+            reason: Some(Reason::Scheduled),
+            failure,
+            exit_code: Some(exit_code),
+            message: None,
+        }
+    }
+
+    fn window_plan(schedule: &str, start: &str, hours: u64) -> Plan {
+        Plan {
+            jitter: Duration::ZERO,
+            window: Some(
+                MaintenanceWindow::new(
+                    None,
+                    start.parse().unwrap(),
+                    Duration::from_secs(hours * 3600),
+                )
+                .unwrap(),
+            ),
+            ..plan(schedule)
+        }
+    }
+
     /// A failed scheduled run is tried again about 30 min, 2 h and 8 h after each failure,
     /// then waits for its slot; each attempt's class is kept; a success ends the series.
     #[test]
@@ -1261,17 +1346,7 @@ mod tests {
         let mut now = plus(slot, 60);
         let mut expected_next_slot = None;
         for n in 1..=4u32 {
-            let retry = st.settle(
-                st.last_run.unwrap(),
-                st.last_reason.unwrap(),
-                failed(FailureClass::Verification),
-                &p,
-                Duration::ZERO,
-                t0,
-                now,
-                3,
-                nominal,
-            );
+            let retry = settle_last(&mut st, &p, t0, failed(FailureClass::Verification), now);
             assert_eq!(st.attempts.len(), n as usize);
             assert_eq!(
                 st.attempts[n as usize - 1].failure,
@@ -1279,20 +1354,16 @@ mod tests {
             );
             if n == 4 {
                 assert_eq!(retry, None, "three retries, then the slot");
-                assert_eq!(st.retrying_after(), None);
-                expected_next_slot = next_run(&p, Duration::ZERO, &st, t0, true, now);
+                assert_eq!(st.not_retried_because(3), Some("its retries are spent"));
+                expected_next_slot = Some(next_at(&p, &st, t0, now));
                 break;
             }
             let at = retry.expect("retried");
             assert_eq!(at, now.checked_add(nominal(n)).unwrap());
-            assert_eq!(
-                st.retrying_after().unwrap().failure,
-                FailureClass::Verification
-            );
+            assert_eq!(st.not_retried_because(3), None, "a retry waits");
             // the retry is the next run, and it keeps its reason
-            let due = next_run(&p, Duration::ZERO, &st, t0, true, now).unwrap();
             assert_eq!(
-                due,
+                next_at(&p, &st, t0, now),
                 Due {
                     at,
                     reason: Reason::Retry
@@ -1310,55 +1381,33 @@ mod tests {
         // after the last retry: the next slot, 14 days after the first
         assert_eq!(
             expected_next_slot,
-            Some(Due {
-                at: ts("2026-01-29T00:00:00Z"),
-                reason: Reason::Scheduled
-            })
+            Some(due("2026-01-29T00:00:00Z", Reason::Scheduled))
         );
         // the slot starts a new series
         st.record_run(ts("2026-01-29T00:00:00Z"), Reason::Scheduled);
         assert!(st.attempts.is_empty());
-        let retry = st.settle(
-            st.last_run.unwrap(),
-            Reason::Scheduled,
-            failed(FailureClass::Network),
+        let retry = settle_last(
+            &mut st,
             &p,
-            Duration::ZERO,
             t0,
+            failed(FailureClass::Network),
             ts("2026-01-29T00:01:00Z"),
-            3,
-            nominal,
         );
         assert_eq!(retry, Some(ts("2026-01-29T00:31:00Z")));
         // a success ends it
         st.record_run(ts("2026-01-29T00:31:00Z"), Reason::Retry);
-        let retry = st.settle(
-            st.last_run.unwrap(),
-            Reason::Retry,
-            Ended::Succeeded,
+        let retry = settle_last(
+            &mut st,
             &p,
-            Duration::ZERO,
             t0,
+            Ended::Succeeded,
             ts("2026-01-29T00:32:00Z"),
-            3,
-            nominal,
         );
         assert_eq!(retry, None);
         assert!(st.attempts.is_empty() && st.retry_at.is_none());
         assert_eq!(
-            next_run(
-                &p,
-                Duration::ZERO,
-                &st,
-                t0,
-                true,
-                ts("2026-01-29T00:32:00Z")
-            )
-            .unwrap(),
-            Due {
-                at: ts("2026-02-12T00:00:00Z"),
-                reason: Reason::Scheduled
-            }
+            next_at(&p, &st, t0, ts("2026-01-29T00:32:00Z")),
+            due("2026-02-12T00:00:00Z", Reason::Scheduled)
         );
     }
 
@@ -1372,159 +1421,66 @@ mod tests {
         let t0 = ts("2026-01-01T00:00:00Z");
         let mut st = ScheduleState::new(t0);
         st.record_run(ts("2026-01-01T01:00:00Z"), Reason::Scheduled);
-        let args = |st: &mut ScheduleState, now| {
-            st.settle(
-                st.last_run.unwrap(),
-                Reason::Scheduled,
-                failed(FailureClass::Network),
-                &p,
-                Duration::ZERO,
-                t0,
-                now,
-                3,
-                nominal,
-            )
-        };
+        let network = || failed(FailureClass::Network);
         assert_eq!(
-            args(&mut st, ts("2026-01-01T01:00:05Z")),
+            settle_last(&mut st, &p, t0, network(), ts("2026-01-01T01:00:05Z")),
             Some(ts("2026-01-01T01:30:05Z"))
         );
         st.record_run(ts("2026-01-01T01:30:05Z"), Reason::Retry);
-        assert_eq!(args(&mut st, ts("2026-01-01T01:30:10Z")), None);
+        let after = ts("2026-01-01T01:30:10Z");
+        assert_eq!(settle_last(&mut st, &p, t0, network(), after), None);
         assert_eq!(
-            next_run(
-                &p,
-                Duration::ZERO,
-                &st,
-                t0,
-                true,
-                ts("2026-01-01T01:30:10Z")
-            )
-            .unwrap(),
-            Due {
-                at: ts("2026-01-01T02:00:00Z"),
-                reason: Reason::Scheduled
-            }
+            next_at(&p, &st, t0, after),
+            due("2026-01-01T02:00:00Z", Reason::Scheduled)
         );
         // a retry time left from a longer schedule (before a SIGHUP) yields to the slot
         st.retry_at = Some(ts("2026-01-01T05:00:00Z"));
-        assert_eq!(
-            next_run(
-                &p,
-                Duration::ZERO,
-                &st,
-                t0,
-                true,
-                ts("2026-01-01T01:30:10Z")
-            )
-            .unwrap()
-            .reason,
-            Reason::Scheduled
-        );
+        assert_eq!(next_at(&p, &st, t0, after).reason, Reason::Scheduled);
         // and a retry is still held to the maintenance window
         let win = Plan {
-            window: Some(
-                MaintenanceWindow::new(
-                    None,
-                    "03:00".parse().unwrap(),
-                    Duration::from_secs(2 * 3600),
-                )
-                .unwrap(),
-            ),
-            ..plan("rate(14 days)")
+            jitter: p.jitter,
+            ..window_plan("rate(14 days)", "03:00", 2)
         };
         let mut st = ScheduleState::new(t0);
         st.record_run(ts("2026-01-15T03:10:00Z"), Reason::Scheduled);
         st.retry_at = Some(ts("2026-01-15T06:00:00Z"));
-        let due = next_run(
-            &win,
-            Duration::ZERO,
-            &st,
-            t0,
-            true,
-            ts("2026-01-15T03:20:00Z"),
-        )
-        .unwrap();
-        assert_eq!(due.reason, Reason::Retry);
-        assert_eq!(due.at, ts("2026-01-16T03:00:00Z"));
+        assert_eq!(
+            next_at(&win, &st, t0, ts("2026-01-15T03:20:00Z")),
+            due("2026-01-16T03:00:00Z", Reason::Retry)
+        );
     }
 
     /// The window moves a retry and the slot alike: a retry it would push onto (or past)
     /// the slot is not kept, and the slot runs as a new series.
     #[test]
     fn a_retry_the_window_moves_onto_the_slot_is_dropped() {
-        let win = Plan {
-            jitter: Duration::ZERO,
-            window: Some(
-                MaintenanceWindow::new(
-                    None,
-                    "02:00".parse().unwrap(),
-                    Duration::from_secs(4 * 3600),
-                )
-                .unwrap(),
-            ),
-            ..plan("rate(1 day)")
-        };
+        let win = window_plan("rate(1 day)", "02:00", 4);
         let t0 = ts("2026-01-01T02:00:00Z");
         let mut st = ScheduleState::new(t0);
         st.record_run(ts("2026-01-02T02:00:00Z"), Reason::Scheduled);
-        let fail = |st: &mut ScheduleState, now| {
-            st.settle(
-                st.last_run.unwrap(),
-                st.last_reason.unwrap(),
-                failed(FailureClass::Network),
-                &win,
-                Duration::ZERO,
-                t0,
-                now,
-                3,
-                nominal,
-            )
-        };
+        let network = || failed(FailureClass::Network);
         // 30 min and 2 h later are inside the window
         assert_eq!(
-            fail(&mut st, ts("2026-01-02T02:00:10Z")),
+            settle_last(&mut st, &win, t0, network(), ts("2026-01-02T02:00:10Z")),
             Some(ts("2026-01-02T02:30:10Z"))
         );
         st.record_run(ts("2026-01-02T02:30:10Z"), Reason::Retry);
         assert_eq!(
-            fail(&mut st, ts("2026-01-02T02:30:20Z")),
+            settle_last(&mut st, &win, t0, network(), ts("2026-01-02T02:30:20Z")),
             Some(ts("2026-01-02T04:30:20Z"))
         );
         st.record_run(ts("2026-01-02T04:30:20Z"), Reason::Retry);
         // 8 h later is outside; the window would move it to the next opening, the slot
-        assert_eq!(fail(&mut st, ts("2026-01-02T04:30:30Z")), None);
+        let now = ts("2026-01-02T04:30:30Z");
+        assert_eq!(settle_last(&mut st, &win, t0, network(), now), None);
         assert_eq!(st.retry_at, None);
         assert_eq!(
-            next_run(
-                &win,
-                Duration::ZERO,
-                &st,
-                t0,
-                true,
-                ts("2026-01-02T04:30:30Z")
-            )
-            .unwrap(),
-            Due {
-                at: ts("2026-01-03T02:00:00Z"),
-                reason: Reason::Scheduled
-            }
+            next_at(&win, &st, t0, now),
+            due("2026-01-03T02:00:00Z", Reason::Scheduled)
         );
         // and should a retry time still be there, the slot is the next run, not "retry 3"
         st.retry_at = Some(ts("2026-01-02T12:30:30Z"));
-        assert_eq!(
-            next_run(
-                &win,
-                Duration::ZERO,
-                &st,
-                t0,
-                true,
-                ts("2026-01-02T04:30:30Z")
-            )
-            .unwrap()
-            .reason,
-            Reason::Scheduled
-        );
+        assert_eq!(next_at(&win, &st, t0, now).reason, Reason::Scheduled);
     }
 
     /// A retry left from before the host went down (or before a forward clock jump) does
@@ -1535,45 +1491,18 @@ mod tests {
         let t0 = ts("2026-01-01T00:00:00Z");
         let mut st = ScheduleState::new(t0);
         st.record_run(ts("2026-01-15T00:00:00Z"), Reason::Scheduled);
-        st.attempts.push(Attempt {
-            at: ts("2026-01-15T00:00:00Z"),
-            reason: Some(Reason::Scheduled),
-            failure: FailureClass::Network,
-            exit_code: Some(1),
-            message: None,
-        });
+        st.attempts.push(attempt(FailureClass::Network, 1));
         st.retry_at = Some(ts("2026-01-15T00:30:00Z"));
         // the host was off for 30 days: one catch-up run, not "retry 1"
         let back = ts("2026-02-14T00:00:00Z");
-        let due = next_run(&p, Duration::ZERO, &st, back, true, back).unwrap();
-        assert_eq!(due.reason, Reason::Missed);
+        assert_eq!(next_at(&p, &st, back, back).reason, Reason::Missed);
         // the agent ran but the slot came meanwhile (a suspend): the slot
-        let due = next_run(
-            &p,
-            Duration::ZERO,
-            &st,
-            t0,
-            true,
-            ts("2026-01-29T00:00:01Z"),
-        )
-        .unwrap();
-        assert_eq!(due.reason, Reason::Scheduled);
+        let suspended = ts("2026-01-29T00:00:01Z");
+        assert_eq!(next_at(&p, &st, t0, suspended).reason, Reason::Scheduled);
         // while the slot is ahead, the retry is the next run
-        let due = next_run(
-            &p,
-            Duration::ZERO,
-            &st,
-            t0,
-            true,
-            ts("2026-01-15T00:10:00Z"),
-        )
-        .unwrap();
         assert_eq!(
-            due,
-            Due {
-                at: ts("2026-01-15T00:30:00Z"),
-                reason: Reason::Retry
-            }
+            next_at(&p, &st, t0, ts("2026-01-15T00:10:00Z")),
+            due("2026-01-15T00:30:00Z", Reason::Retry)
         );
     }
 
@@ -1590,36 +1519,20 @@ mod tests {
         let start = ts("2026-01-16T00:00:00Z");
         let mut st = ScheduleState::new(t0);
         st.record_run(ts("2026-01-15T00:00:00Z"), Reason::Scheduled);
-        assert_eq!(
-            next_run(&p, Duration::ZERO, &st, start, false, start)
+        let reason = |st: &ScheduleState| {
+            next_run(&p, Duration::ZERO, st, start, false, start)
                 .unwrap()
-                .reason,
-            Reason::Boot
-        );
+                .reason
+        };
+        assert_eq!(reason(&st), Reason::Boot);
         st.pending = Some(Pending {
             launch: "L".into(),
             at: ts("2026-01-15T00:00:00Z"),
         });
-        assert_eq!(
-            next_run(&p, Duration::ZERO, &st, start, false, start)
-                .unwrap()
-                .reason,
-            Reason::Scheduled
-        );
+        assert_eq!(reason(&st), Reason::Scheduled);
         st.pending = None;
-        st.attempts.push(Attempt {
-            at: ts("2026-01-15T00:00:00Z"),
-            reason: Some(Reason::Scheduled),
-            failure: FailureClass::NotCommitted,
-            exit_code: Some(5),
-            message: None,
-        });
-        assert_eq!(
-            next_run(&p, Duration::ZERO, &st, start, false, start)
-                .unwrap()
-                .reason,
-            Reason::Scheduled
-        );
+        st.attempts.push(attempt(FailureClass::NotCommitted, 5));
+        assert_eq!(reason(&st), Reason::Scheduled);
     }
 
     #[test]
@@ -1634,22 +1547,16 @@ mod tests {
         ] {
             let mut st = ScheduleState::new(t0);
             st.record_run(ts("2026-01-15T00:00:00Z"), Reason::Scheduled);
-            let retry = st.settle(
-                st.last_run.unwrap(),
-                Reason::Scheduled,
-                failed(class),
-                &p,
-                Duration::ZERO,
-                t0,
-                ts("2026-01-15T00:01:00Z"),
-                3,
-                nominal,
-            );
+            let retry = settle_last(&mut st, &p, t0, failed(class), ts("2026-01-15T00:01:00Z"));
             assert_eq!(retry, None, "{class}");
             assert_eq!(
                 st.attempts.len(),
                 1,
                 "{class}: the attempt is still recorded"
+            );
+            assert_eq!(
+                st.not_retried_because(3),
+                Some("a retry would fail the same way")
             );
         }
     }
@@ -1670,26 +1577,25 @@ mod tests {
             failure,
             message: None,
         };
+        // before the grace, history is never read
+        let ends = |result: Option<&RunResult>, free_since, now| {
+            outcome_of(&pending, result, free_since, now, || {
+                panic!("history read before the grace")
+            })
+        };
         let soon = plus(launched, 10);
         // still running: no result, the lock held (or only just seen free)
-        assert_eq!(outcome_of(&pending, None, None, soon), None);
-        assert_eq!(outcome_of(&pending, None, Some(soon), soon), None);
+        assert_eq!(ends(None, None, soon), None);
+        assert_eq!(ends(None, Some(soon), soon), None);
         // another launch's result is not this one's
+        assert_eq!(ends(Some(&result("L0", 0, None)), Some(soon), soon), None);
         assert_eq!(
-            outcome_of(&pending, Some(&result("L0", 0, None)), Some(soon), soon),
-            None
-        );
-        assert_eq!(
-            outcome_of(&pending, Some(&result("L1", 0, None)), None, soon),
+            ends(Some(&result("L1", 0, None)), None, soon),
             Some(Ended::Succeeded)
         );
+        let verification = Some(FailureClass::Verification);
         assert_eq!(
-            outcome_of(
-                &pending,
-                Some(&result("L1", 4, Some(FailureClass::Verification))),
-                None,
-                soon
-            ),
+            ends(Some(&result("L1", 4, verification)), None, soon),
             Some(Ended::Failed {
                 failure: FailureClass::Verification,
                 exit_code: Some(4),
@@ -1698,27 +1604,55 @@ mod tests {
         );
         // an exit code this agent does not know, without a class, is still a failure (and
         // retried)
-        let failure = match outcome_of(&pending, Some(&result("L1", 9, None)), None, soon) {
+        let failure = match ends(Some(&result("L1", 9, None)), None, soon) {
             Some(Ended::Failed { failure, .. }) => failure,
             other => panic!("{other:?}"),
         };
         assert!(failure.retryable());
         // killed without a result: once the lock has been free for the grace
         let late = plus(launched, HOUR);
-        assert_eq!(
-            outcome_of(&pending, None, None, late),
-            None,
-            "an update holds the lock"
-        );
-        assert_eq!(
-            outcome_of(&pending, None, Some(plus(late, -60)), late),
-            None
-        );
+        assert_eq!(ends(None, None, late), None, "an update holds the lock");
+        assert_eq!(ends(None, Some(plus(late, -60)), late), None);
+        let free = Some(plus(late, -120));
         assert!(matches!(
-            outcome_of(&pending, None, Some(plus(late, -120)), late),
+            outcome_of(&pending, None, free, late, Vec::new),
             Some(Ended::Failed {
                 failure: FailureClass::NoResult,
                 exit_code: None,
+                ..
+            })
+        ));
+        // an updater that writes no result, only history: its record since the launch
+        let record = |started_at, result| HistoryRecord {
+            version: 1,
+            id: "u".into(),
+            from: None,
+            to: "2.0.0".parse().unwrap(),
+            result,
+            reason: Some("why\nnot".into()),
+            started_at,
+            finished_at: started_at,
+            timings: crate::state::Timings::default(),
+            failure: None,
+        };
+        let with = |records: Vec<HistoryRecord>| outcome_of(&pending, None, free, late, || records);
+        assert_eq!(
+            with(vec![record(plus(launched, 1), Outcome::Success)]),
+            Some(Ended::Succeeded)
+        );
+        assert_eq!(
+            with(vec![record(plus(launched, 1), Outcome::RolledBack)]),
+            Some(Ended::Failed {
+                failure: FailureClass::Health,
+                exit_code: None,
+                message: Some("why not".into())
+            })
+        );
+        // a record from before the launch says nothing about it
+        assert!(matches!(
+            with(vec![record(plus(launched, -1), Outcome::Success)]),
+            Some(Ended::Failed {
+                failure: FailureClass::NoResult,
                 ..
             })
         ));

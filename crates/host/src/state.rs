@@ -15,7 +15,8 @@ use molt_schema::version::Version;
 /// The schema version molt writes into every state file.
 pub const STATE_VERSION: u32 = 1;
 
-fn state_version() -> u32 {
+/// The `version` a state file without one is read as (serde's default).
+pub(crate) fn state_version() -> u32 {
     STATE_VERSION
 }
 
