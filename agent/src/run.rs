@@ -326,6 +326,8 @@ pub async fn run(
     let mut announced: Option<Timestamp> = None;
     // When the agent first saw the update lock free while a launched run had no result.
     let mut free_since: Option<Timestamp> = None;
+    // Whether the unreadable last-run.json of the pending run was warned about.
+    let mut warned_unreadable = false;
 
     loop {
         if health_pending {
@@ -341,7 +343,11 @@ pub async fn run(
             }
             let result =
                 state::read_json::<RunResult>(&settings.layout.last_run()).unwrap_or_else(|e| {
-                    tracing::warn!("{e}");
+                    // once per launch: the poll comes back every 10 s
+                    if !warned_unreadable {
+                        tracing::warn!("{e}; the run counts as one that left no result");
+                        warned_unreadable = true;
+                    }
                     None
                 });
             let history = || state::read_history(&settings.layout.history()).unwrap_or_default();
@@ -405,6 +411,7 @@ pub async fn run(
                         at: l.at,
                     });
                     free_since = None;
+                    warned_unreadable = false;
                 }
             }
             save_schedule(&sched, &sched_path);

@@ -288,6 +288,14 @@ fn systemd_mode_launches_through_systemd_run() {
     );
     let launch = last_launch(&host);
     assert!(launch["unit"].as_str().unwrap().starts_with("molt-update-"));
+    // the transient unit's updater gets the launch id it records its result under
+    let id = launch["id"].as_str().unwrap();
+    assert!(
+        std::fs::read_to_string(&calls)
+            .unwrap()
+            .contains(&format!("--setenv=MOLT_LAUNCH_ID={id} ")),
+        "{call}"
+    );
     assert!(launch["error"].is_null(), "{launch}");
 }
 
