@@ -66,6 +66,38 @@ fn a_source_without_a_trailing_slash_works() {
 /// One bad byte and a torn last line in `state/history.jsonl` (a crash mid-append, a bad
 /// sector): the next update still commits and records itself, and `updater history` and
 /// `status` still read the file.
+/// A minimal image without a certificate store (no ca-certificates): a `file://` source
+/// needs none and works; an `https://` source is refused with what to install, before
+/// anything is sent, and the host is untouched.
+#[test]
+fn a_host_without_ca_certificates_installs_from_a_file_source_and_names_the_fix_for_https() {
+    let repo = repo_v1_v2();
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("empty.pem"), "").unwrap();
+    let no_roots = |host: &mut TestHost| {
+        let file = empty.path().join("empty.pem").display().to_string();
+        host.env.push(("SSL_CERT_FILE".into(), file));
+        host.env
+            .push(("SSL_CERT_DIR".into(), empty.path().display().to_string()));
+    };
+    let mut host = TestHost::new(&repo);
+    no_roots(&mut host);
+    let out = host.update("1.0.0", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+
+    host.source = "https://127.0.0.1:9/repo/".into();
+    let out = host.update("2.0.0", &[]);
+    let said = text(&out);
+    assert_eq!(code(&out), 1, "{said}");
+    assert!(!said.contains("retrying"), "not retried: {said}");
+    assert!(
+        said.contains("this host has no CA certificates to verify https:// servers with: install the ca-certificates package"),
+        "{said}"
+    );
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+}
+
 #[test]
 fn a_damaged_history_file_does_not_stop_updates() {
     use std::io::Write as _;

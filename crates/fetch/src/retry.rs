@@ -158,11 +158,13 @@ pub fn is_transient(error: &TransportError) -> bool {
             Some(TransferError::Status { status }) => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            // Refused credentials and redirect refusals will be refused again.
+            // Refused credentials, redirect refusals and a host without a certificate
+            // store will be refused again.
             Some(
                 TransferError::TooManyRedirects { .. }
                 | TransferError::RedirectScheme { .. }
-                | TransferError::CredentialsRefused { .. },
+                | TransferError::CredentialsRefused { .. }
+                | TransferError::NoCaCertificates,
             ) => false,
             _ => true,
         },
@@ -263,6 +265,10 @@ mod tests {
         assert!(!is_transient(&with(
             TransportErrorKind::Other,
             TransferError::TooManyRedirects { max: 5 }
+        )));
+        assert!(!is_transient(&with(
+            TransportErrorKind::Other,
+            TransferError::NoCaCertificates
         )));
         assert!(!is_transient(&with(
             TransportErrorKind::Other,

@@ -294,6 +294,11 @@ pub enum TransferError {
         /// The bytes received.
         received: u64,
     },
+    /// An `https://` request on a host whose system certificate store is empty or missing.
+    #[error(
+        "this host has no CA certificates to verify https:// servers with: install the ca-certificates package, or set SSL_CERT_FILE to a certificate bundle"
+    )]
+    NoCaCertificates,
     /// More than [`MAX_REDIRECTS`] redirects.
     #[error("more than {max} redirects")]
     TooManyRedirects {
@@ -387,6 +392,11 @@ impl fmt::Debug for RangeResponse {
 #[derive(Clone, Debug)]
 pub struct MoltTransport {
     client: reqwest::Client,
+    /// The system's certificate store could not be loaded (a minimal image without
+    /// ca-certificates): the client trusts no server, and an `https://` request fails
+    /// with [`TransferError::NoCaCertificates`] before it is sent. `file://` and
+    /// `http://` sources work as anywhere else.
+    no_system_roots: bool,
     limits: Limits,
     /// Signs every HTTP request, for a private bucket (`s3://` sources).
     signer: Option<std::sync::Arc<dyn RequestSigner>>,
@@ -422,22 +432,43 @@ impl Limits {
     }
 }
 
+/// The HTTP client's settings: connect timeout, user agent, proxies, redirect policy.
+fn client_builder(settings: &HttpSettings) -> Result<reqwest::ClientBuilder, TransportSetupError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .user_agent(settings.user_agent.as_str())
+        .redirect(redirect_policy())
+        // The proxies are ours to choose (from the environment by default), not reqwest's.
+        .no_proxy();
+    for proxy in settings.proxy.to_proxies()? {
+        builder = builder.proxy(proxy);
+    }
+    Ok(builder)
+}
+
 impl MoltTransport {
     /// Builds the HTTP client: connect timeout, user agent, proxies, redirect policy. There is
     /// deliberately no whole-request timeout (see the module documentation).
     pub fn new(settings: HttpSettings) -> Result<Self, TransportSetupError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .user_agent(settings.user_agent.as_str())
-            .redirect(redirect_policy())
-            // The proxies are ours to choose (from the environment by default), not reqwest's.
-            .no_proxy();
-        for proxy in settings.proxy.to_proxies()? {
-            builder = builder.proxy(proxy);
-        }
-        let client = builder.build().map_err(TransportSetupError::Client)?;
+        let (client, no_system_roots) = match client_builder(&settings)?.build() {
+            Ok(client) => (client, false),
+            // Most often an empty certificate store: a host installed from a minimal
+            // image with a `file://` or `http://` source needs none. The same settings,
+            // trusting no certificate at all (so nothing over TLS verifies, ever).
+            Err(first) => match client_builder(&settings)?
+                .tls_certs_only(std::iter::empty())
+                .build()
+            {
+                Ok(client) => {
+                    tracing::debug!(error = %first, "no system certificate store; https:// cannot be used");
+                    (client, true)
+                }
+                Err(_) => return Err(TransportSetupError::Client(first)),
+            },
+        };
         Ok(Self {
             client,
+            no_system_roots,
             limits: Limits {
                 deadline: settings.deadline,
                 min_throughput: settings.min_throughput,
@@ -665,6 +696,9 @@ impl MoltTransport {
         started: Instant,
         shown: &str,
     ) -> Result<reqwest::Response, TransportError> {
+        if self.no_system_roots && request.url().scheme() == "https" {
+            return Err(other(shown, TransferError::NoCaCertificates));
+        }
         let limits = self.limits;
         let deadline = started.checked_add(limits.deadline);
         let first_window = limits
