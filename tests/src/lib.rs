@@ -6,5 +6,6 @@ pub mod fixture;
 pub mod hostile;
 pub mod http_server;
 pub mod imds;
+pub mod machine;
 pub mod s3;
 pub mod stats;

@@ -15,7 +15,9 @@ use crate::error::UpdateError;
 /// - `MOLT_TEST_KILL_AT=<checkpoint>`: the updater SIGKILLs itself there;
 /// - `MOLT_TEST_FILL_AT=<checkpoint>`: it fills the filesystem of the file
 ///   `MOLT_TEST_FILL_FILE` names (a real tmpfs in the tests) until writes fail with ENOSPC;
-/// - `MOLT_TEST_RO_AT=<checkpoint>`: it remounts `MOLT_TEST_RO_MOUNT` read-only (EROFS).
+/// - `MOLT_TEST_RO_AT=<checkpoint>`: it remounts `MOLT_TEST_RO_MOUNT` read-only (EROFS);
+/// - `MOLT_TEST_STOP_AT=<checkpoint>`: it stops itself (SIGSTOP) there, so that a test can
+///   kill it from outside (`systemctl kill`), pull the plug, or let it go on (SIGCONT).
 #[cfg(feature = "test-hooks")]
 pub fn checkpoint(name: &str) {
     let at = |var: &str| std::env::var(var).is_ok_and(|v| v == name);
@@ -35,6 +37,11 @@ pub fn checkpoint(name: &str) {
             "test hook: remount {} read-only at {name}: {status:?}",
             mount.to_string_lossy()
         );
+    }
+    if at("MOLT_TEST_STOP_AT") {
+        eprintln!("test hook: stopped at {name}");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
     }
     if at("MOLT_TEST_KILL_AT") {
         let _ =

@@ -1,0 +1,462 @@
+//! molt's production path under a real systemd, booted in a container
+//! ([`molt_tests::machine`]): the host installed by `scripts/install.sh` with the real units
+//! of `agent/deploy/`, updated by hand and on its schedule through a transient unit, and
+//! killed, restarted, rebooted and crash-looped in the middle of updates. Every test ends
+//! on the host's state: `current` on a version with `.valid`, the agent of that version
+//! healthy under the unit's `MainPID`, the unit active, and the history of what happened.
+//!
+//! The tests are ignored by the README's test command, which needs no container; run them
+//! with `bash scripts/systemd-bed.sh` (CI does), which builds the container's root
+//! filesystem and runs them one at a time.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use molt_host::HostLayout;
+use molt_host::state::{self, Health, HistoryRecord, Outcome};
+use molt_schema::Version;
+use molt_tests::fixture::{TestRepo, stamped_build, wait_for};
+use molt_tests::machine::Machine;
+
+const ROOT: &str = "/opt/molt";
+
+fn v(s: &str) -> Version {
+    s.parse().unwrap()
+}
+
+/// The scripts and units a host is installed from, where install.sh finds them.
+const SHARE: &str = "/usr/local/share/molt";
+
+/// A machine with molt installed from `scripts/install.sh` at 1.0.0, from a repository
+/// with real stamped builds of 1.0.0 and 2.0.0.
+struct Bed {
+    repo: TestRepo,
+    m: Machine,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        Bed::with_agent_config("schedule = \"rate(1 day)\"\n")
+    }
+
+    /// `agent` is the config's `[agent]` table.
+    fn with_agent_config(agent: &str) -> Bed {
+        let repo = TestRepo::new("us-east-1");
+        for version in ["1.0.0", "2.0.0"] {
+            let bin = stamped_build(version);
+            repo.publish_programs(version, &bin.join("agent"), &bin.join("updater"));
+        }
+        let m = Machine::boot(&[repo.dir.path()]);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        m.install_file(
+            &src.join("scripts/install.sh"),
+            &format!("{SHARE}/install.sh"),
+            0o755,
+        );
+        for unit in [
+            "molt-agent.service",
+            "molt-recover.service",
+            "molt-recover.timer",
+        ] {
+            m.install_file(
+                &src.join("agent/deploy").join(unit),
+                &format!("{SHARE}/deploy/{unit}"),
+                0o644,
+            );
+        }
+        m.install_file(
+            &stamped_build("1.0.0").join("updater"),
+            "/root/updater",
+            0o755,
+        );
+        m.write(
+            "/etc/molt/agent.toml",
+            &format!(
+                "root = \"{ROOT}\"\nregion = \"us-east-1\"\nsource = \"{}\"\n\
+                 trusted_root = \"/etc/molt/root.json\"\n\n[updater]\nservice = \"systemd\"\n\
+                 soak = \"3s\"\nhealth_timeout = \"30s\"\n\n[agent]\n{agent}",
+                repo.url()
+            ),
+        );
+        // The recover timer every 3 s instead of every 5 minutes, so that a test waits
+        // seconds for it. (One empty assignment resets every monotonic timer of the unit.)
+        m.write(
+            "/etc/systemd/system/molt-recover.timer.d/test.conf",
+            "[Timer]\nOnBootSec=\nOnActiveSec=3s\nOnUnitActiveSec=3s\n\
+             RandomizedDelaySec=0\nAccuracySec=1s\n",
+        );
+        let bed = Bed { repo, m };
+        let out = bed.m.run(&format!(
+            "bash {SHARE}/install.sh --region us-east-1 --source '{}' --trusted-root {} \
+             --updater-file /root/updater --service systemd --target-version 1.0.0 2>&1",
+            bed.repo.url(),
+            bed.repo.trusted_root().display()
+        ));
+        assert!(
+            out.contains("installed; the agent runs from /opt/molt/current"),
+            "{out}"
+        );
+        bed
+    }
+
+    fn layout(&self) -> HostLayout {
+        HostLayout::new(self.m.path(ROOT))
+    }
+
+    fn history(&self) -> Vec<HistoryRecord> {
+        state::read_history(&self.layout().history()).unwrap_or_default()
+    }
+
+    fn health(&self) -> Option<Health> {
+        state::read_json(&self.layout().health()).ok().flatten()
+    }
+
+    fn publish(&self, version: &str) {
+        let bin = stamped_build(version);
+        self.repo
+            .publish_programs(version, &bin.join("agent"), &bin.join("updater"));
+    }
+
+    /// The host's state once nothing is left to do: no journal, `current` on a valid
+    /// `version`, the unit active with its main process the healthy agent of `version`.
+    /// Waits up to `limit` for it; panics with what differs.
+    fn assert_settled_on(&self, version: &str, limit: Duration) -> u32 {
+        let layout = self.layout();
+        let want = v(version);
+        let mut last = String::new();
+        let found = wait_for(limit, || {
+            let state = self.describe();
+            last = state.clone();
+            let current = layout.current_version();
+            let pid = self.m.main_pid("molt-agent");
+            let health = self.health();
+            let ok = !layout.journal().exists()
+                && current.as_ref() == Some(&want)
+                && layout.is_valid(&want)
+                && self.m.is_active("molt-agent") == "active"
+                && health.as_ref().is_some_and(|h| {
+                    Some(h.pid) == pid
+                        && h.version == want
+                        && h.status == state::HealthStatus::Ready
+                });
+            ok.then_some(pid)
+        });
+        match found {
+            Some(Some(pid)) => pid,
+            _ => panic!("the host did not settle on {version} within {limit:?}: {last}"),
+        }
+    }
+
+    /// What the host looks like, for failure messages.
+    fn describe(&self) -> String {
+        let layout = self.layout();
+        format!(
+            "current {:?}, journal {:?}, molt-agent {} (MainPID {:?}), health {:?}, last history {:?}",
+            layout.current_version().map(|v| v.to_string()),
+            std::fs::read_to_string(layout.journal()).ok(),
+            self.m.is_active("molt-agent"),
+            self.m.main_pid("molt-agent"),
+            self.health()
+                .map(|h| (h.version.to_string(), h.pid, h.status)),
+            self.history()
+                .last()
+                .map(|r| (r.to.to_string(), r.result, r.reason.clone())),
+        )
+    }
+
+    /// Starts `updater --target-version target` in a transient unit, as the agent does,
+    /// with `env` set; the unit's name.
+    fn start_update(&self, unit: &str, target: &str, args: &str, env: &[(&str, &str)]) {
+        let setenv: String = env
+            .iter()
+            .map(|(k, v)| format!(" --setenv={k}={v}"))
+            .collect();
+        self.m.run(&format!(
+            "systemd-run --unit={unit} --collect --quiet --setenv=MOLT_CONFIG=/etc/molt/agent.toml\
+             {setenv} -- {ROOT}/bin/updater --target-version {target} {args}"
+        ));
+    }
+
+    /// Waits until the unit's main process stopped itself at a `MOLT_TEST_STOP_AT`
+    /// checkpoint; its pid (inside the machine).
+    fn wait_stopped_at(&self, unit: &str, point: &str) -> u32 {
+        let found = wait_for(Duration::from_secs(60), || {
+            let pid = self.m.main_pid(unit)?;
+            let stat = self.m.sh(&format!("cat /proc/{pid}/stat"));
+            let text = String::from_utf8_lossy(&stat.stdout).into_owned();
+            let state = text.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            (state == Some(Some('T'))).then_some(pid)
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "{unit} never stopped at {point}: {}\n{}",
+                self.describe(),
+                self.m
+                    .sh(&format!("journalctl -u {unit} --no-pager"))
+                    .stdout
+                    .escape_ascii()
+            )
+        })
+    }
+
+    fn journal_of(&self, unit: &str) -> String {
+        String::from_utf8_lossy(
+            &self
+                .m
+                .sh(&format!("journalctl -u {unit} --no-pager -o cat"))
+                .stdout,
+        )
+        .into_owned()
+    }
+}
+
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn installed_by_install_sh_it_runs_under_systemd_and_updates_by_hand_and_on_schedule() {
+    let bed = Bed::new();
+    let first = bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    assert_eq!(bed.m.is_active("molt-recover.timer"), "active");
+    assert_eq!(bed.property_enabled("molt-agent.service"), "enabled");
+    assert_eq!(bed.property_enabled("molt-recover.timer"), "enabled");
+    let status = bed.m.run(&format!("{ROOT}/current/bin/agent status"));
+    assert!(status.contains("1.0.0"), "{status}");
+
+    // Every installed unit is clean for systemd-analyze.
+    let verify = bed.m.sh(
+        "systemd-analyze verify /etc/systemd/system/molt-agent.service \
+         /etc/systemd/system/molt-recover.service /etc/systemd/system/molt-recover.timer 2>&1",
+    );
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+
+    // The agent's logs are in the journal.
+    let logs = bed.journal_of("molt-agent");
+    assert!(logs.contains("1.0.0"), "journalctl -u molt-agent: {logs}");
+
+    // By hand, as an operator would, from a shell on the host.
+    let out = bed
+        .m
+        .sh(&format!("{ROOT}/bin/updater --target-version 2.0.0 2>&1"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let second = bed.assert_settled_on("2.0.0", Duration::from_secs(10));
+    assert_ne!(first, second, "a new agent runs");
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("2.0.0"), Outcome::Success)
+    );
+
+    // On its schedule: the agent launches the updater in a transient unit.
+    bed.publish("3.0.0");
+    bed.m.write(
+        "/etc/molt/agent.toml",
+        &std::fs::read_to_string(bed.m.path("/etc/molt/agent.toml"))
+            .unwrap()
+            .replace(
+                "schedule = \"rate(1 day)\"",
+                "schedule = \"rate(5 seconds)\"\njitter = \"0s\"",
+            ),
+    );
+    bed.m.run("systemctl reload molt-agent");
+    bed.assert_settled_on("3.0.0", Duration::from_secs(120));
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("3.0.0"), Outcome::Success)
+    );
+    // It ran in a transient molt-update-* unit, whose output is in the journal.
+    let run = bed.journal_of("'molt-update-*'");
+    assert!(
+        run.contains("3.0.0"),
+        "journalctl -u 'molt-update-*': {run}"
+    );
+}
+
+impl Bed {
+    fn property_enabled(&self, unit: &str) -> String {
+        String::from_utf8_lossy(&self.m.sh(&format!("systemctl is-enabled {unit}")).stdout)
+            .trim()
+            .to_owned()
+    }
+}
+
+/// `systemctl kill -s KILL` of the update's unit at each point of an update: nobody logs
+/// in, and the recover timer (and the agent unit's `ExecStartPre`) put the host right.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn a_killed_update_unit_is_repaired_by_the_recover_timer() {
+    let bed = Bed::new();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let mut on = "1.0.0";
+    for (i, point) in [
+        "downloaded",
+        "installed",
+        "stopping",
+        "switching",
+        "switched",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let target = if on == "1.0.0" { "2.0.0" } else { "1.0.0" };
+        let unit = format!("molt-update-kill{i}");
+        bed.start_update(
+            &unit,
+            target,
+            "--allow-downgrade",
+            &[("MOLT_TEST_STOP_AT", point)],
+        );
+        bed.wait_stopped_at(&unit, point);
+        bed.m.run(&format!("systemctl kill -s KILL {unit}"));
+        // Before the switch the old version stays; from `switching` on, recovery rolls
+        // the unfinished switch back (SPEC's recovery rule): the old version either way.
+        bed.assert_settled_on(on, Duration::from_secs(60));
+        let last = bed.history().pop();
+        if matches!(*point, "switching" | "switched") {
+            let last = last.unwrap();
+            assert_eq!(last.to, v(target), "{point}");
+            assert_eq!(last.result, Outcome::RolledBack, "{point}: {last:?}");
+        }
+        // The next update goes through.
+        bed.start_update(
+            &format!("molt-update-after{i}"),
+            target,
+            "--allow-downgrade",
+            &[],
+        );
+        bed.assert_settled_on(target, Duration::from_secs(60));
+        on = target;
+    }
+}
+
+/// The agent unit's own `ExecStartPre` recovery runs inside the unit's start job: it must
+/// neither start nor stop the unit (that would wait on itself until TimeoutStartSec).
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn starting_the_agent_after_a_kill_mid_switch_does_not_wait_on_itself() {
+    let bed = Bed::new();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    // No recover timer: the start alone must put the host right.
+    bed.m.run("systemctl stop molt-recover.timer");
+    bed.start_update(
+        "molt-update-pre",
+        "2.0.0",
+        "",
+        &[("MOLT_TEST_STOP_AT", "switched")],
+    );
+    bed.wait_stopped_at("molt-update-pre", "switched");
+    bed.m.run("systemctl kill -s KILL molt-update-pre");
+    assert_eq!(
+        bed.layout().current_version(),
+        Some(v("2.0.0")),
+        "killed after the link moved"
+    );
+    assert_ne!(
+        bed.m.is_active("molt-agent"),
+        "active",
+        "the old agent was stopped"
+    );
+    let started = Instant::now();
+    bed.m.run("systemctl start molt-agent");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "systemctl start took {:?}",
+        started.elapsed()
+    );
+    // ExecStartPre put current back before ExecStart, and the agent finishes the rest.
+    bed.assert_settled_on("1.0.0", Duration::from_secs(60));
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("2.0.0"), Outcome::RolledBack)
+    );
+}
+
+/// The machine loses power, or is shut down, in the middle of an update: it boots on a
+/// valid version with a healthy agent.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn a_reboot_in_the_middle_of_an_update_comes_up_on_a_valid_version() {
+    let mut bed = Bed::new();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+
+    bed.start_update(
+        "molt-update-plug",
+        "2.0.0",
+        "",
+        &[("MOLT_TEST_STOP_AT", "switched")],
+    );
+    bed.wait_stopped_at("molt-update-plug", "switched");
+    bed.m.pull_the_plug();
+    bed.m.boot_again();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(60));
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("2.0.0"), Outcome::RolledBack)
+    );
+
+    bed.start_update(
+        "molt-update-off",
+        "2.0.0",
+        "",
+        &[("MOLT_TEST_STOP_AT", "switching")],
+    );
+    bed.wait_stopped_at("molt-update-off", "switching");
+    bed.m.poweroff();
+    bed.m.boot_again();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(60));
+    assert_eq!(bed.m.boots(), 3);
+
+    // And the host updates afterwards.
+    bed.start_update("molt-update-then", "2.0.0", "", &[]);
+    bed.assert_settled_on("2.0.0", Duration::from_secs(60));
+}
+
+/// A version whose agent exits at start crash-loops under `Restart=always`: the update
+/// is rolled back and quarantined, and the unit ends active on the old version.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn a_crash_looping_version_is_rolled_back_and_the_unit_stays_active() {
+    let bed = Bed::new();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let broken = bed.repo.dir.path().join("broken-agent");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\ncase \"$*\" in\n  --version) echo \"agent 3.0.0\"; exit 0 ;;\n  \
+         *check-config) exit 0 ;;\nesac\necho 'agent 3.0.0: broken on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bed.repo
+        .publish_programs("3.0.0", &broken, &stamped_build("2.0.0").join("updater"));
+    let out = bed
+        .m
+        .sh(&format!("{ROOT}/bin/updater --target-version 3.0.0 2>&1"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("3.0.0"), Outcome::RolledBack)
+    );
+    assert!(last.reason.is_some(), "{last:?}");
+    assert!(bed.layout().quarantine().exists(), "3.0.0 is quarantined");
+    // Still active a while later: not left restarting, not failed.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        bed.m.is_active("molt-agent"),
+        "active",
+        "{}",
+        bed.describe()
+    );
+    let pid = bed.assert_settled_on("1.0.0", Duration::from_secs(5));
+    assert!(pid > 0);
+}
