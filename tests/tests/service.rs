@@ -566,6 +566,9 @@ fn systemd_start_health_and_stop_through_systemctl() {
             format!("start {UNIT}"),
             "unset-environment MOLT_HEALTH_NONCE".to_owned(),
             show.clone(),
+            // The health check's count of systemd's own restarts.
+            format!("show -p NRestarts --value {UNIT}"),
+            show.clone(),
             format!("stop {UNIT}"),
             show,
         ]

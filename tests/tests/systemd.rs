@@ -460,3 +460,80 @@ fn a_crash_looping_version_is_rolled_back_and_the_unit_stays_active() {
     let pid = bed.assert_settled_on("1.0.0", Duration::from_secs(5));
     assert!(pid > 0);
 }
+
+/// `systemctl restart molt-agent` in the middle of an update (an operator, or config
+/// management, restarting the agent). The update runs in its own unit and is not touched.
+/// A restart is not the new version's fault: a restart before the switch only restarts the
+/// old agent, and one during the soak is followed, the soak starting again on the new main
+/// process once it reports ready (docs/operations.md). Either way the update commits with
+/// a healthy new agent, and the unit is never left stopped.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn restarting_the_agent_in_the_middle_of_an_update_commits_it() {
+    let bed = Bed::new();
+    let first = bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+
+    // Before the switch: the updater is held after the install; the old agent restarts.
+    bed.start_update(
+        "molt-update-r1",
+        "2.0.0",
+        "",
+        &[("MOLT_TEST_STOP_AT", "installed")],
+    );
+    bed.wait_stopped_at("molt-update-r1", "installed");
+    bed.m.run("systemctl restart molt-agent");
+    // (The journal of the held update is there: only the agent is checked.)
+    let restarted = wait_for(Duration::from_secs(20), || {
+        let h = bed.health()?;
+        (h.version == v("1.0.0")
+            && h.status == state::HealthStatus::Ready
+            && bed.m.main_pid("molt-agent") == Some(h.pid))
+        .then_some(h.pid)
+    })
+    .unwrap_or_else(|| panic!("no 1.0.0 agent after the restart: {}", bed.describe()));
+    assert_ne!(first, restarted, "a new pid");
+    bed.m.run("systemctl kill -s CONT molt-update-r1");
+    bed.assert_settled_on("2.0.0", Duration::from_secs(60));
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("2.0.0"), Outcome::Success)
+    );
+
+    // During the soak (30 s here): restarted once the new agent reported ready.
+    bed.start_update(
+        "molt-update-r2",
+        "1.0.0",
+        "--allow-downgrade --soak 30s",
+        &[],
+    );
+    let soaked = wait_for(Duration::from_secs(30), || {
+        let h = bed.health()?;
+        (h.version == v("1.0.0")
+            && h.status == state::HealthStatus::Ready
+            && bed.m.main_pid("molt-agent") == Some(h.pid))
+        .then_some(h.pid)
+    })
+    .unwrap_or_else(|| panic!("the 1.0.0 agent never reported ready: {}", bed.describe()));
+    bed.m.run("systemctl restart molt-agent");
+    let after = bed.assert_settled_on("1.0.0", Duration::from_secs(90));
+    assert_ne!(soaked, after, "the restart gave a new pid");
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("1.0.0"), Outcome::Success),
+        "{last:?}"
+    );
+    let said = bed.journal_of("molt-update-r2");
+    assert!(
+        said.contains("not by its service manager's Restart="),
+        "the updater says it followed the restart: {said}"
+    );
+    assert!(
+        !bed.layout().quarantine().exists()
+            || !std::fs::read_to_string(bed.layout().quarantine())
+                .unwrap_or_default()
+                .contains("1.0.0"),
+        "a restart by hand does not quarantine the version"
+    );
+}

@@ -119,6 +119,12 @@ fn never_detail(stale: &Option<StaleHealth>, problem: &Option<String>) -> String
 }
 
 /// Waits for the agent `svc` just started to report ready, then soaks it.
+///
+/// A restart that the service manager says was not its own (systemd's `Restart=` did not
+/// count it, and the old process exited cleanly: an operator's `systemctl restart`, or
+/// config management) is not the new version's fault: the check follows the new main
+/// process, which must report ready for the expected version within the timeout, and the
+/// soak starts again on it. At most [`MAX_FOLLOWS`] times; a crash is a failure as before.
 pub fn wait_healthy(
     layout: &HostLayout,
     svc: &mut dyn ServiceManager,
@@ -126,11 +132,117 @@ pub fn wait_healthy(
 ) -> Result<HealthReport, HealthFailure> {
     let poll = check.poll.max(Duration::from_millis(1));
     let started = Instant::now();
-    let pid = wait_ready(layout, svc, check, started, poll)?;
+    let mut follow = Follow {
+        restarts_before: svc.restarts(),
+        follows: 0,
+    };
+    let (pid, nonce) = match wait_ready(layout, svc, check, started, poll) {
+        Ok(pid) => (pid, check.nonce.clone()),
+        Err(failure @ HealthFailure::Restarted { from, .. }) => {
+            match follow.restart(layout, svc, check, from, poll) {
+                Some(followed) => followed?,
+                None => return Err(failure),
+            }
+        }
+        Err(failure) => return Err(failure),
+    };
     let ready_after = started.elapsed();
     tracing::info!(pid, ?ready_after, soak = ?check.soak, "the agent reports ready; soaking");
-    soak(layout, svc, check, pid, poll)?;
+    let pid = soak(layout, svc, check, (pid, nonce), poll, &mut follow)?;
     Ok(HealthReport { pid, ready_after })
+}
+
+/// How many restarts by hand one health check follows.
+pub const MAX_FOLLOWS: u32 = 3;
+
+/// Following restarts by hand during one health check.
+struct Follow {
+    /// The service manager's count of its own restarts when the check began.
+    restarts_before: Option<u64>,
+    follows: u32,
+}
+
+impl Follow {
+    /// After the checked process `pid` went away or was replaced: `None` when that was not
+    /// a restart by hand (or too many were followed already); else the new process, once
+    /// it reports ready (its pid and its health nonce), or why it did not.
+    fn restart(
+        &mut self,
+        layout: &HostLayout,
+        svc: &mut dyn ServiceManager,
+        check: &HealthCheck,
+        pid: u32,
+        poll: Duration,
+    ) -> Option<Result<(u32, String), HealthFailure>> {
+        let before = self.restarts_before?;
+        if self.follows >= MAX_FOLLOWS {
+            return None;
+        }
+        let new = svc.restarted_by_hand(pid, before, check.timeout)?;
+        self.follows += 1;
+        tracing::warn!(
+            from = pid,
+            to = new,
+            "the agent was restarted during its health check, not by its service manager's \
+             Restart=: checking the new process"
+        );
+        Some(wait_pid_ready(layout, svc, check, new, poll))
+    }
+}
+
+/// Polls until health.json describes the process `pid`, ready at the expected version, and
+/// that process is the service's main one: a restart by hand passes no nonce, so the pid
+/// alone (the service manager's own word) says which start the report comes from.
+fn wait_pid_ready(
+    layout: &HostLayout,
+    svc: &mut dyn ServiceManager,
+    check: &HealthCheck,
+    pid: u32,
+    poll: Duration,
+) -> Result<(u32, String), HealthFailure> {
+    let started = Instant::now();
+    let deadline = started + check.timeout;
+    let mut problem = None;
+    loop {
+        match svc.main_pid() {
+            Ok(Some(main)) if main != pid => {
+                return Err(HealthFailure::Restarted {
+                    from: pid,
+                    to: main,
+                });
+            }
+            Ok(Some(_)) if svc.is_alive(pid) => {}
+            Ok(_) => {
+                return Err(HealthFailure::ExitedAtStart {
+                    pid: Some(pid),
+                    status: svc.last_exit(),
+                });
+            }
+            Err(e) => problem = Some(molt_schema::cli::one_line(&e)),
+        }
+        match state::read_json::<Health>(&layout.health()) {
+            Ok(Some(h)) if h.pid == pid && h.status == HealthStatus::Ready => {
+                if h.version != check.expected_version {
+                    return Err(HealthFailure::WrongVersion {
+                        reported: h.version,
+                        expected: check.expected_version.clone(),
+                    });
+                }
+                return Ok((pid, h.nonce));
+            }
+            Ok(_) => {}
+            Err(e) => problem = Some(molt_schema::cli::one_line(&e)),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(HealthFailure::NeverHealthy {
+                waited: now - started,
+                stale: None,
+                problem,
+            });
+        }
+        std::thread::sleep(poll.min(deadline - now));
+    }
 }
 
 /// Polls until health.json describes the running main process; returns its pid.
@@ -225,64 +337,85 @@ fn wait_ready(
     }
 }
 
-/// Checks that the ready process `pid` stays the service's main process, alive, with
-/// health.json unchanged, until the soak period is over.
+/// Checks that the ready process stays the service's main process, alive, with
+/// health.json unchanged, until the soak period is over; the pid it ends on (another one
+/// when a restart by hand was followed).
 fn soak(
     layout: &HostLayout,
     svc: &mut dyn ServiceManager,
     check: &HealthCheck,
-    pid: u32,
+    (mut pid, mut nonce): (u32, String),
     poll: Duration,
-) -> Result<(), HealthFailure> {
-    let end = Instant::now() + check.soak;
+    follow: &mut Follow,
+) -> Result<u32, HealthFailure> {
+    let mut end = Instant::now() + check.soak;
     loop {
         std::thread::sleep(end.saturating_duration_since(Instant::now()).min(poll));
+        match soak_step(layout, svc, pid, &nonce) {
+            Ok(service_error) => {
+                if Instant::now() >= end {
+                    return match service_error {
+                        Some(detail) => Err(HealthFailure::Service { detail }),
+                        None => Ok(pid),
+                    };
+                }
+            }
+            Err(failure) => match follow.restart(layout, svc, check, pid, poll) {
+                Some(followed) => {
+                    (pid, nonce) = followed?;
+                    tracing::info!(pid, soak = ?check.soak, "the restarted agent reports ready; soaking it");
+                    end = Instant::now() + check.soak;
+                }
+                None => return Err(failure),
+            },
+        }
+    }
+}
 
-        if !svc.is_alive(pid) {
+/// One look during the soak: a failure, or whether the service manager could not answer
+/// (which fails the soak only if it lasts to the end).
+fn soak_step(
+    layout: &HostLayout,
+    svc: &mut dyn ServiceManager,
+    pid: u32,
+    nonce: &str,
+) -> Result<Option<String>, HealthFailure> {
+    if !svc.is_alive(pid) {
+        return Err(HealthFailure::DiedDuringSoak {
+            pid,
+            status: svc.last_exit(),
+        });
+    }
+    let service_error = match svc.main_pid() {
+        Ok(Some(main)) if main == pid => None,
+        Ok(Some(main)) => {
+            return Err(HealthFailure::Restarted {
+                from: pid,
+                to: main,
+            });
+        }
+        Ok(None) => {
             return Err(HealthFailure::DiedDuringSoak {
                 pid,
                 status: svc.last_exit(),
             });
         }
-        let service_error = match svc.main_pid() {
-            Ok(Some(main)) if main == pid => None,
-            Ok(Some(main)) => {
-                return Err(HealthFailure::Restarted {
-                    from: pid,
-                    to: main,
-                });
-            }
-            Ok(None) => {
-                return Err(HealthFailure::DiedDuringSoak {
-                    pid,
-                    status: svc.last_exit(),
-                });
-            }
-            // Maybe passing (systemctl busy): it must answer before the soak is over.
-            Err(e) => Some(molt_schema::cli::one_line(&e)),
-        };
-        let changed = match state::read_json::<Health>(&layout.health()) {
-            Ok(Some(h)) if h.pid != pid => Some(format!("it now names pid {}", h.pid)),
-            Ok(Some(h)) if h.nonce != check.nonce => {
-                Some(format!("it now carries nonce {:?}", h.nonce))
-            }
-            Ok(Some(h)) if h.status == HealthStatus::Stopping => {
-                Some("the agent reports it is stopping".to_owned())
-            }
-            Ok(Some(_)) => None,
-            Ok(None) => Some("it was removed".to_owned()),
-            Err(e) => Some(molt_schema::cli::one_line(&e)),
-        };
-        if let Some(detail) = changed {
-            return Err(HealthFailure::HealthChanged { pid, detail });
+        // Maybe passing (systemctl busy): it must answer before the soak is over.
+        Err(e) => Some(molt_schema::cli::one_line(&e)),
+    };
+    let changed = match state::read_json::<Health>(&layout.health()) {
+        Ok(Some(h)) if h.pid != pid => Some(format!("it now names pid {}", h.pid)),
+        Ok(Some(h)) if h.nonce != nonce => Some(format!("it now carries nonce {:?}", h.nonce)),
+        Ok(Some(h)) if h.status == HealthStatus::Stopping => {
+            Some("the agent reports it is stopping".to_owned())
         }
-
-        if Instant::now() >= end {
-            return match service_error {
-                Some(detail) => Err(HealthFailure::Service { detail }),
-                None => Ok(()),
-            };
-        }
+        Ok(Some(_)) => None,
+        Ok(None) => Some("it was removed".to_owned()),
+        Err(e) => Some(molt_schema::cli::one_line(&e)),
+    };
+    match changed {
+        Some(detail) => Err(HealthFailure::HealthChanged { pid, detail }),
+        None => Ok(service_error),
     }
 }
 
@@ -299,6 +432,11 @@ mod tests {
         mains: Vec<Result<Option<u32>, ()>>,
         calls: usize,
         dead: Vec<u32>,
+        /// `restarts()`'s answer (systemd's NRestarts); `None` like direct mode.
+        restarts: Option<u64>,
+        /// What `restarted_by_hand` answers, and the health.json the restarted agent
+        /// writes then (its version).
+        by_hand: Option<(u32, HostLayout, &'static str)>,
     }
 
     impl ServiceManager for Fake {
@@ -318,6 +456,14 @@ mod tests {
         }
         fn is_alive(&mut self, pid: u32) -> bool {
             !self.dead.contains(&pid)
+        }
+        fn restarts(&mut self) -> Option<u64> {
+            self.restarts
+        }
+        fn restarted_by_hand(&mut self, _pid: u32, _before: u64, _within: Duration) -> Option<u32> {
+            let (new, layout, version) = self.by_hand.as_ref()?;
+            write_health(layout, version, *new, "");
+            Some(*new)
         }
     }
 
@@ -463,6 +609,63 @@ mod tests {
         write_health(&layout, "2.0.0", 100, "fresh");
         let mut svc = Fake {
             mains: vec![Ok(Some(100)), Ok(Some(100)), Ok(Some(101))],
+            ..Fake::default()
+        };
+        let err = wait_healthy(&layout, &mut svc, &check()).unwrap_err();
+        assert!(
+            matches!(err, HealthFailure::Restarted { from: 100, to: 101 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_restart_by_hand_during_soak_is_followed_and_soaked_again() {
+        let (_d, layout) = fixture();
+        write_health(&layout, "2.0.0", 100, "fresh");
+        let mut svc = Fake {
+            mains: vec![Ok(Some(100)), Ok(Some(100)), Ok(Some(101))],
+            restarts: Some(0),
+            by_hand: Some((101, layout.clone(), "2.0.0")),
+            ..Fake::default()
+        };
+        let report = wait_healthy(&layout, &mut svc, &check()).unwrap();
+        assert_eq!(report.pid, 101);
+    }
+
+    #[test]
+    fn a_restart_by_hand_into_another_version_fails() {
+        let (_d, layout) = fixture();
+        write_health(&layout, "2.0.0", 100, "fresh");
+        let mut svc = Fake {
+            mains: vec![Ok(Some(100)), Ok(Some(100)), Ok(Some(101))],
+            restarts: Some(0),
+            by_hand: Some((101, layout.clone(), "1.0.0")),
+            ..Fake::default()
+        };
+        let err = wait_healthy(&layout, &mut svc, &check()).unwrap_err();
+        assert!(matches!(err, HealthFailure::WrongVersion { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_restart_before_ready_by_hand_is_followed() {
+        let (_d, layout) = fixture();
+        let mut svc = Fake {
+            mains: vec![Ok(Some(100)), Ok(Some(101))],
+            restarts: Some(3),
+            by_hand: Some((101, layout.clone(), "2.0.0")),
+            ..Fake::default()
+        };
+        assert_eq!(wait_healthy(&layout, &mut svc, &check()).unwrap().pid, 101);
+    }
+
+    #[test]
+    fn a_restart_the_manager_made_is_not_followed() {
+        // The manager keeps count but says the restart was its own (or a crash).
+        let (_d, layout) = fixture();
+        write_health(&layout, "2.0.0", 100, "fresh");
+        let mut svc = Fake {
+            mains: vec![Ok(Some(100)), Ok(Some(100)), Ok(Some(101))],
+            restarts: Some(0),
             ..Fake::default()
         };
         let err = wait_healthy(&layout, &mut svc, &check()).unwrap_err();

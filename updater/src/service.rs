@@ -45,6 +45,24 @@ pub trait ServiceManager: std::fmt::Debug {
     fn unit_name(&self) -> Option<&str> {
         None
     }
+    /// How many times the service manager has restarted the agent on its own (systemd's
+    /// `NRestarts`, which counts `Restart=` restarts only), when it keeps count.
+    fn restarts(&mut self) -> Option<u64> {
+        None
+    }
+    /// After the agent `pid` went away or was replaced: when the service manager says it
+    /// exited cleanly and was started again by someone else (its own restart count is
+    /// still `restarts_before`), the new main pid, once that process runs (waiting up to
+    /// `within`). `None` for a crash, an agent that stays stopped, or a manager that
+    /// cannot tell.
+    fn restarted_by_hand(
+        &mut self,
+        _pid: u32,
+        _restarts_before: u64,
+        _within: Duration,
+    ) -> Option<u32> {
+        None
+    }
 }
 
 /// A failure to control the agent's process. Each variant names what was being done.

@@ -117,6 +117,84 @@ impl ServiceManager for SystemdService {
     fn unit_name(&self) -> Option<&str> {
         Some(&self.unit)
     }
+
+    fn restarts(&mut self) -> Option<u64> {
+        let out = self
+            .systemctl(&["show", "-p", "NRestarts", "--value", &self.unit])
+            .ok()?;
+        out.trim().parse().ok()
+    }
+
+    fn restarted_by_hand(
+        &mut self,
+        pid: u32,
+        restarts_before: u64,
+        within: std::time::Duration,
+    ) -> Option<u32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let args = [
+                "show",
+                "-p",
+                "NRestarts",
+                "-p",
+                "Result",
+                "-p",
+                "MainPID",
+                "-p",
+                "ActiveState",
+                &self.unit,
+            ];
+            let out = self.systemctl(&args).ok()?;
+            let unit = UnitState::parse(&out)?;
+            // systemd restarted it (a crash under Restart=), or the old process failed.
+            if unit.restarts != restarts_before || unit.result != "success" {
+                return None;
+            }
+            if unit.active_state == "active"
+                && let Some(main) = unit.main_pid.filter(|m| *m != pid)
+            {
+                return Some(main);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// What `systemctl show -p NRestarts -p Result -p MainPID -p ActiveState` says.
+#[derive(Debug, PartialEq, Eq)]
+struct UnitState {
+    restarts: u64,
+    result: String,
+    main_pid: Option<u32>,
+    active_state: String,
+}
+
+impl UnitState {
+    fn parse(output: &str) -> Option<UnitState> {
+        let mut restarts = None;
+        let mut result = None;
+        let mut main_pid = None;
+        let mut active_state = None;
+        for line in output.lines() {
+            match line.split_once('=') {
+                Some(("NRestarts", v)) => restarts = v.trim().parse().ok(),
+                Some(("Result", v)) => result = Some(v.trim().to_owned()),
+                Some(("MainPID", v)) => main_pid = parse_main_pid(v),
+                Some(("ActiveState", v)) => active_state = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+        Some(UnitState {
+            restarts: restarts?,
+            result: result?,
+            main_pid: main_pid?,
+            active_state: active_state?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +207,31 @@ mod tests {
         assert_eq!(parse_main_pid("1234\n"), Some(Some(1234)));
         assert_eq!(parse_main_pid(""), None);
         assert_eq!(parse_main_pid("MainPID=12"), None);
+    }
+
+    #[test]
+    fn unit_state_values() {
+        let out = "NRestarts=2\nResult=success\nMainPID=812\nActiveState=active\n";
+        assert_eq!(
+            UnitState::parse(out),
+            Some(UnitState {
+                restarts: 2,
+                result: "success".into(),
+                main_pid: Some(812),
+                active_state: "active".into(),
+            })
+        );
+        let stopped = "Result=exit-code\nMainPID=0\nNRestarts=0\nActiveState=activating\n";
+        assert_eq!(UnitState::parse(stopped).unwrap().main_pid, None);
+        // A property missing or garbled: no answer, so nothing is followed.
+        assert_eq!(
+            UnitState::parse("NRestarts=1\nResult=success\nMainPID=9\n"),
+            None
+        );
+        assert_eq!(
+            UnitState::parse("NRestarts=x\nResult=success\nMainPID=9\nActiveState=active"),
+            None
+        );
     }
 
     #[test]
