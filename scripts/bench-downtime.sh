@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Agent downtime during a switch, measured by a poller outside the updater (every 2 ms:
-# does state/agent.pid name a live process that state/health.json names, at current's
+# does state/agent.pid name a live process that agent/health.json names, at current's
 # version?). Runs the real updater in direct mode SWITCHES times, alternating
 # 1.0.0 -> 2.0.0 -> 1.0.0 ... with the test-agent stand-in, and prints each gap, its median
 # and max, the updater's own agent_downtime_ms, and a bare restart of the same agent as the

@@ -71,11 +71,11 @@ started=$(date +%s.%N)
 
 # The agent must come up (health.json naming it) before the wait means anything.
 for _ in $(seq 100); do
-  grep -q "\"pid\": *$agent_pid\\b" "$work/root/state/health.json" 2>/dev/null && break
+  grep -q "\"pid\": *$agent_pid\\b" "$work/root/agent/health.json" 2>/dev/null && break
   kill -0 "$agent_pid" 2>/dev/null || break
   sleep 0.1
 done
-if ! grep -q "\"pid\": *$agent_pid\\b" "$work/root/state/health.json" 2>/dev/null; then
+if ! grep -q "\"pid\": *$agent_pid\\b" "$work/root/agent/health.json" 2>/dev/null; then
   echo "error: the agent (pid $agent_pid) never reported ready; its log:" >&2
   cat "$work/agent.log" >&2
   exit 1

@@ -131,7 +131,7 @@ wait_for() { # description, seconds, command...
     if [ "$(date +%s)" -ge "$deadline" ]; then
       echo "timed out waiting for $what" >&2
       echo "--- updater log" >&2
-      cat "$root/state/updater.log" >&2 || true
+      cat "$root/agent/updater.log" >&2 || true
       exit 1
     fi
     sleep 0.5

@@ -19,7 +19,7 @@ usage() {
 usage: install.sh --region REGION --source TEMPLATE --trusted-root FILE
                   (--updater-file FILE [--updater-sha256 HEX] | --updater-url URL --updater-sha256 HEX)
                   [--bucket TEMPLATE] [--root DIR] [--config FILE] [--service systemd|direct]
-                  [--systemd-dir DIR] [--target-version V] [--schedule EXPR]
+                  [--systemd-dir DIR] [--agent-user USER] [--target-version V] [--schedule EXPR]
 
   --region          the host's region (written to the config)
   --source          the repository URL template, e.g. https://{bucket}.s3.{region}.{domain}/
@@ -32,6 +32,8 @@ usage: install.sh --region REGION --source TEMPLATE --trusted-root FILE
   --config          config file to write if absent (default /etc/molt/agent.toml)
   --service         systemd (default when systemd runs) or direct
   --systemd-dir     where unit files go (default /etc/systemd/system)
+  --agent-user      the user the agent runs as under systemd (default molt, created as a
+                    system user if missing); only the updater runs as root
   --target-version  the first version to install (default latest)
   --schedule        the agent's schedule (default: the agent's, rate(14 days))
 USAGE
@@ -45,11 +47,13 @@ die() {
 
 region='' source='' bucket='' trusted_root='' updater_file='' updater_url='' updater_sha=''
 root=/opt/molt config=/etc/molt/agent.toml service='' systemd_dir=/etc/systemd/system
+agent_user=molt
 target=latest schedule=''
 while [ $# -gt 0 ]; do
   case "$1" in
     --region | --source | --bucket | --trusted-root | --updater-file | --updater-url | \
-      --updater-sha256 | --root | --config | --service | --systemd-dir | --target-version | --schedule)
+      --updater-sha256 | --root | --config | --service | --systemd-dir | --target-version | --schedule | \
+      --agent-user)
       if [ $# -lt 2 ] || [ -z "$2" ]; then
         die "$1 needs a value" "run install.sh --help for every option"
       fi
@@ -67,6 +71,7 @@ while [ $# -gt 0 ]; do
     --config) config=$2; shift 2 ;;
     --service) service=$2; shift 2 ;;
     --systemd-dir) systemd_dir=$2; shift 2 ;;
+    --agent-user) agent_user=$2; shift 2 ;;
     --target-version) target=$2; shift 2 ;;
     --schedule) schedule=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -188,19 +193,38 @@ else
   echo "wrote $config"
 fi
 
-# 3. The service files (systemd), before the first install starts the agent through them.
+# 3. The service files (systemd), before the first install starts the agent through them,
+#    and the agent's user: under systemd the agent runs as `molt`, and may write only
+#    $root/agent (docs/operations.md, "Users and permissions").
 if [ "$service" = systemd ]; then
   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
   units="$here/../agent/deploy"
   [ -d "$units" ] || units="$here/deploy"
   [ -f "$units/molt-agent.service" ] || die "cannot find the unit files next to install.sh"
+  [[ "$agent_user" =~ ^[a-z_][a-z0-9_-]*$ ]] ||
+    die "--agent-user must be a user name (lower case letters, digits, - and _), got '$agent_user'"
+  if ! id -u "$agent_user" >/dev/null 2>&1; then
+    command -v useradd >/dev/null ||
+      die "cannot create the agent's user $agent_user: useradd is missing" \
+        "install the passwd package, or create a system user $agent_user"
+    useradd --system --user-group --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin --comment "molt host agent" "$agent_user" ||
+      die "cannot create the agent's user $agent_user"
+    echo "created the system user $agent_user"
+  fi
+  agent_group=$(id -gn "$agent_user")
+  mkdir -p "$root/agent/requests"
+  chown "$agent_user:$agent_group" "$root/agent" "$root/agent/requests"
+  chmod 0755 "$root/agent" "$root/agent/requests"
   mkdir -p "$systemd_dir"
   # The replacements with sed's special characters (#, & and \) escaped; the root first,
   # so that a config under /opt/molt is not rewritten again.
   sed_root=$(printf '%s' "$root" | sed 's/[#&\\]/\\&/g')
   sed_config=$(printf '%s' "$config" | sed 's/[#&\\]/\\&/g')
-  for unit in molt-agent.service molt-recover.service molt-recover.timer; do
+  for unit in molt-agent.service molt-recover.service molt-recover.timer \
+    molt-update.service molt-update.path; do
     sed -e "s#/opt/molt#$sed_root#g" -e "s#/etc/molt/agent.toml#$sed_config#g" \
+      -e "s#^User=molt\$#User=$agent_user#" -e "s#^Group=molt\$#Group=$agent_group#" \
       "$units/$unit" >"$systemd_dir/$unit"
   done
   systemctl daemon-reload
@@ -213,8 +237,8 @@ MOLT_CONFIG="$config" "$updater" --root "$root" --target-version "$target" ||
     "fix what the updater names, then run install.sh again"
 
 if [ "$service" = systemd ]; then
-  systemctl enable molt-agent.service molt-recover.timer
-  systemctl start molt-recover.timer
+  systemctl enable molt-agent.service molt-recover.timer molt-update.path
+  systemctl start molt-recover.timer molt-update.path
 fi
 echo "installed; the agent runs from $root/current"
 "$root/current/bin/agent" --config "$config" status || true

@@ -42,7 +42,7 @@ fn valid_host_id(s: &str) -> bool {
 }
 
 /// The id this host's reports carry: the instance id, else a hash of the machine id,
-/// else random; persisted in `state/host-id`.
+/// else random; persisted in `agent/host-id`.
 pub async fn host_id(
     settings: &AgentSettings,
     imds: &ImdsSettings,

@@ -1,12 +1,15 @@
 //! Launching the updater (SPEC §7): `<root>/bin/updater`, else `current/bin/updater`.
 //!
-//! - Under systemd it runs through `systemd-run --unit molt-update-<id> --collect`, in a
-//!   transient unit outside the agent's cgroup, so stopping the agent's unit never kills
-//!   the update that is stopping it.
+//! - Under systemd, an agent that runs as its own user (the units of `agent/deploy/`) writes
+//!   a request into `agent/requests/`, and root's `molt-update.service` runs the updater
+//!   ([`molt_host::request`]). An agent that runs as root (an older unit) runs it through
+//!   `systemd-run --unit molt-update-<id> --collect`, in a transient unit. Either way the
+//!   update runs outside the agent's cgroup, so stopping the agent's unit never kills the
+//!   update that is stopping it.
 //! - In direct mode it runs detached (setsid), with its output appended to
-//!   `state/updater.log`. It never inherits the agent's stdout or stderr.
+//!   `agent/updater.log`. It never inherits the agent's stdout or stderr.
 //!
-//! Every launch is recorded in `state/last-launch.json`, including a launch that failed. The
+//! Every launch is recorded in `agent/last-launch.json`, including a launch that failed. The
 //! updater gets the launch's id in `MOLT_LAUNCH_ID` and writes how it ended under that id to
 //! `state/last-run.json`, which is how the agent learns a result it cannot wait for.
 
@@ -31,7 +34,7 @@ pub enum LaunchKind {
     Recover,
 }
 
-/// One launch, as recorded in `state/last-launch.json`.
+/// One launch, as recorded in `agent/last-launch.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
     pub version: u32,
@@ -116,6 +119,22 @@ pub fn launch(settings: &AgentSettings, kind: LaunchKind, reason: Option<String>
             settings.layout.current_link().join("bin/updater").display()
         )),
         Some(program) => match settings.service {
+            // An unprivileged agent cannot start a unit: it asks root's molt-update.service
+            // through molt-update.path (docs/architecture.md).
+            ServiceKind::Systemd if !rustix::process::geteuid().is_root() => {
+                let request_kind = match kind {
+                    LaunchKind::Update => molt_host::request::RequestKind::Update,
+                    LaunchKind::Recover => molt_host::request::RequestKind::Recover,
+                };
+                molt_host::request::submit(&settings.layout, &id, request_kind)
+                    .map(|path| {
+                        record.unit =
+                            Some(format!("molt-update.service (request {})", path.display()));
+                    })
+                    .map_err(|e| {
+                        format!("cannot ask for a run: {}", molt_schema::cli::one_line(&e))
+                    })
+            }
             ServiceKind::Systemd => {
                 let unit = format!("molt-update-{id}");
                 systemd_run(settings, &unit, &id, program, &args).map(|()| {
@@ -214,7 +233,7 @@ fn wait_output(
 }
 
 /// Direct mode: a new session, stdin from /dev/null, output appended to
-/// `state/updater.log`. A thread reaps the child so it never lingers as a zombie.
+/// `agent/updater.log`. A thread reaps the child so it never lingers as a zombie.
 fn spawn_detached(
     settings: &AgentSettings,
     id: &str,

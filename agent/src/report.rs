@@ -4,7 +4,7 @@
 //! `<prefix>/<region>/<to-version>/<host-id>/<record-id>.json`
 //!
 //! The rollout tooling lists `<prefix>/<region>/<version>/` to count failures. The agent
-//! remembers what it sent in `state/reported.json`; a failed upload is retried at the
+//! remembers what it sent in `agent/reported.json`; a failed upload is retried at the
 //! next poll, so a sink that is down loses nothing.
 
 use std::collections::VecDeque;

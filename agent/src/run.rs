@@ -1,14 +1,14 @@
 //! `agent run`: the service (SPEC §7).
 //!
 //! 1. Read the config; a bad one stops here, before anything is written.
-//! 2. Write `state/health.json` (ready) at once, before any slow probe such as IMDS.
+//! 2. Write `agent/health.json` (ready) at once, before any slow probe such as IMDS.
 //! 3. If the journal shows an unfinished update and no updater holds the lock, launch
 //!    `updater recover`.
 //! 4. Run the association: sleep until the next due run, launch the updater, record it,
 //!    and keep serving until the updater stops this agent. The result of a launched run
 //!    comes back through `state/last-run.json` (to this agent, or to the one the update
 //!    started); a run that failed for a reason time may cure is retried before the next
-//!    slot ([`RetryPolicy::SCHEDULED_RUNS`]), and `state/schedule.json` keeps the attempts.
+//!    slot ([`RetryPolicy::SCHEDULED_RUNS`]), and `agent/schedule.json` keeps the attempts.
 //! 5. Report new history records to the results sink, if one is configured.
 //!
 //! SIGTERM and SIGINT stop it cleanly; SIGHUP reloads the config (a bad new config is
@@ -292,6 +292,13 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    // An agent that runs as root (direct mode, or an older unit) moves an older layout's
+    // files into agent/ itself; an unprivileged one finds them moved by the updater.
+    if rustix::process::geteuid().is_root()
+        && let Err(e) = molt_host::agent_dir::prepare(&settings.layout)
+    {
+        tracing::warn!("{e}");
+    }
     // A full or read-only disk must not take the agent down with it: it keeps running and
     // writes its health file as soon as it can (the updater's recovery then confirms it).
     let mut health_pending = !ready_or_retry(&settings, &nonce, started_at)?;

@@ -108,32 +108,32 @@ impl AgentSettings {
     /// The state file that records the schedule (last run, first start).
     pub fn schedule_state(&self) -> PathBuf {
         self.layout
-            .state_dir()
+            .agent_dir()
             .join(molt_host::schedule::STATE_FILE)
     }
 
     /// The hold set by `agent hold`.
     pub fn hold_file(&self) -> PathBuf {
-        self.layout.state_dir().join("hold.json")
+        self.layout.agent_dir().join("hold.json")
     }
 
     /// The last updater the agent launched.
     pub fn last_launch(&self) -> PathBuf {
-        self.layout.state_dir().join("last-launch.json")
+        self.layout.agent_dir().join("last-launch.json")
     }
 
     /// What has been reported to the results sink.
     pub fn report_state(&self) -> PathBuf {
-        self.layout.state_dir().join("reported.json")
+        self.layout.agent_dir().join("reported.json")
     }
 
     /// The updater's output when the agent launches it directly.
     pub fn updater_log(&self) -> PathBuf {
-        self.layout.state_dir().join("updater.log")
+        self.layout.agent_dir().join("updater.log")
     }
 
     /// The host's identity for reports.
     pub fn host_id_file(&self) -> PathBuf {
-        self.layout.state_dir().join("host-id")
+        self.layout.agent_dir().join("host-id")
     }
 }

@@ -290,7 +290,7 @@ pub fn wave(
     Fact::Known(info)
 }
 
-/// The running agent, from `state/health.json`.
+/// The running agent, from `agent/health.json`.
 fn running(settings: &AgentSettings) -> Option<RunningAgent> {
     let h: Health = state::read_json(&settings.layout.health()).ok().flatten()?;
     // A zombie (exited, not yet reaped) is not alive.

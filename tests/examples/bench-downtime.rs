@@ -7,7 +7,7 @@
 //! `--soak SOAK`, default 200ms). `scripts/bench-downtime.sh` builds and runs it.
 //!
 //! A poller thread, outside the updater, looks every 2 ms whether the host's agent is alive
-//! and healthy: `state/agent.pid` names a live process, `state/health.json` names the same
+//! and healthy: `state/agent.pid` names a live process, `agent/health.json` names the same
 //! pid, and its version is `current`'s version. For each switch it reports the gap from the
 //! first sample where the old agent is no longer healthy to the first sample where the new
 //! one is, split into phases (old agent gone → `current` switched → new pid in the pid file →

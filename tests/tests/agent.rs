@@ -130,7 +130,7 @@ fn recording_updater(dir: &Path) -> PathBuf {
 /// launched program may have run before that).
 fn last_launch(host: &AgentHost) -> serde_json::Value {
     wait_for(Duration::from_secs(5), || {
-        let bytes = std::fs::read(host.root().join("state/last-launch.json")).ok()?;
+        let bytes = std::fs::read(host.root().join("agent/last-launch.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
     })
     .expect("the agent records its launch")
@@ -343,7 +343,7 @@ fn agent_updates_itself_from_v1_to_v2() {
     .unwrap_or_else(|| {
         panic!(
             "the agent never moved to 2.0.0; updater log:\n{}",
-            std::fs::read_to_string(layout.state_dir().join("updater.log")).unwrap_or_default()
+            std::fs::read_to_string(layout.agent_dir().join("updater.log")).unwrap_or_default()
         )
     });
     assert_eq!(record.result, state::Outcome::Success, "{record:?}");
@@ -374,7 +374,7 @@ fn agent_updates_itself_from_v1_to_v2() {
     assert_eq!(status["wave"]["latest"], "2.0.0");
     // the v2 agent reported the record to the results sink, once, under its region,
     // version and host id
-    let host_id = std::fs::read_to_string(layout.state_dir().join("host-id")).unwrap();
+    let host_id = std::fs::read_to_string(layout.agent_dir().join("host-id")).unwrap();
     let key = format!(
         "fleet/us-east-1/2.0.0/{}/{}.json",
         host_id.trim(),
@@ -646,8 +646,8 @@ fn output_that_cannot_be_written_stops_neither_binary() {
 }
 
 fn write_schedule_json(host: &AgentHost, sched: &serde_json::Value) {
-    std::fs::create_dir_all(host.root().join("state")).unwrap();
-    std::fs::write(host.root().join("state/schedule.json"), sched.to_string()).unwrap();
+    std::fs::create_dir_all(host.root().join("agent")).unwrap();
+    std::fs::write(host.root().join("agent/schedule.json"), sched.to_string()).unwrap();
 }
 
 /// A host first started, and last run, 30 days ago: on `rate(14 days)` its start is a
@@ -663,7 +663,7 @@ fn last_ran_30_days_ago(host: &AgentHost) {
 }
 
 fn schedule_json(host: &AgentHost) -> serde_json::Value {
-    let bytes = std::fs::read(host.root().join("state/schedule.json")).unwrap_or_default();
+    let bytes = std::fs::read(host.root().join("agent/schedule.json")).unwrap_or_default();
     serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
 }
 
@@ -722,7 +722,7 @@ fn a_scheduled_run_that_fails_verification_is_retried_before_the_next_slot() {
         panic!(
             "the failed run was not recorded; agent log:\n{}\nupdater log:\n{}",
             host.log(),
-            std::fs::read_to_string(host.root().join("state/updater.log")).unwrap_or_default()
+            std::fs::read_to_string(host.root().join("agent/updater.log")).unwrap_or_default()
         )
     });
     let attempt = &sched["attempts"][0];

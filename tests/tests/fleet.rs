@@ -245,11 +245,11 @@ impl FleetHost {
         ));
         // What a host derives once from its instance id and keeps: its rollout seed and the
         // id its reports carry. (The hosts share this machine's machine id.)
-        let state = host.layout().state_dir();
-        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(host.layout().state_dir()).unwrap();
+        std::fs::create_dir_all(host.layout().agent_dir()).unwrap();
         std::fs::write(host.layout().seed(), format!("{seed}\n")).unwrap();
         std::fs::write(
-            state.join("host-id"),
+            host.layout().agent_dir().join("host-id"),
             format!(
                 "i-{:017x}\n",
                 (0xf1ee7 << 20) + (u64::from(region == REST) << 16) + u64::from(seed.get())
@@ -278,7 +278,7 @@ impl FleetHost {
     }
 
     fn host_id(&self) -> String {
-        std::fs::read_to_string(self.host.layout().state_dir().join("host-id"))
+        std::fs::read_to_string(self.host.layout().agent_dir().join("host-id"))
             .unwrap_or_default()
             .trim()
             .to_owned()
@@ -304,7 +304,7 @@ impl FleetHost {
     }
 
     fn updater_log(&self) -> String {
-        std::fs::read_to_string(self.host.layout().state_dir().join("updater.log"))
+        std::fs::read_to_string(self.host.layout().agent_dir().join("updater.log"))
             .unwrap_or_default()
     }
 
@@ -594,7 +594,7 @@ fn fleet_of_twenty_agents_across_two_regions() {
             h.diagnosis()
         );
         let launch: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(h.host.layout().state_dir().join("last-launch.json")).unwrap(),
+            &std::fs::read(h.host.layout().agent_dir().join("last-launch.json")).unwrap(),
         )
         .unwrap();
         let at: Timestamp = launch["at"].as_str().unwrap().parse().unwrap();

@@ -576,7 +576,7 @@ start)
     agent_unit "$2"
     alive && exit 0
     sed -n 's/^Environment=//p' "$unit" > "$dir/unit.env"
-    pre=$(sed -n 's/^ExecStartPre=-//p' "$unit" | sed 's/[$][$]/$/g')
+    pre=$(sed -n 's/^ExecStartPre=+\{{0,1\}}-//p' "$unit" | sed 's/[$][$]/$/g')
     start=$(sed -n 's/^ExecStart=//p' "$unit")
     (
         set -a
@@ -635,7 +635,7 @@ fn systemd_mode_installs_the_units_and_starts_through_systemctl() {
     host.path_prefix = Some(fake.join("bin"));
 
     let out = host
-        .install(&repo, &["--service", "systemd"])
+        .install(&repo, &["--service", "systemd", "--agent-user", "root"])
         .arg("--systemd-dir")
         .arg(host.systemd_dir())
         .arg("--updater-file")
@@ -665,8 +665,13 @@ fn systemd_mode_installs_the_units_and_starts_through_systemctl() {
     );
     assert_eq!(
         lines(&agent, "ExecStartPre"),
-        [format!("ExecStartPre=-{chain}")]
+        [format!("ExecStartPre=+-{chain}")]
     );
+    // The agent's user, here the one running the tests (no user is created on this machine;
+    // the systemd bed installs with the default, molt).
+    assert_eq!(lines(&agent, "User"), ["User=root"]);
+    assert_eq!(lines(&agent, "Group"), ["Group=root"]);
+    assert!(host.root().join("agent/requests").is_dir());
     assert_eq!(
         lines(&agent, "ExecStart"),
         [format!("ExecStart={root}/current/bin/agent run")]
@@ -712,15 +717,18 @@ fn systemd_mode_installs_the_units_and_starts_through_systemctl() {
     assert_eq!(calls.first().map(String::as_str), Some("daemon-reload"));
     let reload = position(&calls, "daemon-reload");
     let start = position(&calls, "start molt-agent");
-    let enable = position(&calls, "enable molt-agent.service molt-recover.timer");
-    let timer_start = position(&calls, "start molt-recover.timer");
+    let enable = position(
+        &calls,
+        "enable molt-agent.service molt-recover.timer molt-update.path",
+    );
+    let timer_start = position(&calls, "start molt-recover.timer molt-update.path");
     assert!(
         reload < start && start < enable && enable < timer_start,
         "{calls:?}"
     );
     assert_eq!(
         calls.last().map(String::as_str),
-        Some("start molt-recover.timer"),
+        Some("start molt-recover.timer molt-update.path"),
         "{calls:?}"
     );
     assert!(

@@ -28,6 +28,15 @@ fn v(s: &str) -> Version {
 /// The scripts and units a host is installed from, where install.sh finds them.
 const SHARE: &str = "/usr/local/share/molt";
 
+/// The units of `agent/deploy/`.
+const UNITS: [&str; 5] = [
+    "molt-agent.service",
+    "molt-recover.service",
+    "molt-recover.timer",
+    "molt-update.service",
+    "molt-update.path",
+];
+
 /// A machine with molt installed from `scripts/install.sh` at 1.0.0, from a repository
 /// with real stamped builds of 1.0.0 and 2.0.0.
 struct Bed {
@@ -54,11 +63,7 @@ impl Bed {
             &format!("{SHARE}/install.sh"),
             0o755,
         );
-        for unit in [
-            "molt-agent.service",
-            "molt-recover.service",
-            "molt-recover.timer",
-        ] {
+        for unit in UNITS {
             m.install_file(
                 &src.join("agent/deploy").join(unit),
                 &format!("{SHARE}/deploy/{unit}"),
@@ -200,6 +205,15 @@ impl Bed {
         })
     }
 
+    /// `updater --target-version target` from a shell, as an operator runs it, again while
+    /// another run holds the lock (exit 6, "try again later"); its output.
+    fn update_by_hand(&self, target: &str, args: &str) -> String {
+        self.m.run(&format!(
+            "for i in $(seq 30); do {ROOT}/bin/updater --target-version {target} {args} 2>&1; \
+             rc=$?; [ $rc -eq 6 ] || exit $rc; sleep 1; done; exit 6"
+        ))
+    }
+
     fn journal_of(&self, unit: &str) -> String {
         String::from_utf8_lossy(
             &self
@@ -223,12 +237,37 @@ fn installed_by_install_sh_it_runs_under_systemd_and_updates_by_hand_and_on_sche
     assert!(status.contains("1.0.0"), "{status}");
 
     // Every installed unit is clean for systemd-analyze.
-    let verify = bed.m.sh(
-        "systemd-analyze verify /etc/systemd/system/molt-agent.service \
-         /etc/systemd/system/molt-recover.service /etc/systemd/system/molt-recover.timer 2>&1",
-    );
+    let verify = bed.m.sh(&format!(
+        "systemd-analyze verify {} 2>&1",
+        UNITS.map(|u| format!("/etc/systemd/system/{u}")).join(" ")
+    ));
     let said = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+
+    // The agent runs as molt, with no capabilities, in a sandbox systemd rates OK.
+    let pid = bed.m.main_pid("molt-agent").unwrap();
+    let proc_status = bed.m.run(&format!("cat /proc/{pid}/status"));
+    let uid = bed.m.run("id -u molt").trim().to_owned();
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), [uid.as_str(); 4], "{proc_status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "{proc_status}");
+    assert_eq!(field("CapPrm:"), ["0000000000000000"], "{proc_status}");
+    let security = bed
+        .m
+        .run("systemd-analyze security molt-agent.service 2>&1 | tail -n 1");
+    let exposure: f64 = security
+        .split("molt-agent.service: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {security:?}"));
+    assert!(exposure <= 4.9, "{security}");
 
     // The agent's logs are in the journal.
     let logs = bed.journal_of("molt-agent");
@@ -269,11 +308,11 @@ fn installed_by_install_sh_it_runs_under_systemd_and_updates_by_hand_and_on_sche
         (last.to.clone(), last.result),
         (v("3.0.0"), Outcome::Success)
     );
-    // It ran in a transient molt-update-* unit, whose output is in the journal.
-    let run = bed.journal_of("'molt-update-*'");
+    // The unprivileged agent asked, and root's molt-update.service ran the update.
+    let run = bed.journal_of("molt-update.service");
     assert!(
         run.contains("3.0.0"),
-        "journalctl -u 'molt-update-*': {run}"
+        "journalctl -u molt-update.service: {run}"
     );
 }
 
@@ -322,13 +361,9 @@ fn a_killed_update_unit_is_repaired_by_the_recover_timer() {
             assert_eq!(last.to, v(target), "{point}");
             assert_eq!(last.result, Outcome::RolledBack, "{point}: {last:?}");
         }
-        // The next update goes through.
-        bed.start_update(
-            &format!("molt-update-after{i}"),
-            target,
-            "--allow-downgrade",
-            &[],
-        );
+        // The next update goes through (once the agent's own `recover` request, which its
+        // start after the repair may have made, has let go of the lock: exit 6).
+        bed.update_by_hand(target, "--allow-downgrade");
         bed.assert_settled_on(target, Duration::from_secs(60));
         on = target;
     }
@@ -414,7 +449,7 @@ fn a_reboot_in_the_middle_of_an_update_comes_up_on_a_valid_version() {
     assert_eq!(bed.m.boots(), 3);
 
     // And the host updates afterwards.
-    bed.start_update("molt-update-then", "2.0.0", "", &[]);
+    bed.update_by_hand("2.0.0", "");
     bed.assert_settled_on("2.0.0", Duration::from_secs(60));
 }
 
@@ -536,4 +571,117 @@ fn restarting_the_agent_in_the_middle_of_an_update_commits_it() {
                 .contains("1.0.0"),
         "a restart by hand does not quarantine the version"
     );
+}
+
+/// What a compromised agent (anything running as its user, `molt`) can do to root's part
+/// of the host: nothing. It cannot write the install root, `state/`, `versions/` or
+/// `bin/`, nor open the update lock; root never follows a link it plants, and a flood of
+/// forged requests costs one run.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn a_hostile_agent_changes_nothing_root_owns() {
+    let bed = Bed::new();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let as_molt = |script: &str| {
+        bed.m.sh(&format!(
+            "setpriv --reuid=molt --regid=molt --init-groups -- /bin/sh -c '{script}' 2>&1"
+        ))
+    };
+    let snapshot = || {
+        bed.m.run(&format!(
+            "find {ROOT}/state {ROOT}/versions {ROOT}/bin {ROOT}/current -printf '%p %s %m %u\\n' \
+             | sort; sha256sum /etc/passwd /etc/shadow"
+        ))
+    };
+    let before = snapshot();
+
+    for attack in [
+        format!("echo forged > {ROOT}/state/journal.json"),
+        format!("rm -rf {ROOT}/state/tuf"),
+        format!("rm -f {ROOT}/state/history.jsonl"),
+        format!("flock -n {ROOT}/state/update.lock -c true"),
+        format!("ln -sfn versions/2.0.0 {ROOT}/current"),
+        format!("cp /bin/sh {ROOT}/bin/updater"),
+        format!("mkdir {ROOT}/versions/9.9.9"),
+        format!("echo x > {ROOT}/current/bin/agent"),
+    ] {
+        let out = as_molt(&attack);
+        assert!(
+            !out.status.success(),
+            "as molt, `{attack}` succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    assert_eq!(snapshot(), before, "root's files are untouched");
+
+    // Links planted where root writes (an operator's `agent hold`) or reads.
+    let out = as_molt(&format!(
+        "ln -s /etc/passwd {ROOT}/agent/hold.json && ln -sf /etc/shadow {ROOT}/agent/health.json"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    bed.m.run(&format!(
+        "{ROOT}/current/bin/agent hold --reason 'a change freeze' && {ROOT}/current/bin/agent status"
+    ));
+    let hold = bed.m.path(&format!("{ROOT}/agent/hold.json"));
+    assert!(
+        std::fs::symlink_metadata(&hold).unwrap().is_file(),
+        "the hold replaced the link"
+    );
+    bed.m.run(&format!("{ROOT}/current/bin/agent unhold"));
+
+    // A flood of forged requests: 300 valid ones, a link, a directory, a huge file and a
+    // request that names another target.
+    let out = as_molt(&format!(
+        "cd {ROOT}/agent && mkdir -p staging && i=0; while [ $i -lt 300 ]; do \
+         printf \"{{\\\"version\\\":1,\\\"launch_id\\\":\\\"20261204T0300%03dZ-abcdef\\\",\\\"kind\\\":\\\"update\\\"}}\" $i > staging/$(printf 20261204T0300%03dZ-abcdef $i).json; i=$((i+1)); done; \
+         ln -s /etc/shadow staging/link.json; mkdir -p staging/dir/sub; head -c 100000 /dev/zero > staging/big.json; \
+         echo \"{{\\\"version\\\":1,\\\"launch_id\\\":\\\"20261204T039999Z-abcdef\\\",\\\"kind\\\":\\\"update\\\",\\\"target\\\":\\\"0.0.1\\\"}}\" > staging/target.json; \
+         mv staging/* requests/ && rmdir staging"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let emptied = wait_for(Duration::from_secs(60), || {
+        let left = std::fs::read_dir(bed.m.path(&format!("{ROOT}/agent/requests")))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (left == 0 && bed.m.is_active("molt-update.service") != "activating").then_some(())
+    });
+    assert!(
+        emptied.is_some(),
+        "the requests were taken: {}",
+        bed.describe()
+    );
+    let runs = bed.journal_of("molt-update.service");
+    assert_eq!(
+        runs.matches("running `updater --target-version latest`")
+            .count(),
+        1,
+        "one run for the whole flood: {runs}"
+    );
+    assert!(
+        runs.contains("more requests in"),
+        "the refusals are summed up: {runs}"
+    );
+    assert!(runs.matches("refused a request").count() <= 10, "{runs}");
+    let result: molt_host::attempt::RunResult =
+        state::read_json(&bed.layout().last_run()).unwrap().unwrap();
+    assert_eq!(
+        result.launch, "20261204T0300299Z-abcdef",
+        "the newest valid request ran"
+    );
+    assert_ne!(bed.m.is_active("molt-update.path"), "failed");
+
+    // The one run did what a request may ask: an update to the latest version root's own
+    // config allows (2.0.0), nothing the requests named. No file a link pointed at changed.
+    bed.assert_settled_on("2.0.0", Duration::from_secs(60));
+    let after = bed.m.run("sha256sum /etc/passwd /etc/shadow");
+    assert!(before.ends_with(&after), "{before}\n---\n{after}");
 }

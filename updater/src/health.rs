@@ -1,7 +1,7 @@
 //! The health check (SPEC §6 step 9): is the agent we just started the one that reports
 //! ready, and does it stay up?
 //!
-//! The new agent writes `state/health.json` as soon as it is ready. It counts only when
+//! The new agent writes `agent/health.json` as soon as it is ready. It counts only when
 //! its `nonce` is the one this start passed in `MOLT_HEALTH_NONCE` (so a file left by an
 //! earlier start never counts), its `version` is the expected one, and its `pid` is the
 //! service's main pid, alive and not a zombie, within the timeout. Then the same process
@@ -87,7 +87,7 @@ pub enum HealthFailure {
     )]
     Restarted { from: u32, to: u32 },
     /// health.json stopped describing the ready agent during the soak period.
-    #[error("state/health.json changed during the soak period of the agent (pid {pid}): {detail}")]
+    #[error("agent/health.json changed during the soak period of the agent (pid {pid}): {detail}")]
     HealthChanged { pid: u32, detail: String },
     /// The service manager could not say which process is the agent.
     #[error("cannot ask the service manager about the agent: {detail}")]
@@ -107,7 +107,7 @@ fn never_detail(stale: &Option<StaleHealth>, problem: &Option<String>) -> String
     let mut out = String::new();
     if let Some(s) = stale {
         out.push_str(&format!(
-            "; state/health.json is from another start (nonce {:?}, pid {}, version {}), not this one",
+            "; agent/health.json is from another start (nonce {:?}, pid {}, version {}), not this one",
             s.nonce, s.pid, s.version
         ));
     }
@@ -150,6 +150,32 @@ pub fn wait_healthy(
     tracing::info!(pid, ?ready_after, soak = ?check.soak, "the agent reports ready; soaking");
     let pid = soak(layout, svc, check, (pid, nonce), poll, &mut follow)?;
     Ok(HealthReport { pid, ready_after })
+}
+
+/// The largest health report read: the agent writes about 200 bytes, and an unprivileged
+/// agent's directory is not trusted.
+pub const MAX_HEALTH_BYTES: u64 = 64 * 1024;
+
+/// The agent's health report: `agent/health.json`, else `state/health.json` where agents
+/// from before the split write it (a rollback to one), whichever `wanted` accepts first;
+/// else the newer location's. Never through a link, never more than [`MAX_HEALTH_BYTES`].
+pub fn read_health(
+    layout: &HostLayout,
+    wanted: impl Fn(&Health) -> bool,
+) -> Result<Option<Health>, molt_host::state::StateError> {
+    let current = state::read_json_capped::<Health>(&layout.health(), MAX_HEALTH_BYTES);
+    if let Ok(Some(h)) = &current
+        && wanted(h)
+    {
+        return current;
+    }
+    match state::read_json_capped::<Health>(&layout.legacy_health(), MAX_HEALTH_BYTES) {
+        Ok(Some(h)) if wanted(&h) => Ok(Some(h)),
+        legacy => match current {
+            Ok(None) => legacy.or(Ok(None)),
+            other => other,
+        },
+    }
 }
 
 /// How many restarts by hand one health check follows.
@@ -220,7 +246,7 @@ fn wait_pid_ready(
             }
             Err(e) => problem = Some(molt_schema::cli::one_line(&e)),
         }
-        match state::read_json::<Health>(&layout.health()) {
+        match read_health(layout, |h| h.pid == pid) {
             Ok(Some(h)) if h.pid == pid && h.status == HealthStatus::Ready => {
                 if h.version != check.expected_version {
                     return Err(HealthFailure::WrongVersion {
@@ -293,7 +319,7 @@ fn wait_ready(
             }
         };
 
-        match state::read_json::<Health>(&layout.health()) {
+        match read_health(layout, |h| h.nonce == check.nonce) {
             Ok(Some(h)) if h.nonce == check.nonce => {
                 stale = None;
                 if h.version != check.expected_version {
@@ -308,7 +334,7 @@ fn wait_ready(
                     return Ok(h.pid);
                 } else if let Some(main) = main {
                     problem = Some(format!(
-                        "state/health.json names pid {} but the service's main pid is {main}",
+                        "agent/health.json names pid {} but the service's main pid is {main}",
                         h.pid
                     ));
                 }
@@ -403,7 +429,7 @@ fn soak_step(
         // Maybe passing (systemctl busy): it must answer before the soak is over.
         Err(e) => Some(molt_schema::cli::one_line(&e)),
     };
-    let changed = match state::read_json::<Health>(&layout.health()) {
+    let changed = match read_health(layout, |h| h.pid == pid) {
         Ok(Some(h)) if h.pid != pid => Some(format!("it now names pid {}", h.pid)),
         Ok(Some(h)) if h.nonce != nonce => Some(format!("it now carries nonce {:?}", h.nonce)),
         Ok(Some(h)) if h.status == HealthStatus::Stopping => {

@@ -15,6 +15,7 @@ pub mod install;
 pub mod journal;
 pub use molt_host::lock;
 pub mod recover;
+pub mod requests;
 pub mod rollback;
 pub mod self_update;
 pub mod service;

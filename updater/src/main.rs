@@ -110,9 +110,12 @@ enum Command {
     },
     /// Finish or undo an interrupted update; does nothing while an update runs.
     Recover,
+    /// Take the agent's requests (agent/requests/) and run the one they ask for: what
+    /// root's molt-update.service runs. At most one run a minute.
+    Requests,
 }
 
-/// `println!` that never panics: the updater's stdout is `state/updater.log` when the agent
+/// `println!` that never panics: the updater's stdout is `agent/updater.log` when the agent
 /// launches it in direct mode, on the disk that may be full, and the exit code must stay
 /// the one the outcome chose.
 macro_rules! out {
@@ -214,7 +217,60 @@ fn run(cli: Cli) -> Result<i32, Failure> {
     .map_err(|e| failure(e.into()))?;
     let mut svc = molt_updater::settings::service_for(&settings);
     let json = cli.common.json;
+    // agent/ exists before an agent starts, and an older layout's agent files are in it.
+    let changes_things = match &cli.command {
+        Some(Command::Recover | Command::Requests) => true,
+        Some(_) => false,
+        None => !u.dry_run && u.target_version.is_some(),
+    };
+    if changes_things {
+        if let Err(e) = molt_host::agent_dir::prepare(&settings.layout) {
+            tracing::warn!("{}", molt_schema::cli::one_line(&e));
+        }
+        molt_host::agent_dir::open_state_to_agent(&settings.layout);
+    }
     match cli.command {
+        Some(Command::Requests) => {
+            use molt_updater::requests::{self, Decision};
+            match requests::decide(&settings.layout, jiff::Timestamp::now()) {
+                Decision::Nothing => {
+                    out!("no request to run");
+                    Ok(exit::OK)
+                }
+                Decision::TooSoon(r) => {
+                    requests::answer_busy(&settings.layout, &r);
+                    out!(
+                        "an update began less than {} s ago; request {} is answered as busy",
+                        requests::MIN_INTERVAL.as_secs(),
+                        r.launch_id
+                    );
+                    Ok(exit::OK)
+                }
+                Decision::Run(r) => {
+                    let program =
+                        std::env::current_exe().map_err(|e| Failure::new(exit::FAILED, e))?;
+                    let mut global = Vec::new();
+                    if let Some(root) = &cli.common.root {
+                        global.push("--root".into());
+                        global.push(root.clone().into_os_string());
+                    }
+                    if let Some(config) = &cli.common.config {
+                        global.push("--config".into());
+                        global.push(config.clone().into_os_string());
+                    }
+                    out!(
+                        "running `updater {}` for the agent's request {}",
+                        requests::arguments(&r).join(" "),
+                        r.launch_id
+                    );
+                    let e = requests::exec(&program, &global, &r);
+                    Err(Failure::new(
+                        exit::FAILED,
+                        anyhow::anyhow!("cannot run {}: {e}", program.display()),
+                    ))
+                }
+            }
+        }
         Some(Command::Status) => status::print_status(&settings, json)
             .map(|()| exit::OK)
             .map_err(failure),

@@ -11,12 +11,14 @@
 //!                                                    cache/
 //! ```
 
+pub mod agent_dir;
 pub mod attempt;
 pub mod build;
 pub mod config;
 pub mod installed;
 pub mod lock;
 pub mod process;
+pub mod request;
 pub mod schedule;
 pub mod seed;
 pub mod state;
@@ -132,8 +134,24 @@ impl HostLayout {
     pub fn seed(&self) -> PathBuf {
         self.state_dir().join("seed")
     }
+    /// `agent/`: the agent's own directory, the only one an unprivileged agent may write
+    /// (SPEC §5 as amended in docs/architecture.md). Root's state is `state/`; root reads
+    /// from here only size-capped, parsed files, never through a link.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.root.join("agent")
+    }
+    /// `agent/health.json`: the running agent's report (the health check reads it).
     pub fn health(&self) -> PathBuf {
+        self.agent_dir().join("health.json")
+    }
+    /// `state/health.json`, where agents before the split wrote their report: the health
+    /// check of such an agent (a rollback to an older version) reads it there.
+    pub fn legacy_health(&self) -> PathBuf {
         self.state_dir().join("health.json")
+    }
+    /// `agent/requests/`: the agent's requests for a run (`updater requests` takes them).
+    pub fn requests_dir(&self) -> PathBuf {
+        self.agent_dir().join("requests")
     }
     pub fn agent_pid(&self) -> PathBuf {
         self.state_dir().join("agent.pid")

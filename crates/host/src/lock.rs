@@ -52,6 +52,7 @@ impl UpdateLock {
             })?;
             match file.try_lock() {
                 Ok(()) if still_at(&file, path) => {
+                    owner_only(&file);
                     return Ok(UpdateLock {
                         _file: file,
                         path: path.to_owned(),
@@ -74,6 +75,19 @@ impl UpdateLock {
         Err(LockError::Held {
             path: path.to_owned(),
         })
+    }
+}
+
+/// The lock file is root's alone: anyone who can open it can flock it, and an unprivileged
+/// agent that held it would keep every update out for ever. A file older molt versions
+/// created readable by all is made so here (on a read-only filesystem it stays as it is).
+fn owner_only(file: &File) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if file
+        .metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
     }
 }
 
@@ -107,9 +121,14 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
     });
     match first {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::OpenOptionsExt as _;
             drop(crate::state::open_no_follow(
                 path,
-                OpenOptions::new().create(true).truncate(false).write(true),
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o600),
             )?);
             read()
         }
@@ -118,7 +137,9 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
 }
 
 /// Whether an updater holds the lock right now (the agent asks before it launches one).
-/// A lock file that cannot be opened counts as not held: the updater will say why.
+/// A lock file that cannot be opened counts as not held: the updater will say why. An
+/// unprivileged agent may not open it at all (it is root's, 0600): it looks the file up in
+/// the kernel's table of held locks, `/proc/locks`, instead.
 ///
 /// A link in the lock's place is not replaced here: an older updater that followed it may
 /// hold a lock on what it points at, so that file is asked (opened read-only, never
@@ -132,12 +153,78 @@ pub fn update_in_progress(path: &Path) -> bool {
             .open(path);
         return target.is_ok_and(|f| matches!(f.try_lock(), Err(TryLockError::WouldBlock)));
     }
-    path.exists() && matches!(UpdateLock::try_acquire(path), Err(LockError::Held { .. }))
+    match crate::state::open_no_follow(path, OpenOptions::new().read(true)) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            held_in_proc_locks(path).unwrap_or(false)
+        }
+        _ => path.exists() && matches!(UpdateLock::try_acquire(path), Err(LockError::Held { .. })),
+    }
+}
+
+/// Whether `/proc/locks` lists a lock on the file at `path`; `None` when either cannot be
+/// read.
+fn held_in_proc_locks(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    let table = std::fs::read_to_string("/proc/locks").ok()?;
+    let dev = meta.dev();
+    let want = (rustix::fs::major(dev), rustix::fs::minor(dev), meta.ino());
+    Some(table.lines().any(|line| lock_line_file(line) == Some(want)))
+}
+
+/// The (major, minor, inode) of the file one line of `/proc/locks` names, e.g.
+/// `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF` (major and minor in hex). A waiter's
+/// line (`1: -> FLOCK …`) names the same file as the lock it waits on.
+fn lock_line_file(line: &str) -> Option<(u32, u32, u64)> {
+    let field = line
+        .split_whitespace()
+        .find(|f| f.bytes().filter(|b| *b == b':').count() == 2)?;
+    let mut parts = field.split(':');
+    let major = u32::from_str_radix(parts.next()?, 16).ok()?;
+    let minor = u32::from_str_radix(parts.next()?, 16).ok()?;
+    let inode = parts.next()?.parse().ok()?;
+    Some((major, minor, inode))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_locks_lines() {
+        assert_eq!(
+            lock_line_file("1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"),
+            Some((0xfd, 1, 5678))
+        );
+        assert_eq!(
+            lock_line_file("2: -> FLOCK  ADVISORY  WRITE 99 00:2a:77 0 EOF"),
+            Some((0, 0x2a, 77))
+        );
+        assert_eq!(lock_line_file("garbage"), None);
+        assert_eq!(
+            lock_line_file("1: FLOCK ADVISORY WRITE 1 zz:01:5 0 EOF"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_held_lock_is_in_proc_locks_and_the_file_is_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/update.lock");
+        assert_eq!(held_in_proc_locks(&path), None, "no file yet");
+        let held = UpdateLock::try_acquire(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(held_in_proc_locks(&path), Some(true));
+        drop(held);
+        assert_eq!(held_in_proc_locks(&path), Some(false));
+        // A lock file an older version made readable by all is narrowed.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(UpdateLock::try_acquire(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn second_holder_is_refused_until_the_first_drops() {

@@ -8,7 +8,7 @@
 //! - [`jitter_offset`] turns the host's seed into a stable offset in `[0, jitter)`, so
 //!   a fleet does not update in the same minute.
 //! - A [`MaintenanceWindow`] restricts runs to set hours (`02:00` for `4h` on `sat`, `sun`).
-//! - [`ScheduleState`] (`state/schedule.json`) keeps the anchor, the last run, the run the
+//! - [`ScheduleState`] (`agent/schedule.json`) keeps the anchor, the last run, the run the
 //!   agent launched and has not seen end ([`Pending`]), and the failed attempts of the
 //!   current run with the time of its retry.
 //!
@@ -646,7 +646,7 @@ fn lenient_reason<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reason>, D::
     })
 }
 
-/// `state/schedule.json`: the anchor of rate schedules and the last run.
+/// `agent/schedule.json`: the anchor of rate schedules and the last run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleState {
     #[serde(default = "crate::state::state_version")]
@@ -763,7 +763,7 @@ pub fn outcome_of(
         failure: FailureClass::NoResult,
         exit_code: None,
         message: Some(
-            "the updater ended without recording a result (killed, or the machine stopped); see state/updater.log or the journal"
+            "the updater ended without recording a result (killed, or the machine stopped); see agent/updater.log or the journal"
                 .into(),
         ),
     })

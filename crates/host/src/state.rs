@@ -140,6 +140,45 @@ pub fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Like [`read_no_follow`], for a file another user may write (root reading the agent's
+/// directory): at most `limit` bytes, else an error that says so.
+pub fn read_no_follow_capped(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    open_no_follow(path, OpenOptions::new().read(true))?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "{} is larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A JSON file root reads from the agent's directory: no link followed, at most `limit`
+/// bytes; `None` when it does not exist.
+pub fn read_json_capped<T: DeserializeOwned>(
+    path: &Path,
+    limit: u64,
+) -> Result<Option<T>, StateError> {
+    match read_no_follow_capped(path, limit) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
 /// fsyncs a directory, so a rename or a new entry in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
     std::fs::File::open(dir)
@@ -150,7 +189,9 @@ pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync,
 /// rename over `path`, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    write_atomic_mode(path, bytes, 0o600)
+    // Readable by all: an unprivileged agent reads root's state (the journal, the history,
+    // the last run's result) and root reads the agent's. Nothing in either is secret.
+    write_atomic_mode(path, bytes, 0o644)
 }
 
 /// [`write_atomic`] for a program: the temporary file has its final `mode` from the start,
@@ -458,7 +499,7 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRecord>, StateError> {
     Ok(records)
 }
 
-/// The agent's readiness, `state/health.json`.
+/// The agent's readiness, `agent/health.json`.
 ///
 /// Deviation from the other state files: here `version` is the agent's version (SPEC
 /// §6 step 9 names the field so), and the schema version is `schema`.

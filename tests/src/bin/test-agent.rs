@@ -9,7 +9,7 @@
 //!   arguments in the file `MOLT_TEST_REEXEC_MARKER` names.
 //! - `test-agent run` reads `MOLT_ROOT`, `MOLT_HEALTH_NONCE`, and its behaviour from
 //!   `MOLT_TEST_AGENT_<version with '.' and '-' as '_'>` (default `ok`):
-//!   - `ok`: writes `state/health.json` at once (again every 200 ms while the disk refuses
+//!   - `ok`: writes `agent/health.json` at once (again every 200 ms while the disk refuses
 //!     it), runs until SIGTERM, exits 0;
 //!   - `exit-at-start`: exits 3 at once;
 //!   - `never-healthy`: never writes health.json, runs until SIGTERM;
