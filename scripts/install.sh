@@ -189,6 +189,8 @@ else
     [ -n "$schedule" ] && echo "schedule = $(toml "$schedule")"
     true
   } >"$config.tmp"
+  # The agent (its own user under systemd) reads the config: not the umask's to decide.
+  chmod 0644 "$config.tmp"
   mv "$config.tmp" "$config"
   echo "wrote $config"
 fi
@@ -213,9 +215,19 @@ if [ "$service" = systemd ]; then
     echo "created the system user $agent_user"
   fi
   agent_group=$(id -gn "$agent_user")
-  mkdir -p "$root/agent/requests"
-  chown "$agent_user:$agent_group" "$root/agent" "$root/agent/requests"
-  chmod 0755 "$root/agent" "$root/agent/requests"
+  # The agent may have put anything in its own directory (a reinstall runs beside a
+  # running agent): nothing below agent/ is followed or given away. agent/ itself is safe
+  # to name, as only root can create or replace entries of $root.
+  mkdir -p "$root"
+  if [ -L "$root/agent" ] || { [ -e "$root/agent" ] && ! [ -d "$root/agent" ]; }; then
+    die "$root/agent is not a directory" "remove it; install.sh makes it again"
+  fi
+  mkdir -p "$root/agent"
+  chown -h "$agent_user:$agent_group" "$root/agent"
+  chmod 0755 "$root/agent"
+  if ! [ -e "$root/agent/requests" ] && ! [ -L "$root/agent/requests" ]; then
+    mkdir "$root/agent/requests" && chown -h "$agent_user:$agent_group" "$root/agent/requests"
+  fi
   mkdir -p "$systemd_dir"
   # The replacements with sed's special characters (#, & and \) escaped; the root first,
   # so that a config under /opt/molt is not rewritten again.
@@ -225,6 +237,7 @@ if [ "$service" = systemd ]; then
     molt-update.service molt-update.path; do
     sed -e "s#/opt/molt#$sed_root#g" -e "s#/etc/molt/agent.toml#$sed_config#g" \
       -e "s#^User=molt\$#User=$agent_user#" -e "s#^Group=molt\$#Group=$agent_group#" \
+      -e "s#-o molt -g molt#-o $agent_user -g $agent_group#" \
       "$units/$unit" >"$systemd_dir/$unit"
   done
   systemctl daemon-reload

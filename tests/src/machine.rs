@@ -108,6 +108,45 @@ impl Machine {
         m
     }
 
+    /// Another machine booted from a copy of this one's root filesystem (this one must be
+    /// powered off): an instance made from a baked image. `edit` changes the copy before it
+    /// boots (its machine id, say).
+    pub fn clone_stopped(&self, edit: impl FnOnce(&Path)) -> Machine {
+        if self.nspawn.is_some() {
+            fail("power the machine off before cloning it");
+        }
+        let dir = match std::env::var_os(MACHINES_ENV) {
+            Some(parent) => check(tempfile::tempdir_in(parent), "tempdir"),
+            None => check(tempfile::tempdir(), "tempdir"),
+        };
+        let rootfs = dir.path().join("rootfs");
+        let copied = check(
+            Command::new("cp")
+                .args(["-a", "--reflink=auto"])
+                .arg(self.rootfs())
+                .arg(&rootfs)
+                .status(),
+            "run cp",
+        );
+        if !copied.success() {
+            fail("cannot copy the machine's root filesystem");
+        }
+        edit(&rootfs);
+        let mut m = Machine {
+            dir,
+            name: format!(
+                "{NAME_PREFIX}{}",
+                &molt_host::random_token()[..10].to_ascii_lowercase()
+            ),
+            binds: self.binds.clone(),
+            nspawn: None,
+            leader: 0,
+            boots: 0,
+        };
+        m.start();
+        m
+    }
+
     /// The container's root filesystem on the test machine.
     pub fn rootfs(&self) -> PathBuf {
         self.dir.path().join("rootfs")

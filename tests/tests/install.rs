@@ -665,7 +665,10 @@ fn systemd_mode_installs_the_units_and_starts_through_systemctl() {
     );
     assert_eq!(
         lines(&agent, "ExecStartPre"),
-        [format!("ExecStartPre=+-{chain}")]
+        [
+            format!("ExecStartPre=+/usr/bin/install -d -o root -g root -m 0755 {root}/agent"),
+            format!("ExecStartPre=+-{chain}")
+        ]
     );
     // The agent's user, here the one running the tests (no user is created on this machine;
     // the systemd bed installs with the default, molt).

@@ -634,12 +634,52 @@ fn a_hostile_agent_changes_nothing_root_owns() {
     );
     bed.m.run(&format!("{ROOT}/current/bin/agent unhold"));
 
+    // The requests directory swapped for a link to / (root must not empty /), then for a
+    // FIFO (root must not block on it). The service is started by hand here: through the
+    // link the path unit would see / as a non-empty directory and fire until systemd's
+    // trigger limit stops it (an agent can stop its own requests; nothing else).
+    bed.m.run("systemctl stop molt-update.path");
+    let out = as_molt(&format!(
+        "rmdir {ROOT}/agent/requests && ln -s / {ROOT}/agent/requests"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    bed.m.run("systemctl start molt-update.service || true");
+    assert!(bed.m.path("/etc/passwd").exists() && bed.m.path("/usr/bin/sh").exists());
+    let out = as_molt(&format!(
+        "rm {ROOT}/agent/requests && mkfifo {ROOT}/agent/requests"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let started = std::time::Instant::now();
+    bed.m.run("systemctl start molt-update.service || true");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no hang on a FIFO"
+    );
+    let out = as_molt(&format!(
+        "rm {ROOT}/agent/requests && mkdir {ROOT}/agent/requests"
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    bed.m.run("systemctl start molt-update.path");
+    assert_eq!(bed.m.is_active("molt-update.path"), "active");
+
     // A flood of forged requests: 300 valid ones, a link, a directory, a huge file and a
     // request that names another target.
     let out = as_molt(&format!(
         "cd {ROOT}/agent && mkdir -p staging && i=0; while [ $i -lt 300 ]; do \
          printf \"{{\\\"version\\\":1,\\\"launch_id\\\":\\\"20261204T0300%03dZ-abcdef\\\",\\\"kind\\\":\\\"update\\\"}}\" $i > staging/$(printf 20261204T0300%03dZ-abcdef $i).json; i=$((i+1)); done; \
-         ln -s /etc/shadow staging/link.json; mkdir -p staging/dir/sub; head -c 100000 /dev/zero > staging/big.json; \
+         ln -s /etc/shadow staging/link.json; mkdir -p staging/dir/sub; ln -s / staging/dir/sub/root; head -c 100000 /dev/zero > staging/big.json; \
          echo \"{{\\\"version\\\":1,\\\"launch_id\\\":\\\"20261204T039999Z-abcdef\\\",\\\"kind\\\":\\\"update\\\",\\\"target\\\":\\\"0.0.1\\\"}}\" > staging/target.json; \
          mv staging/* requests/ && rmdir staging"
     ));
@@ -670,7 +710,14 @@ fn a_hostile_agent_changes_nothing_root_owns() {
         runs.contains("more requests in"),
         "the refusals are summed up: {runs}"
     );
-    assert!(runs.matches("refused a request").count() <= 10, "{runs}");
+    let flood_run = runs
+        .rsplit("Starting molt-update.service")
+        .next()
+        .unwrap_or_default();
+    assert!(
+        flood_run.matches("refused a request").count() <= 10,
+        "{flood_run}"
+    );
     let result: molt_host::attempt::RunResult =
         state::read_json(&bed.layout().last_run()).unwrap().unwrap();
     assert_eq!(
@@ -684,4 +731,54 @@ fn a_hostile_agent_changes_nothing_root_owns() {
     bed.assert_settled_on("2.0.0", Duration::from_secs(60));
     let after = bed.m.run("sha256sum /etc/passwd /etc/shadow");
     assert!(before.ends_with(&after), "{before}\n---\n{after}");
+}
+
+/// An image baked with molt installed, and an instance made from it (a copy of its root
+/// filesystem with another machine id): the instance derives its own rollout seed instead
+/// of landing in the image's wave.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn a_clone_of_a_baked_image_derives_its_own_rollout_seed() {
+    let mut image = Bed::new();
+    image.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let seed_file = image.layout().seed();
+    let baked_seed = std::fs::read_to_string(&seed_file).unwrap();
+    let baked_mid = std::fs::read_to_string(image.m.path("/etc/machine-id")).unwrap();
+    assert_eq!(
+        baked_seed.trim(),
+        molt_host::seed::seed_from_identity(&baked_mid).to_string(),
+        "the image's seed comes from its machine id"
+    );
+    image.m.poweroff();
+
+    let new_mid = "5eed0000c10e0000000000000000c10e\n";
+    let clone = Bed {
+        m: image.m.clone_stopped(|rootfs| {
+            std::fs::write(rootfs.join("etc/machine-id"), new_mid).unwrap();
+        }),
+        repo: image.repo,
+    };
+    clone.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let expected = molt_host::seed::seed_from_identity(new_mid).to_string();
+    // The agent (unprivileged: it cannot persist it) derives the clone's seed at start...
+    let said = wait_for(Duration::from_secs(20), || {
+        let logs = clone.journal_of("molt-agent");
+        logs.contains(&format!("rollout seed {expected} (MachineId)"))
+            .then_some(logs)
+    });
+    assert!(said.is_some(), "{}", clone.journal_of("molt-agent"));
+    // ...and the updater, the next time it runs, persists it with its new origin.
+    clone.update_by_hand("latest", "");
+    let seed_file = clone.layout().seed();
+    assert_eq!(
+        std::fs::read_to_string(&seed_file).unwrap().trim(),
+        expected
+    );
+    let origin = molt_host::seed::origin(&seed_file).unwrap();
+    assert_eq!(
+        origin,
+        molt_host::seed::Origin::of(Some(new_mid), None),
+        "the origin is the clone's"
+    );
+    clone.assert_settled_on("2.0.0", Duration::from_secs(60));
 }

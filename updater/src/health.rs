@@ -246,7 +246,9 @@ fn wait_pid_ready(
             }
             Err(e) => problem = Some(molt_schema::cli::one_line(&e)),
         }
-        match read_health(layout, |h| h.pid == pid) {
+        // Only agent/: a restart by hand passes no nonce, and a stale state/health.json
+        // whose pid was reused must not count.
+        match state::read_json_capped::<Health>(&layout.health(), MAX_HEALTH_BYTES) {
             Ok(Some(h)) if h.pid == pid && h.status == HealthStatus::Ready => {
                 if h.version != check.expected_version {
                     return Err(HealthFailure::WrongVersion {

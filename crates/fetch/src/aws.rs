@@ -713,17 +713,22 @@ fn key_prefix(access_key_id: &str) -> String {
 /// The machine id file, the seed's second source.
 pub const MACHINE_ID: &str = "/etc/machine-id";
 
-/// The persisted rollout seed, or a new one (SPEC §4): from the instance id, asked of IMDS
-/// only when no valid seed is persisted, else the machine id, else random. The agent and
-/// the updater both call this, so they always agree on a host's wave.
+/// The persisted rollout seed, or a new one (SPEC §4): from the instance id, else the
+/// machine id, else random. IMDS is asked when no valid seed is persisted, when the seed's
+/// origin is not yet recorded, and when the persisted one was derived on an instance (so that a clone of a baked image, with another
+/// instance id, derives its own: `molt_host::seed`). The agent and the updater both call
+/// this, so they always agree on a host's wave.
 pub async fn host_seed(
     path: &std::path::Path,
     imds: &ImdsSettings,
 ) -> Result<(molt_schema::rollout::Seed, molt_host::seed::SeedSource), molt_host::state::StateError>
 {
-    let instance = match molt_host::seed::persisted(path) {
-        Some(_) => None,
-        None => match instance_id(imds).await {
+    // (No origin yet: a seed from before origins were kept, adopted once with both ids.)
+    let ask = molt_host::seed::persisted(path).is_none()
+        || molt_host::seed::origin(path).is_none_or(|o| o.instance_id.is_some());
+    let instance = match ask {
+        false => None,
+        true => match instance_id(imds).await {
             Ok(id) => Some(id),
             Err(e) => {
                 tracing::debug!("no instance id from IMDS: {e}");

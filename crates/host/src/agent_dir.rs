@@ -1,10 +1,12 @@
-//! `agent/`, the agent's own directory, and moving an older host's agent files into it.
+//! `agent/`, the agent's own directory, and copying an older host's agent files into it.
 //!
 //! Before the split, the agent kept its files in `state/`, beside root's journal, history,
 //! `tuf/` and the lock. They now live in `agent/`, which the agent's user owns (when the
 //! agent runs unprivileged, docs/architecture.md): [`prepare`] creates the directory when it
-//! is missing and moves the files of an older layout into it. The updater calls it as root
-//! before it starts an agent; it never follows a link in either directory.
+//! is missing, copies the files of an older layout into it (the originals stay, for an
+//! older agent a rollback may start), and clears what a compromised agent could leave to
+//! fail the next agent's health check. The updater calls it as root before it starts an
+//! agent; it never follows a link in `agent/`.
 
 use std::path::Path;
 
@@ -24,11 +26,13 @@ pub const AGENT_FILES: [&str; 5] = [
 /// The largest agent file moved; the agent's files are a few hundred bytes.
 const MOVE_LIMIT: u64 = 1 << 20;
 
-/// Creates `agent/` when it is missing (owned by whoever runs this, mode 0755) and moves
-/// each of [`AGENT_FILES`] that `state/` still holds and `agent/` does not into it, owned
-/// like `agent/`. A file that cannot be moved is left where it is, with a warning: the
-/// agent then starts that file afresh (a schedule's anchor, a report marker), which is
-/// never unsafe.
+/// Creates `agent/` when it is missing (owned by whoever runs this, mode 0755; under
+/// systemd the agent unit's `ExecStartPre` gives it to the agent's user), gives it back its
+/// mode 0755 (an agent that took away its own write access would fail every health check),
+/// moves aside a `health.json` that is not a regular file, and copies each of
+/// [`AGENT_FILES`] that `state/` holds and `agent/` does not into it, owned like `agent/`.
+/// A file that cannot be copied is left, with a warning: the agent then starts that file
+/// afresh (a schedule's anchor, a report marker), which is never unsafe.
 pub fn prepare(layout: &HostLayout) -> Result<(), StateError> {
     let dir = layout.agent_dir();
     match std::fs::symlink_metadata(&dir) {
@@ -54,35 +58,75 @@ pub fn prepare(layout: &HostLayout) -> Result<(), StateError> {
             });
         }
     }
+    clear_for_the_agent(&dir);
     for name in AGENT_FILES {
         let old = layout.state_dir().join(name);
         let new = dir.join(name);
         if std::fs::symlink_metadata(&old).is_err() || std::fs::symlink_metadata(&new).is_ok() {
             continue;
         }
-        if let Err(e) = move_file(&old, &new, &dir) {
-            tracing::warn!("cannot move {} to {}: {e}", old.display(), new.display());
+        if let Err(e) = copy_file(&old, &new, &dir) {
+            tracing::warn!("cannot copy {} to {}: {e}", old.display(), new.display());
         }
     }
     Ok(())
+}
+
+/// Through a descriptor of `agent/` (opened without following a link): mode 0755, and a
+/// `health.json` that is not a regular file (a directory, a FIFO, a link) moved aside as
+/// `.junk-…`, so that the next agent can write its report.
+fn clear_for_the_agent(dir: &Path) {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::open(dir, flags, Mode::empty()) else {
+        return;
+    };
+    if let Ok(st) = rustix::fs::fstat(&fd)
+        && st.st_mode & 0o7777 != 0o755
+        && let Err(e) = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+    {
+        tracing::warn!("cannot give {} its mode 0755: {e}", dir.display());
+    }
+    if let Ok(st) = rustix::fs::statat(&fd, "health.json", rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        && FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+    {
+        let aside = format!(".junk-{}", &crate::random_token()[..12]);
+        match rustix::fs::renameat(&fd, "health.json", &fd, aside.as_str()) {
+            Ok(()) => tracing::warn!(
+                "{}/health.json was not a regular file; moved it aside as {aside}",
+                dir.display()
+            ),
+            Err(e) => tracing::warn!("cannot move {}/health.json aside: {e}", dir.display()),
+        }
+    }
 }
 
 /// Root's state files that the agent reads (the journal, the history, the last run's
 /// result, the quarantines, the seed). molt before the split wrote them readable by root
 /// alone; they are opened to all here (never through a link). Nothing in them is secret,
 /// and the agent cannot write any of them.
-pub const READ_BY_AGENT: [&str; 6] = [
+pub const READ_BY_AGENT: [&str; 7] = [
     "journal.json",
     "history.jsonl",
     crate::attempt::LAST_RUN_FILE,
     "quarantine.json",
     "updater-quarantine.json",
     "seed",
+    "seed.origin",
 ];
 
-/// Makes each of [`READ_BY_AGENT`] readable by all (when it is a regular file of ours).
+/// Makes each of [`READ_BY_AGENT`] readable by all (when it is a regular file of ours),
+/// and the update lock readable by root alone (one an older molt made readable by all
+/// could be flocked by the agent).
 pub fn open_state_to_agent(layout: &HostLayout) {
     use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(lock) = state::open_no_follow(&layout.lock(), std::fs::OpenOptions::new().read(true))
+        && lock
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o077 != 0)
+    {
+        let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
     for name in READ_BY_AGENT {
         let path = layout.state_dir().join(name);
         let Ok(file) = state::open_no_follow(&path, std::fs::OpenOptions::new().read(true)) else {
@@ -100,39 +144,56 @@ pub fn open_state_to_agent(layout: &HostLayout) {
     }
 }
 
-fn move_file(old: &Path, new: &Path, dir: &Path) -> Result<(), StateError> {
-    let bytes = state::read_no_follow_capped(old, MOVE_LIMIT).map_err(|source| StateError::Io {
-        action: "read",
-        path: old.to_owned(),
-        source,
-    })?;
-    state::write_atomic(new, &bytes)?;
-    give_to_owner_of(new, dir);
-    state::remove(old)?;
-    tracing::info!("moved {} to {}", old.display(), new.display());
-    Ok(())
-}
-
-/// Makes `path` belong to the owner of `dir` (when this process may: it runs as root).
-pub fn give_to_owner_of(path: &Path, dir: &Path) {
+/// Copies `old` (root's) to `new` in `dir` (the agent's): a temporary file made there
+/// (`O_EXCL`), given to `dir`'s owner through its descriptor, synced, then renamed into
+/// place (a rename replaces a planted link instead of following it).
+fn copy_file(old: &Path, new: &Path, dir: &Path) -> Result<(), StateError> {
+    use std::io::Write as _;
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
-        return;
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| StateError::Io {
+            action,
+            path,
+            source,
+        }
     };
-    if !rustix::process::geteuid().is_root() || meta.uid() == 0 {
-        return;
+    let bytes = state::read_no_follow_capped(old, MOVE_LIMIT).map_err(io("read", old))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))?;
+    if rustix::process::geteuid().is_root()
+        && let Ok(meta) = std::fs::symlink_metadata(dir)
+        && meta.uid() != 0
+    {
+        rustix::fs::fchown(
+            tmp.as_file(),
+            Some(rustix::fs::Uid::from_raw(meta.uid())),
+            Some(rustix::fs::Gid::from_raw(meta.gid())),
+        )
+        .map_err(|e| StateError::Io {
+            action: "give to the agent's user",
+            path: new.to_owned(),
+            source: e.into(),
+        })?;
     }
-    let uid = rustix::fs::Uid::from_raw(meta.uid());
-    let gid = rustix::fs::Gid::from_raw(meta.gid());
-    if let Err(e) = rustix::fs::chownat(
-        rustix::fs::CWD,
-        path,
-        Some(uid),
-        Some(gid),
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    ) {
-        tracing::warn!("cannot give {} to uid {}: {e}", path.display(), meta.uid());
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
     }
+    tmp.write_all(&bytes).map_err(io("write", new))?;
+    tmp.as_file().sync_all().map_err(io("sync", new))?;
+    tmp.persist(new).map_err(|e| StateError::Io {
+        action: "rename into place",
+        path: new.to_owned(),
+        source: e.error,
+    })?;
+    state::sync_dir(dir)?;
+    tracing::info!("copied {} to {}", old.display(), new.display());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -140,7 +201,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_older_layouts_files_are_moved_once_and_links_are_not_followed() {
+    fn an_older_layouts_files_are_copied_once_and_links_are_not_followed() {
         let dir = tempfile::tempdir().unwrap();
         let layout = HostLayout::new(dir.path());
         let old = layout.state_dir();
@@ -157,7 +218,10 @@ mod tests {
             std::fs::read_to_string(new.join("hold.json")).unwrap(),
             "{\"held\": true}\n"
         );
-        assert!(!old.join("hold.json").exists());
+        assert!(
+            old.join("hold.json").exists(),
+            "the original stays for an older agent"
+        );
         assert_eq!(
             std::fs::read_to_string(new.join("host-id")).unwrap(),
             "abc\n"
@@ -174,6 +238,21 @@ mod tests {
             std::fs::read_to_string(new.join("host-id")).unwrap(),
             "abc\n"
         );
+    }
+
+    #[test]
+    fn what_would_fail_the_next_health_check_is_cleared() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HostLayout::new(dir.path());
+        let agent = layout.agent_dir();
+        std::fs::create_dir_all(agent.join("health.json/inside")).unwrap();
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o555)).unwrap();
+        prepare(&layout).unwrap();
+        let mode = std::fs::metadata(&agent).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert!(!layout.health().exists(), "moved aside");
+        std::fs::write(layout.health(), "{}").unwrap();
     }
 
     #[test]

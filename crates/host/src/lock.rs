@@ -167,9 +167,16 @@ fn held_in_proc_locks(path: &Path) -> Option<bool> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).ok()?;
     let table = std::fs::read_to_string("/proc/locks").ok()?;
-    let dev = meta.dev();
-    let want = (rustix::fs::major(dev), rustix::fs::minor(dev), meta.ino());
-    Some(table.lines().any(|line| lock_line_file(line) == Some(want)))
+    // The inode alone: /proc/locks names the superblock's device, which is not the one
+    // stat gives on btrfs subvolumes or overlayfs. Another locked file with the same inode
+    // number on another filesystem would only make the agent wait for a run that is not
+    // there, never start one while an update runs.
+    let ino = meta.ino();
+    Some(
+        table
+            .lines()
+            .any(|line| lock_line_file(line).is_some_and(|(_, _, i)| i == ino)),
+    )
 }
 
 /// The (major, minor, inode) of the file one line of `/proc/locks` names, e.g.

@@ -163,7 +163,15 @@ pub fn read_json_capped<T: DeserializeOwned>(
     path: &Path,
     limit: u64,
 ) -> Result<Option<T>, StateError> {
-    match read_no_follow_capped(path, limit) {
+    parse_json(path, read_no_follow_capped(path, limit))
+}
+
+/// A JSON state file's bytes as read, parsed; `None` when it does not exist.
+fn parse_json<T: DeserializeOwned>(
+    path: &Path,
+    read: std::io::Result<Vec<u8>>,
+) -> Result<Option<T>, StateError> {
+    match read {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StateError::Corrupt {
@@ -171,11 +179,7 @@ pub fn read_json_capped<T: DeserializeOwned>(
                 detail: e.to_string(),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StateError::Io {
-            action: "read",
-            path: path.to_owned(),
-            source: e,
-        }),
+        Err(e) => Err(io_err("read", path)(e)),
     }
 }
 
@@ -232,16 +236,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError
 
 /// Reads a JSON state file; `None` when it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    match read_no_follow(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read", path)(e)),
-    }
+    parse_json(path, read_no_follow(path))
 }
 
 /// Removes a state file and syncs its directory; a missing file is fine.
