@@ -782,3 +782,19 @@ fn a_clone_of_a_baked_image_derives_its_own_rollout_seed() {
     );
     clone.assert_settled_on("2.0.0", Duration::from_secs(60));
 }
+
+/// Updates in quick succession (an operator trying versions, a rollback right after an
+/// update): each stops and starts the agent's unit, more often than systemd's default start
+/// limit (5 in 10 s) allows. None may fail for it, and the host never ends without an agent.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn updates_in_quick_succession_never_hit_the_start_limit() {
+    let bed = Bed::new();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let mut target = "2.0.0";
+    for _ in 0..8 {
+        bed.update_by_hand(target, "--allow-downgrade --soak 100ms");
+        bed.assert_settled_on(target, Duration::from_secs(10));
+        target = if target == "2.0.0" { "1.0.0" } else { "2.0.0" };
+    }
+}
