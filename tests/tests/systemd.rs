@@ -290,7 +290,7 @@ fn installed_by_install_sh_it_runs_under_systemd_and_updates_by_hand_and_on_sche
         (v("2.0.0"), Outcome::Success)
     );
 
-    // On its schedule: the agent launches the updater in a transient unit.
+    // On its schedule: the agent asks, and root's molt-update.service runs the updater.
     bed.publish("3.0.0");
     bed.m.write(
         "/etc/molt/agent.toml",
@@ -309,10 +309,29 @@ fn installed_by_install_sh_it_runs_under_systemd_and_updates_by_hand_and_on_sche
         (v("3.0.0"), Outcome::Success)
     );
     // The unprivileged agent asked, and root's molt-update.service ran the update.
-    let run = bed.journal_of("molt-update.service");
+    // (The updater prints its last line after the commit the host is seen settled on.)
+    let run = wait_for(Duration::from_secs(20), || {
+        let run = bed.journal_of("molt-update.service");
+        run.contains("-> 3.0.0").then_some(run)
+    });
     assert!(
-        run.contains("3.0.0"),
-        "journalctl -u molt-update.service: {run}"
+        run.is_some(),
+        "journalctl -u molt-update.service: {}",
+        bed.journal_of("molt-update.service")
+    );
+
+    // The recover timer as shipped (without the tests' drop-in) is due on a machine that
+    // was up long before it was installed (this container's uptime is the test machine's).
+    bed.m.run(
+        "rm -r /etc/systemd/system/molt-recover.timer.d && systemctl daemon-reload && \
+         systemctl restart molt-recover.timer",
+    );
+    let next = bed
+        .m
+        .property("molt-recover.timer", "NextElapseUSecMonotonic");
+    assert!(
+        !next.is_empty() && next != "infinity" && next != "0",
+        "molt-recover.timer is never due: NextElapseUSecMonotonic={next}"
     );
 }
 
