@@ -66,6 +66,26 @@ impl Machine {
                 base.display()
             ));
         }
+        let mut m = Machine::copy_of(&base, binds.iter().map(|p| p.to_path_buf()).collect());
+        m.start();
+        m
+    }
+
+    /// Another machine booted from a copy of this one's root filesystem (this one must be
+    /// powered off): an instance made from a baked image. `edit` changes the copy before it
+    /// boots (its machine id, say).
+    pub fn clone_stopped(&self, edit: impl FnOnce(&Path)) -> Machine {
+        if self.nspawn.is_some() {
+            fail("power the machine off before cloning it");
+        }
+        let mut m = Machine::copy_of(&self.rootfs(), self.binds.clone());
+        edit(&m.rootfs());
+        m.start();
+        m
+    }
+
+    /// A machine, not yet booted, whose root filesystem is a copy of `from`.
+    fn copy_of(from: &Path, binds: Vec<PathBuf>) -> Machine {
         let dir = match std::env::var_os(MACHINES_ENV) {
             Some(parent) => {
                 check(
@@ -80,7 +100,7 @@ impl Machine {
         let copied = check(
             Command::new("cp")
                 .args(["-a", "--reflink=auto"])
-                .arg(&base)
+                .arg(from)
                 .arg(&rootfs)
                 .status(),
             "run cp",
@@ -88,63 +108,21 @@ impl Machine {
         if !copied.success() {
             fail(&format!(
                 "cannot copy {} to {}",
-                base.display(),
+                from.display(),
                 rootfs.display()
             ));
         }
-        let name = format!(
-            "{NAME_PREFIX}{}",
-            &molt_host::random_token()[..10].to_ascii_lowercase()
-        );
-        let mut m = Machine {
-            dir,
-            name,
-            binds: binds.iter().map(|p| p.to_path_buf()).collect(),
-            nspawn: None,
-            leader: 0,
-            boots: 0,
-        };
-        m.start();
-        m
-    }
-
-    /// Another machine booted from a copy of this one's root filesystem (this one must be
-    /// powered off): an instance made from a baked image. `edit` changes the copy before it
-    /// boots (its machine id, say).
-    pub fn clone_stopped(&self, edit: impl FnOnce(&Path)) -> Machine {
-        if self.nspawn.is_some() {
-            fail("power the machine off before cloning it");
-        }
-        let dir = match std::env::var_os(MACHINES_ENV) {
-            Some(parent) => check(tempfile::tempdir_in(parent), "tempdir"),
-            None => check(tempfile::tempdir(), "tempdir"),
-        };
-        let rootfs = dir.path().join("rootfs");
-        let copied = check(
-            Command::new("cp")
-                .args(["-a", "--reflink=auto"])
-                .arg(self.rootfs())
-                .arg(&rootfs)
-                .status(),
-            "run cp",
-        );
-        if !copied.success() {
-            fail("cannot copy the machine's root filesystem");
-        }
-        edit(&rootfs);
-        let mut m = Machine {
+        Machine {
             dir,
             name: format!(
                 "{NAME_PREFIX}{}",
                 &molt_host::random_token()[..10].to_ascii_lowercase()
             ),
-            binds: self.binds.clone(),
+            binds,
             nspawn: None,
             leader: 0,
             boots: 0,
-        };
-        m.start();
-        m
+        }
     }
 
     /// The container's root filesystem on the test machine.

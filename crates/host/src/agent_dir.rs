@@ -144,54 +144,20 @@ pub fn open_state_to_agent(layout: &HostLayout) {
     }
 }
 
-/// Copies `old` (root's) to `new` in `dir` (the agent's): a temporary file made there
-/// (`O_EXCL`), given to `dir`'s owner through its descriptor, synced, then renamed into
-/// place (a rename replaces a planted link instead of following it).
+/// Copies `old` (root's) to `new` in `dir` (the agent's), given to `dir`'s owner before
+/// the rename (a rename replaces a planted link instead of following it).
 fn copy_file(old: &Path, new: &Path, dir: &Path) -> Result<(), StateError> {
-    use std::io::Write as _;
     use std::os::unix::fs::MetadataExt as _;
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| StateError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let bytes = state::read_no_follow_capped(old, MOVE_LIMIT).map_err(io("read", old))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))?;
-    if rustix::process::geteuid().is_root()
-        && let Ok(meta) = std::fs::symlink_metadata(dir)
-        && meta.uid() != 0
-    {
-        rustix::fs::fchown(
-            tmp.as_file(),
-            Some(rustix::fs::Uid::from_raw(meta.uid())),
-            Some(rustix::fs::Gid::from_raw(meta.gid())),
-        )
-        .map_err(|e| StateError::Io {
-            action: "give to the agent's user",
-            path: new.to_owned(),
-            source: e.into(),
-        })?;
-    }
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let _ = tmp
-            .as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    tmp.write_all(&bytes).map_err(io("write", new))?;
-    tmp.as_file().sync_all().map_err(io("sync", new))?;
-    tmp.persist(new).map_err(|e| StateError::Io {
-        action: "rename into place",
-        path: new.to_owned(),
-        source: e.error,
+    let bytes = state::read_no_follow_capped(old, MOVE_LIMIT).map_err(|source| StateError::Io {
+        action: "read",
+        path: old.to_owned(),
+        source,
     })?;
-    state::sync_dir(dir)?;
+    let owner = std::fs::symlink_metadata(dir)
+        .ok()
+        .filter(|m| rustix::process::geteuid().is_root() && m.uid() != 0)
+        .map(|m| (m.uid(), m.gid()));
+    state::write_atomic_as(new, &bytes, 0o644, owner)?;
     tracing::info!("copied {} to {}", old.display(), new.display());
     Ok(())
 }

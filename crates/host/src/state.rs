@@ -202,6 +202,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 /// so there is no instant at which `path` exists without it (a crash between a write and a
 /// chmod left a standalone updater no one could run).
 pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    write_atomic_as(path, bytes, mode, None)
+}
+
+/// [`write_atomic_mode`], the temporary file also given to `owner` (uid, gid) through its
+/// descriptor before the rename: root writing a file into a directory another user owns
+/// never names the file by path after it is in place.
+pub fn write_atomic_as(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), StateError> {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
@@ -214,6 +226,14 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Sta
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io_err("chmod", path))?;
+    if let Some((uid, gid)) = owner {
+        rustix::fs::fchown(
+            tmp.as_file(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| io_err("chown", path)(e.into()))?;
+    }
     tmp.write_all(bytes).map_err(io_err("write", path))?;
     tmp.as_file().sync_all().map_err(io_err("sync", path))?;
     tmp.persist(path).map_err(|e| StateError::Io {
