@@ -81,7 +81,13 @@ done
 
 # The root and the config are written into the config and the unit files, which are read
 # from other working directories (systemd's is /): make them absolute.
-absolute() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac; }
+# Trailing slashes are dropped (`--root /opt/molt/`), so the units name `/opt/molt/agent`, not
+# `/opt/molt//agent`.
+absolute() {
+  local p=$1
+  while [ "${#p}" -gt 1 ] && [ "${p%/}" != "$p" ]; do p=${p%/}; done
+  case "$p" in /*) printf '%s' "$p" ;; *) printf '%s/%s' "$PWD" "$p" ;; esac
+}
 root=$(absolute "$root")
 config=$(absolute "$config")
 systemd_dir=$(absolute "$systemd_dir")

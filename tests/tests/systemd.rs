@@ -817,3 +817,32 @@ fn updates_in_quick_succession_never_hit_the_start_limit() {
         target = if target == "2.0.0" { "1.0.0" } else { "2.0.0" };
     }
 }
+
+/// install.sh run again on an installed host, as an operator types it: the root with a
+/// trailing slash, the config by a relative path, beside the running agent. The units name
+/// the root as it is, the agent keeps running, and the host updates afterwards.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn install_sh_again_with_a_trailing_slash_and_a_relative_config() {
+    let bed = Bed::new();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    let out = bed.m.run(&format!(
+        "cd /etc && bash {SHARE}/install.sh --region us-east-1 --source '{}' --trusted-root {} \
+         --updater-file /root/updater --service systemd --root /opt/molt/ --config molt/agent.toml \
+         --target-version 1.0.0 2>&1",
+        bed.repo.url().trim_end_matches('/'),
+        bed.repo.trusted_root().display()
+    ));
+    assert!(
+        out.contains("keeping the existing config /etc/molt/agent.toml"),
+        "{out}"
+    );
+    for unit in UNITS {
+        let text =
+            std::fs::read_to_string(bed.m.path(&format!("/etc/systemd/system/{unit}"))).unwrap();
+        assert!(!text.contains("molt//"), "{unit}: {text}");
+    }
+    bed.assert_settled_on("1.0.0", Duration::from_secs(30));
+    bed.update_by_hand("2.0.0", "");
+    bed.assert_settled_on("2.0.0", Duration::from_secs(30));
+}
