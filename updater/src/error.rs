@@ -9,6 +9,7 @@ use molt_schema::Version;
 use molt_schema::cli::exit;
 use molt_schema::resolve::Refusal;
 
+use crate::bootstrap::BootstrapError;
 use crate::download::DownloadError;
 use crate::install::InstallError;
 use crate::lock::LockError;
@@ -92,6 +93,8 @@ pub enum UpdateError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
     Failed(anyhow::Error),
 }
 
@@ -121,6 +124,9 @@ impl UpdateError {
             UpdateError::Refused(_) => exit::REFUSED,
             UpdateError::Trust(e) if e.is_verification() => exit::VERIFICATION,
             UpdateError::Download(e) if e.is_verification() => exit::VERIFICATION,
+            UpdateError::Bootstrap(crate::bootstrap::BootstrapError::Damaged { .. }) => {
+                exit::VERIFICATION
+            }
             UpdateError::RolledBack { .. } | UpdateError::NotCommitted { .. } => exit::ROLLED_BACK,
             UpdateError::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
             // A config that names no source, or one that is not a URL: the operator's
@@ -160,6 +166,7 @@ impl UpdateError {
         match self {
             UpdateError::Lock(LockError::Held { .. }) => Some("wait for the running update to finish; `updater status` shows it".into()),
             UpdateError::Settings(e) => e.hint().map(str::to_owned),
+            UpdateError::Bootstrap(e) => Some(e.hint().to_owned()),
             UpdateError::NoTrustedRoot { first_install: true, .. } => {
                 Some("a first install needs --trusted-root FILE (the release's root.json)".into())
             }

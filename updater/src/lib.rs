@@ -6,6 +6,7 @@
 //! [`rollback`] → [`history`]. [`journal`] records each step before it is taken;
 //! [`update`] is the orchestrator; [`service`] controls the agent (systemd or direct).
 
+pub mod bootstrap;
 pub mod commit;
 pub mod download;
 pub mod error;

@@ -113,6 +113,14 @@ enum Command {
     /// Take the agent's requests (agent/requests/) and run the one they ask for: what
     /// root's molt-update.service runs. At most one run a minute.
     Requests,
+    /// Install the molt-agent version an OS package (.deb, .rpm) carries, as the package's
+    /// scripts do: over nothing or an older version, through the same switch, health check
+    /// and rollback as an update; the package steps aside when molt has the same or newer.
+    Bootstrap {
+        /// The package's directory, holding bootstrap.json and the archive.
+        #[arg(long, default_value = molt_updater::bootstrap::DEFAULT_DIR)]
+        package_dir: PathBuf,
+    },
 }
 
 /// `println!` that never panics: the updater's stdout is `agent/updater.log` when the agent
@@ -219,7 +227,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
     let json = cli.common.json;
     // agent/ exists before an agent starts, and an older layout's agent files are in it.
     let changes_things = match &cli.command {
-        Some(Command::Recover | Command::Requests) => true,
+        Some(Command::Recover | Command::Requests | Command::Bootstrap { .. }) => true,
         Some(_) => false,
         None => !u.dry_run && u.target_version.is_some(),
     };
@@ -283,6 +291,27 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 out!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 out!("{}", status::describe_recovery(&r));
+            }
+            Ok(exit::OK)
+        }
+        Some(Command::Bootstrap { package_dir }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::new(exit::FAILED, e))?;
+            let progress = !json && !cli.common.quiet;
+            let report = rt
+                .block_on(molt_updater::bootstrap::run(
+                    &settings,
+                    &package_dir,
+                    svc.as_mut(),
+                    progress,
+                ))
+                .map_err(failure)?;
+            if json {
+                out!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print_report(&report);
             }
             Ok(exit::OK)
         }

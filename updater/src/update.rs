@@ -195,7 +195,10 @@ pub async fn run(
             seed: seed.get(),
         });
     }
-    let report = install_and_switch(settings, opts, svc, &transport, &plan, &info, url).await;
+    let report = match stage_and_install(settings, opts, &transport, &plan, &info, url).await {
+        Ok(staged) => switch_and_check(settings, svc, staged, &plan.reason.to_string()),
+        Err(e) => Err(e),
+    };
     drop(lock);
     report
 }
@@ -217,15 +220,41 @@ fn signed_target(loaded: &LoadedRegion, plan: &Plan) -> Result<TargetInfo, Updat
     Ok(info)
 }
 
-async fn install_and_switch(
-    settings: &Settings,
+/// An update up to its switch: `to` is installed under `versions/`, and both versions the
+/// update may leave running accept the host's config. The journal is at `installed`.
+pub(crate) struct Staged<'a> {
+    jw: JournalWriter<'a>,
+    started: Instant,
+    download_ms: Option<u64>,
+}
+
+impl<'a> Staged<'a> {
+    /// The version staged.
+    pub(crate) fn to(&self) -> &Version {
+        &self.jw.journal.to
+    }
+
+    /// The journal, and the timings so far (no agent was stopped yet).
+    pub(crate) fn into_parts(self) -> (JournalWriter<'a>, Timings) {
+        let timings = Timings {
+            total_ms: ms(self.started.elapsed()),
+            download_ms: self.download_ms,
+            agent_downtime_ms: None,
+        };
+        (self.jw, timings)
+    }
+}
+
+/// Downloads (or reuses), verifies, stages and installs `plan`'s version: SPEC §6 steps 6
+/// and 7. A failure is recorded and leaves nothing changed.
+pub(crate) async fn stage_and_install<'a>(
+    settings: &'a Settings,
     opts: &UpdateOptions,
-    svc: &mut dyn ServiceManager,
     transport: &MoltTransport,
     plan: &Plan,
     info: &TargetInfo,
     url: Url,
-) -> Result<UpdateReport, UpdateError> {
+) -> Result<Staged<'a>, UpdateError> {
     let layout = &settings.layout;
     let started = Instant::now();
     let from = plan.from.clone();
@@ -335,7 +364,29 @@ async fn install_and_switch(
         }
     }
     jw.set(Step::Installed)?;
+    Ok(Staged {
+        jw,
+        started,
+        download_ms,
+    })
+}
 
+/// Switches to a [staged](stage_and_install) version, checks its health, and commits
+/// (`reason` goes into the history) or rolls back: SPEC §6 steps 8 to 10.
+pub(crate) fn switch_and_check(
+    settings: &Settings,
+    svc: &mut dyn ServiceManager,
+    staged: Staged<'_>,
+    reason: &str,
+) -> Result<UpdateReport, UpdateError> {
+    let layout = &settings.layout;
+    let Staged {
+        mut jw,
+        started,
+        download_ms,
+    } = staged;
+    let from = jw.journal.from.clone();
+    let to = jw.journal.to.clone();
     let switched = match switch::switch_to(&mut jw, svc, &to) {
         Ok(s) => s,
         Err(NotSwitched::NotStopped(source)) => {
@@ -405,7 +456,7 @@ async fn install_and_switch(
                 download_ms,
                 agent_downtime_ms: Some(ms(downtime)),
             };
-            match commit::commit(&mut jw, &plan.reason.to_string(), timings) {
+            match commit::commit(&mut jw, reason, timings) {
                 Ok(record) => Ok(UpdateReport::Updated { record }),
                 Err(cause) => {
                     // The commit could not be made durable (a full or read-only disk): a
