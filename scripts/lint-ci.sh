@@ -44,8 +44,8 @@ fi
 # jactionlint runs the first shellcheck on PATH: this pinned one.
 export PATH="$PWD/$venv/bin:$PATH"
 
-echo "-- shellcheck scripts/*.sh"
-shellcheck scripts/*.sh
+echo "-- shellcheck scripts/*.sh packaging/package-hook"
+shellcheck scripts/*.sh packaging/package-hook
 
 echo "-- jactionlint ci/release.yml ($(jactionlint --version | head -n 1), $(shellcheck --version | sed -n 's/^version: //p' | sed 's/^/shellcheck /'))"
 # --strict-exit: warnings fail too. --no-hints: the text is the findings only.

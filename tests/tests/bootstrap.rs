@@ -130,7 +130,10 @@ fn a_package_steps_aside_when_molt_has_the_same_or_a_newer_version() {
     let records = host.history().len();
     for (version, says) in [
         ("2.0.0", "newer than the package's 2.0.0"),
-        ("3.0.0", "already runs"),
+        (
+            "3.0.0",
+            "is already installed; the package has nothing to add",
+        ),
     ] {
         let dir = package_dir(&repo, version);
         let out = bootstrap(&host, dir.path(), "direct");

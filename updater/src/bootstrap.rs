@@ -144,10 +144,10 @@ pub fn decide(
         None => Decision::Install(InstallReason::FirstInstall),
         Some(c) if c < package => Decision::Install(InstallReason::Upgrade),
         Some(c) if c == package => Decision::StepAside(format!(
-            "molt {c} already runs; the package has nothing to add"
+            "molt {c} is already installed; the package has nothing to add"
         )),
         Some(c) => Decision::StepAside(format!(
-            "molt {c} already runs, newer than the package's {package}; the package steps aside and molt keeps this host current from its region"
+            "molt {c} is installed, newer than the package's {package}; the package steps aside and molt keeps this host current from its region"
         )),
     }
 }
