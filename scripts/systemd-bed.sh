@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The systemd test bed: molt's production path under a real systemd (tests/tests/systemd.rs).
 #
-#   1. installs debootstrap and systemd-nspawn if they are missing (apt-get, as root);
+#   1. installs debootstrap, systemd-nspawn and rpm if they are missing (apt-get, as root);
 #   2. builds a minimal Debian root filesystem with systemd, once: it is cached in
 #      target/systemd-bed/base-<suite>-<packages' hash> (about 30-70 s and 240 MB the first time);
 #   3. runs the tests, one at a time: each boots a copy of that root filesystem with
@@ -22,15 +22,18 @@ die() {
 [ "$(id -u)" -eq 0 ] || die "the systemd test bed needs root (systemd-nspawn boots the containers)" \
   "run it as root, or in CI, which runs as root"
 
+# rpm: rpmbuild builds the .rpm (scripts/package.sh), and rpm reads it and installs it into
+# a machine's root filesystem; dpkg-deb builds the .deb.
 if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null ||
-  ! command -v nsenter >/dev/null; then
+  ! command -v nsenter >/dev/null || ! command -v rpmbuild >/dev/null ||
+  ! command -v dpkg-deb >/dev/null; then
   command -v apt-get >/dev/null ||
-    die "debootstrap, systemd-nspawn and nsenter are needed, and there is no apt-get to install them" \
-      "install debootstrap, systemd-container and util-linux"
-  echo "== installing debootstrap and systemd-container"
+    die "debootstrap, systemd-nspawn, nsenter, rpmbuild and dpkg-deb are needed, and there is no apt-get to install them" \
+      "install debootstrap, systemd-container, util-linux, rpm and dpkg"
+  echo "== installing debootstrap, systemd-container and rpm"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    debootstrap systemd-container util-linux >/dev/null
+    debootstrap systemd-container util-linux rpm dpkg >/dev/null
 fi
 
 # The container runs the binaries built here, so its C library must be this machine's:

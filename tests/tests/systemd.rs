@@ -846,3 +846,349 @@ fn install_sh_again_with_a_trailing_slash_and_a_relative_config() {
     bed.update_by_hand("2.0.0", "");
     bed.assert_settled_on("2.0.0", Duration::from_secs(30));
 }
+
+/// The OS packages of `version` (published to `repo` already), built by
+/// `scripts/package.sh` from the archive the release signs, into `<repo>/packages/`.
+fn build_package(repo: &TestRepo, version: &str) {
+    let platform = molt_schema::Platform::detect().unwrap().to_string();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = std::process::Command::new("bash")
+        .arg(src.join("scripts/package.sh"))
+        .args(["--version", version, "--platform", &platform])
+        .arg("--dist")
+        .arg(repo.dir.path().join(format!("dist-{version}")))
+        .arg("--trusted-root")
+        .arg(repo.trusted_root())
+        .args(["--source", &repo.url()])
+        .arg("--out")
+        .arg(repo.dir.path().join("packages"))
+        .arg("--fast")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "package.sh {version}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
+/// The `.deb` and `.rpm` architectures of this machine.
+fn package_arches() -> (&'static str, &'static str) {
+    if molt_schema::Platform::detect()
+        .unwrap()
+        .to_string()
+        .ends_with("arm64")
+    {
+        ("arm64", "aarch64")
+    } else {
+        ("amd64", "x86_64")
+    }
+}
+
+/// Every path of the machine's own files: what a package may leave behind. The kernel's,
+/// the logs' and the package managers' own records are left out (dpkg keeps its log and
+/// status of every package ever installed).
+fn file_list(m: &Machine) -> Vec<String> {
+    let listed = m.run(
+        "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
+         -o -path /var/tmp -o -path /var/log -o -path /var/cache -o -path /var/lib/dpkg \
+         -o -path /var/lib/apt \\) -prune -o -print | sort",
+    );
+    listed.lines().map(str::to_owned).collect()
+}
+
+impl Bed {
+    fn dpkg(&self, args: &str) -> String {
+        self.m.run(&format!(
+            "DEBIAN_FRONTEND=noninteractive dpkg --force-confold {args} 2>&1"
+        ))
+    }
+
+    fn assert_units(&self, active: &str, enabled: &str) {
+        for unit in [
+            "molt-agent.service",
+            "molt-recover.timer",
+            "molt-update.path",
+        ] {
+            assert_eq!(
+                self.m.is_active(unit),
+                active,
+                "{unit}: {}",
+                self.describe()
+            );
+            assert_eq!(self.property_enabled(unit), enabled, "{unit}");
+        }
+    }
+}
+
+/// The `.deb` as a host's operator uses it: `dpkg -i` on a new host (the package's version
+/// through the updater's switch, the units enabled and started), an upgrade to a newer
+/// `.deb` (handed to the switch), an older `.deb` (it steps aside), `dpkg -r` (stopped and
+/// disabled, the state kept), installed again (the agent comes back) and `dpkg -P`, after
+/// which nothing of molt is left but its user. Then the `.rpm`: its metadata, and installed
+/// with `rpm -i --root` into the powered-off machine as an image builder would (no systemd
+/// runs: the version is installed for the next boot), booted, and erased.
+#[test]
+#[ignore = "needs a real systemd: run `bash scripts/systemd-bed.sh`"]
+fn the_packages_install_upgrade_step_aside_remove_and_purge() {
+    let repo = TestRepo::new("us-east-1");
+    for version in ["1.0.0", "2.0.0"] {
+        let bin = stamped_build(version);
+        repo.publish_programs(version, &bin.join("agent"), &bin.join("updater"));
+        build_package(&repo, version);
+    }
+    // 3.0.0's agent fails at start.
+    let broken = repo.dir.path().join("broken-agent");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\ncase \"$*\" in\n  --version) echo \"agent 3.0.0\"; exit 0 ;;\n  \
+         *check-config) exit 0 ;;\nesac\necho 'agent 3.0.0: broken on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    repo.publish_programs("3.0.0", &broken, &stamped_build("2.0.0").join("updater"));
+    build_package(&repo, "3.0.0");
+    let packages = repo.dir.path().join("packages");
+    let (arch, rpm_arch) = package_arches();
+    let deb = |v: &str| {
+        packages
+            .join(format!("molt_{v}_{arch}.deb"))
+            .display()
+            .to_string()
+    };
+    let mut bed = Bed {
+        m: Machine::boot(&[repo.dir.path()]),
+        repo,
+    };
+    let clean = file_list(&bed.m);
+    assert!(
+        bed.m.sh("id molt").status.code() != Some(0),
+        "the base has no molt user"
+    );
+
+    // A host whose config management wrote the config first (a short soak for the test);
+    // dpkg keeps it (--force-confold, as an unattended install would).
+    bed.m.write(
+        "/etc/molt/agent.toml",
+        &format!(
+            "region = \"us-east-1\"\nsource = \"{}\"\ntrusted_root = \"/usr/lib/molt/root.json\"\n\n\
+             [updater]\nservice = \"systemd\"\nsoak = \"2s\"\nhealth_timeout = \"10s\"\n\n\
+             [agent]\nschedule = \"rate(1 day)\"\n",
+            bed.repo.url()
+        ),
+    );
+    let out = bed.dpkg(&format!("-i {}", deb("1.0.0")));
+    let first = bed.assert_settled_on("1.0.0", Duration::from_secs(60));
+    bed.assert_units("active", "enabled");
+    bed.m.run("id molt");
+    let status = bed.m.run(&format!("{ROOT}/current/bin/agent status"));
+    assert!(status.contains("1.0.0"), "{status}");
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("1.0.0"), Outcome::Success)
+    );
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("from the OS package"),
+        "{last:?}\n{out}"
+    );
+
+    // A newer .deb: its version goes through the switch, health check and soak.
+    let out = bed.dpkg(&format!("-i {}", deb("2.0.0")));
+    let second = bed.assert_settled_on("2.0.0", Duration::from_secs(60));
+    assert_ne!(first, second, "a new agent runs");
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("2.0.0"), Outcome::Success)
+    );
+    assert!(
+        last.reason.as_deref().unwrap_or("").contains("upgrade")
+            && last
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("from the OS package"),
+        "{last:?}\n{out}"
+    );
+    bed.assert_units("active", "enabled");
+
+    // A newer .deb whose agent fails its health check: rolled back to 2.0.0 and quarantined,
+    // and the package's configuration fails, naming it. Configured again, it steps aside.
+    let out = bed.m.sh(&format!(
+        "DEBIAN_FRONTEND=noninteractive dpkg --force-confold -i {} 2>&1",
+        deb("3.0.0")
+    ));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("the hand-over to molt's updater failed (exit 5"),
+        "{said}"
+    );
+    bed.assert_settled_on("2.0.0", Duration::from_secs(30));
+    let last = bed.history().pop().unwrap();
+    assert_eq!(
+        (last.to.clone(), last.result),
+        (v("3.0.0"), Outcome::RolledBack)
+    );
+    let out = bed.dpkg("--configure -a");
+    assert!(
+        out.contains("failed its health check on this host before"),
+        "{out}"
+    );
+    let second = bed.assert_settled_on("2.0.0", Duration::from_secs(10));
+    bed.assert_units("active", "enabled");
+
+    // An older .deb steps aside: molt keeps 2.0.0 and its agent is not restarted.
+    let records = bed.history().len();
+    let out = bed.dpkg(&format!("-i {}", deb("1.0.0")));
+    assert!(
+        out.contains("molt 2.0.0 is installed, newer than the package's 1.0.0"),
+        "{out}"
+    );
+    assert_eq!(
+        bed.assert_settled_on("2.0.0", Duration::from_secs(10)),
+        second
+    );
+    assert_eq!(bed.history().len(), records, "nothing was installed");
+
+    // Removed: stopped and disabled; molt's state and the config stay.
+    bed.dpkg("-r molt");
+    for unit in [
+        "molt-agent.service",
+        "molt-recover.timer",
+        "molt-update.path",
+    ] {
+        assert_eq!(bed.m.is_active(unit), "inactive", "{unit}");
+    }
+    let links = bed.m.run("find /etc/systemd -name 'molt-*'");
+    assert!(links.trim().is_empty(), "enablement left: {links}");
+    assert!(!bed.m.path("/usr/lib/molt").exists());
+    assert_eq!(bed.layout().current_version(), Some(v("2.0.0")));
+    assert!(bed.m.path("/etc/molt/agent.toml").exists());
+
+    // Installed again: the package steps aside for the kept version, and the agent is back.
+    let out = bed.dpkg(&format!("-i {}", deb("2.0.0")));
+    assert!(
+        out.contains("molt 2.0.0 is already installed; the package has nothing to add"),
+        "{out}"
+    );
+    // started by the package itself, not only later by the recover timer
+    assert_eq!(bed.m.is_active("molt-agent"), "active", "{out}");
+    bed.assert_settled_on("2.0.0", Duration::from_secs(30));
+    bed.assert_units("active", "enabled");
+
+    // Purged: nothing of molt is left but its user (kept, as the docs say).
+    bed.dpkg("-P molt");
+    assert_eq!(bed.m.is_active("molt-agent.service"), "inactive");
+    let stray = bed.m.sh("pgrep -u molt");
+    assert!(!stray.status.success(), "a process of molt still runs");
+    bed.m.run("userdel molt");
+    let after = file_list(&bed.m);
+    let shadow_backups = |p: &&String| {
+        !matches!(
+            p.as_str(),
+            "/etc/passwd-" | "/etc/group-" | "/etc/shadow-" | "/etc/gshadow-" | "/etc/.pwd.lock"
+        )
+    };
+    let left: Vec<&String> = after
+        .iter()
+        .filter(|p| !clean.contains(p))
+        .filter(shadow_backups)
+        .collect();
+    let gone: Vec<&String> = clean.iter().filter(|p| !after.contains(p)).collect();
+    assert!(
+        left.is_empty() && gone.is_empty(),
+        "after the purge, left behind: {left:?}; removed: {gone:?}"
+    );
+
+    // The .rpm, as Debian's rpm reads it.
+    bed.m.poweroff();
+    let rpm_file = packages.join(format!("molt-1.0.0-1.{rpm_arch}.rpm"));
+    let rpm = |args: &[&str]| {
+        let out = std::process::Command::new("rpm")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "rpm {args:?}: {text}");
+        text
+    };
+    let file = rpm_file.display().to_string();
+    let info = rpm(&["-qip", &file]);
+    assert!(
+        info.contains("Name        : molt") && info.contains("Version     : 1.0.0"),
+        "{info}"
+    );
+    let listed = rpm(&["-qlp", &file]);
+    for path in [
+        "/usr/lib/molt/bootstrap.json",
+        "/usr/lib/molt/updater",
+        "/usr/lib/molt/root.json",
+        "/usr/lib/systemd/system/molt-agent.service",
+        "/usr/lib/systemd/system/molt-update.path",
+        "/etc/molt/agent.toml",
+    ] {
+        assert!(listed.lines().any(|l| l == path), "{path} in {listed}");
+    }
+    let config = rpm(&["-qcp", &file]);
+    assert_eq!(config.trim(), "/etc/molt/agent.toml");
+
+    // Installed into the image (the powered-off machine) as an image builder does: no
+    // systemd runs there, so the version is installed and the units enabled for the boot.
+    let root = bed.m.rootfs().display().to_string();
+    let debian_rpm = rpm(&["--help"]).contains("--force-debian");
+    rpm(&["--root", &root, "--initdb"]);
+    let mut install = vec!["--root", &root, "-i", "--nodeps"];
+    if debian_rpm {
+        install.push("--force-debian");
+    }
+    install.push(&file);
+    let said = rpm(&install);
+    assert_eq!(bed.layout().current_version(), Some(v("1.0.0")), "{said}");
+    assert!(bed.layout().is_valid(&v("1.0.0")));
+    let last = bed.history().pop().unwrap();
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("no service manager runs"),
+        "{last:?}\n{said}"
+    );
+    assert!(
+        std::fs::read_to_string(bed.m.path("/etc/passwd"))
+            .unwrap()
+            .contains("\nmolt:"),
+        "the molt user"
+    );
+    bed.m.boot_again();
+    bed.assert_settled_on("1.0.0", Duration::from_secs(60));
+    bed.assert_units("active", "enabled");
+    bed.m.poweroff();
+    let said = rpm(&["--root", &root, "-e", "molt"]);
+    assert!(!bed.m.path("/usr/lib/molt").exists(), "{said}");
+    assert!(
+        !bed.m
+            .path("/usr/lib/systemd/system/molt-agent.service")
+            .exists()
+    );
+    let wants = std::process::Command::new("find")
+        .arg(bed.m.path("/etc/systemd"))
+        .args(["-name", "molt-*"])
+        .output()
+        .unwrap();
+    assert!(
+        wants.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&wants.stdout)
+    );
+    assert_eq!(bed.layout().current_version(), Some(v("1.0.0")), "kept");
+}
