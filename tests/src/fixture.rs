@@ -474,9 +474,11 @@ impl TestHost {
         let current = self
             .current()
             .unwrap_or_else(|| panic_with("current points at no valid version"));
-        let pid = wait_for(Duration::from_secs(5), || self.agent_pid())
+        // Waits long enough for an agent started just now on a loaded machine (CI runs
+        // hundreds of tests on two cores); a healthy host answers at once.
+        let pid = wait_for(Duration::from_secs(15), || self.agent_pid())
             .unwrap_or_else(|| panic_with(&format!("no agent runs for {current}")));
-        let health = wait_for(Duration::from_secs(5), || {
+        let health = wait_for(Duration::from_secs(15), || {
             self.health().filter(|h| h.pid == pid)
         })
         .unwrap_or_else(|| panic_with(&format!("agent {pid} never reported healthy")));

@@ -885,14 +885,13 @@ fn package_arches() -> (&'static str, &'static str) {
     }
 }
 
-/// Every path of the machine's own files: what a package may leave behind. The kernel's,
-/// the logs' and the package managers' own records are left out (dpkg keeps its log and
-/// status of every package ever installed).
+/// Every path of the machine's own files: what a package may leave behind. Left out: the
+/// kernel's and the runtime's file systems, `/tmp` (where the test's files are bound), the
+/// logs, and dpkg's own records (it keeps the status of every package ever installed).
 fn file_list(m: &Machine) -> Vec<String> {
     let listed = m.run(
         "find / -xdev \\( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
-         -o -path /var/tmp -o -path /var/log -o -path /var/cache -o -path /var/lib/dpkg \
-         -o -path /var/lib/apt \\) -prune -o -print | sort",
+         -o -path /var/log -o -path /var/lib/dpkg \\) -prune -o -print | sort",
     );
     listed.lines().map(str::to_owned).collect()
 }
