@@ -111,6 +111,11 @@ fn report(r: &EditReport, json: bool) -> Result<i32, Failure> {
     if json {
         crate::print_json(r)?;
     } else {
+        if r.unchanged {
+            println!(
+                "unchanged: the repository already holds exactly this (the same bytes, status and rollout); nothing was signed (set-status changes a published version's status)"
+            );
+        }
         for name in &r.added {
             println!("signed   {name}");
         }

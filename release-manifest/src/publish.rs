@@ -245,6 +245,9 @@ struct Row {
     hint: Option<String>,
 }
 
+/// What a region's row says when the edit changed nothing.
+const UNCHANGED: &str = "unchanged: the region already holds exactly this (the same bytes, status and rollout); nothing was signed or written";
+
 fn print_rows(rows: &[Row], json: bool) -> Result<i32, Failure> {
     if json {
         crate::print_json(&rows)?;
@@ -264,11 +267,15 @@ fn print_rows(rows: &[Row], json: bool) -> Result<i32, Failure> {
                         rep.versions[0], rep.versions[1], rep.versions[2]
                     ),
                     rep.uploaded,
-                    rep.changes
-                        .iter()
-                        .map(|c| format!("{:?} {}", c.action, c.key))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    if rep.unchanged {
+                        UNCHANGED.to_owned()
+                    } else {
+                        rep.changes
+                            .iter()
+                            .map(|c| format!("{:?} {}", c.action, c.key))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
                 ),
                 (None, e) => {
                     println!(
@@ -917,6 +924,7 @@ pub fn refresh_regions(
                         timestamp_version: r.timestamp_version,
                         added: Vec::new(),
                         targets: Vec::new(),
+                        unchanged: false,
                     })
                 })
                 .await

@@ -131,6 +131,21 @@ impl S3Server {
         self.root().join(bucket).join(Path::new(key))
     }
 
+    /// Makes the server forget the checksums it keeps for an object (s3s-fs's record of
+    /// it), as a server that stores none (moto) has it: its answers then carry none.
+    pub fn forget_checksums(&self, bucket: &str, key: &str) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let record = self.root().join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            b64.encode(bucket.as_bytes()),
+            b64.encode(key.as_bytes())
+        ));
+        if let Err(e) = std::fs::remove_file(&record) {
+            fail(&format!("remove {record:?}: {e}"));
+        }
+    }
+
     /// Path-style URL of an object, for plain HTTP clients (`key` is used as given, so
     /// encode it first if it needs encoding).
     pub fn object_url(&self, bucket: &str, key: &str) -> String {

@@ -347,24 +347,27 @@ fn clobbers_are_refused_and_racing_publishers_lose_nothing() {
     );
     assert!(f.verify("us-east-1").status.success());
 
-    // racing publishers: every one that says it succeeded has its version in the region
-    for (a, b) in [("3.0.0", "3.1.0"), ("3.2.0", "3.3.0"), ("3.4.0", "3.5.0")] {
-        let pa = f
-            .publish(a, &["--regions", "us-east-1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pb = f
-            .publish(b, &["--regions", "us-east-1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (oa, ob) = (
-            pa.wait_with_output().unwrap(),
-            pb.wait_with_output().unwrap(),
-        );
+    // Racing publishers, four at once: every one that says it succeeded has its version in
+    // the region, and every loser is told that another publisher got there first (never
+    // that an object exists "with other bytes", whose hint is --allow-clobber).
+    for round in [
+        ["3.0.0", "3.1.0", "3.2.0", "3.3.0"],
+        ["3.4.0", "3.5.0", "3.6.0", "3.7.0"],
+    ] {
+        let children: Vec<_> = round
+            .iter()
+            .map(|v| {
+                f.publish(v, &["--regions", "us-east-1"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<Output> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
         let status = f
             .tool()
             .args(["rollout", "status", "--json", "--plan"])
@@ -382,24 +385,93 @@ fn clobbers_are_refused_and_racing_publishers_lose_nothing() {
             .unwrap()
             .clone();
         let versions = east["versions"].to_string();
-        for (v, o) in [(a, &oa), (b, &ob)] {
+        for (v, o) in round.iter().zip(&outs) {
             if o.status.success() {
                 assert!(
                     versions.contains(v),
                     "{v} reported success but is lost: {versions}"
                 );
             } else {
-                assert!(text(o).contains("another publisher"), "{v}: {}", text(o));
+                assert!(
+                    text(o).contains("another publisher got there first")
+                        && !text(o).contains("with other bytes"),
+                    "{v}: {}",
+                    text(o)
+                );
             }
         }
         assert!(
-            oa.status.success() || ob.status.success(),
-            "both refused:\n{}\n{}",
-            text(&oa),
-            text(&ob)
+            outs.iter().any(|o| o.status.success()),
+            "all refused: {:?}",
+            outs.iter().map(text).collect::<Vec<_>>()
         );
         assert!(f.verify("us-east-1").status.success());
     }
+}
+
+/// The bucket holds an archive under its content-addressed name with other bytes: one
+/// flipped byte stored by a server that checks no checksum on upload (as moto does), or a
+/// write behind the publisher's back. The object is corrupt by definition, so the publish
+/// puts the right bytes back before any metadata names them, instead of refusing with a
+/// hint to --allow-clobber; and a publish run again over a live region with a damaged
+/// archive repairs it.
+#[test]
+fn an_archive_stored_with_other_bytes_is_uploaded_again_before_anything_goes_live() {
+    use sha2::Digest as _;
+    let f = Fleet::new("0s");
+    let east = ["--regions", "us-east-1"];
+    f.ok(&mut f.publish("1.0.0", &east));
+    let archive_key = |version: &str| {
+        let name = format!("molt-agent-{}.tar.gz", platform());
+        let path = f.dist(version).join("molt-agent").join(version).join(&name);
+        let sha = sha2::Sha256::digest(std::fs::read(&path).unwrap());
+        let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+        format!("targets/{hex}.molt-agent/{version}/{name}")
+    };
+    let flip = |key: &str| {
+        let path = f.s3.object_path("acme-molt-us-east-1", key);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+    };
+
+    // Before 2.0.0 is published, its archive's name already holds other bytes.
+    let key = archive_key("2.0.0");
+    let planted = f.s3.object_path("acme-molt-us-east-1", &key);
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::copy(
+        f.dist("2.0.0")
+            .join("molt-agent/2.0.0")
+            .join(format!("molt-agent-{}.tar.gz", platform())),
+        &planted,
+    )
+    .unwrap();
+    flip(&key);
+    let out = f.ok(f.publish("2.0.0", &east).arg("--json"));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let repaired = rows[0]["report"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["key"] == key.as_str() && c["action"] == "repair");
+    assert!(repaired, "{rows}");
+    let out = f.verify("us-east-1");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(f.resolves_to("us-east-1"), "2.0.0");
+
+    // A live archive damaged in a bucket whose server keeps no checksum: publishing the
+    // release again repairs it.
+    flip(&key);
+    f.s3.forget_checksums("acme-molt-us-east-1", &key);
+    assert!(
+        !f.verify("us-east-1").status.success(),
+        "the damage is seen"
+    );
+    let again = f.ok(&mut f.publish("2.0.0", &east));
+    assert!(text(&again).contains("unchanged"), "{}", text(&again));
+    let out = f.verify("us-east-1");
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
@@ -716,4 +788,82 @@ fn the_read_back_accepts_only_the_signed_bytes_of_each_target() {
         .unwrap();
     read_back().unwrap();
     assert!(f.verify(region).status.success());
+}
+
+/// An operator re-runs the pipeline of a release that was published and then recalled
+/// (every day: a failed pipeline, a re-run of an old tag). The same bytes again change
+/// nothing: the recalled version stays recalled, no metadata is signed or written, and the
+/// output says so. Publishing a new version afterwards keeps the recall too.
+#[test]
+fn publishing_the_same_release_again_changes_nothing_and_never_undoes_a_recall() {
+    let f = Fleet::new("0s");
+    let east = ["--regions", "us-east-1"];
+    f.ok(&mut f.publish("1.0.0", &east));
+    f.ok(&mut f.publish("2.0.0", &east));
+    f.ok(&mut f.plan_cmd(&[
+        "rollout",
+        "halt",
+        "--version",
+        "2.0.0",
+        "--reason",
+        "error spike",
+    ]));
+    f.ok(&mut f.plan_cmd(&["rollout", "recall", "2.0.0"]));
+    assert_eq!(f.resolves_to("us-east-1"), "1.0.0");
+    let timestamp =
+        f.s3.object_path("acme-molt-us-east-1", "metadata/timestamp.json");
+    let feed = f.s3.object_path("acme-molt-us-east-1", "feed.json");
+    let before = (
+        std::fs::read(&timestamp).unwrap(),
+        std::fs::read(&feed).unwrap(),
+    );
+    for run in 0..2 {
+        let again = f.ok(&mut f.publish("2.0.0", &east));
+        assert!(
+            text(&again).contains("unchanged: the region already holds exactly this"),
+            "run {run}: {}",
+            text(&again)
+        );
+        assert_eq!(
+            (
+                std::fs::read(&timestamp).unwrap(),
+                std::fs::read(&feed).unwrap()
+            ),
+            before,
+            "run {run}: nothing is written"
+        );
+        let json = f.ok(f.publish("2.0.0", &east).arg("--json"));
+        let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        assert_eq!(rows[0]["report"]["unchanged"], true, "{rows}");
+        assert_eq!(rows[0]["report"]["uploaded"], 0, "{rows}");
+    }
+    assert_eq!(f.resolves_to("us-east-1"), "1.0.0", "still recalled");
+    assert!(f.verify("us-east-1").status.success());
+
+    // A new release on top keeps the recall of the old one.
+    f.ok(&mut f.publish("3.0.0", &east));
+    let manifest = f
+        .tool()
+        .args([
+            "rollout",
+            "status",
+            "--version",
+            "2.0.0",
+            "--json",
+            "--plan",
+        ])
+        .arg(f.plan())
+        .arg("--trusted-root")
+        .arg(f.keys().join("root.json"))
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let east_row = json["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "us-east-1")
+        .unwrap()
+        .clone();
+    assert_eq!(east_row["status"], "Deprecated", "{east_row}");
 }

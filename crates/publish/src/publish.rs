@@ -85,6 +85,10 @@ pub enum Action {
     Same,
     /// Already there with other bytes, replaced because of `--allow-clobber`.
     Clobber,
+    /// A target (named by its SHA-256) already there with other bytes: corrupt by
+    /// definition (a flipped byte stored by a server that checks no checksum), so the
+    /// right bytes are put back.
+    Repair,
     /// `timestamp.json`, replaced if unchanged since the pull.
     Replace,
 }
@@ -108,6 +112,9 @@ pub struct RegionReport {
     pub dry_run: bool,
     /// The targets added to the region (names), read back through TUF.
     pub added: Vec<String>,
+    /// The edit changed nothing (an identical re-publish): no new metadata versions, and
+    /// nothing written.
+    pub unchanged: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +142,14 @@ pub enum PublishError {
     Clobber { key: String, store: String },
     #[error("{store} changed while this publish ran ({key}): another publisher got there first")]
     Raced { key: String, store: String },
+    #[error(
+        "{key} in {store} does not hold the bytes uploaded, even after a second upload ({detail}); nothing went live"
+    )]
+    NotStored {
+        key: String,
+        store: String,
+        detail: String,
+    },
     #[error("cannot upload {key} to {store}")]
     Upload {
         key: String,
@@ -168,6 +183,9 @@ impl PublishError {
             PublishError::Raced { .. } => {
                 Some("run the publish again: it starts from what the region holds now".into())
             }
+            PublishError::NotStored { .. } => Some(
+                "the store or the network corrupts uploads: check the endpoint (and any proxy before it), then publish again; the region still serves what it served before".into(),
+            ),
             PublishError::ReadBack { .. } => Some(
                 "the region's timestamp.json was replaced but does not verify: run `release-manifest verify` on it and publish again"
                     .into(),
@@ -408,6 +426,62 @@ async fn holds(
         .map(|o| o.bytes.len() as u64 == body.len() && Sha256::digest(&o.bytes) == body.sha256()))
 }
 
+/// Whether `key` is a target's object, which tough names `targets/<sha256>.<name>`: an
+/// object there holding other bytes than `body`'s is corrupt by definition.
+fn content_addressed(key: &str, body: &Body) -> bool {
+    key.strip_prefix("targets/")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(sha256, _)| sha256 == body.sha256().to_string())
+}
+
+/// Checks that `key` now holds `body`'s bytes (by the SHA-256 the store keeps, else by
+/// reading it back), and uploads it once more if not: a target is verified before any
+/// metadata that names it is written.
+async fn verify_stored(
+    store: &dyn ObjectStore,
+    key: &str,
+    body: &Body,
+    shown: &str,
+) -> Result<(), PublishError> {
+    let upload_error = |source| PublishError::Upload {
+        key: key.to_owned(),
+        store: shown.to_owned(),
+        source: Box::new(source),
+    };
+    for attempt in 0..2 {
+        match holds(store, key, body)
+            .await
+            .map_err(pull_error(key, shown))?
+        {
+            Some(true) => return Ok(()),
+            found if attempt == 1 => {
+                return Err(PublishError::NotStored {
+                    key: key.to_owned(),
+                    store: shown.to_owned(),
+                    detail: match found {
+                        None => "the object is missing".to_owned(),
+                        _ => format!(
+                            "its length or SHA-256 is not {} bytes, sha256 {}",
+                            body.len(),
+                            body.sha256()
+                        ),
+                    },
+                });
+            }
+            _ => {
+                tracing::warn!(
+                    "{key} in {shown} does not hold the bytes just uploaded; uploading it again"
+                );
+                store
+                    .put_body(key, body.clone(), Condition::None)
+                    .await
+                    .map_err(upload_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One object to write: where, what, and how.
 struct Upload {
     change: Change,
@@ -493,7 +567,18 @@ where
         {
             None => {}
             Some(true) => w.change.action = Action::Same,
+            Some(false) if content_addressed(&w.change.key, &w.body) => {
+                w.change.action = Action::Repair;
+            }
             Some(false) if opts.allow_clobber => w.change.action = Action::Clobber,
+            // Metadata of a version above every one this publish pulled: another publisher
+            // wrote it since.
+            Some(false) if w.change.key.starts_with("metadata/") => {
+                return Err(PublishError::Raced {
+                    key: w.change.key.clone(),
+                    store: shown,
+                });
+            }
             Some(false) => {
                 return Err(PublishError::Clobber {
                     key: w.change.key.clone(),
@@ -514,6 +599,7 @@ where
         uploaded: 0,
         dry_run: opts.dry_run,
         added: report.added.clone(),
+        unchanged: report.unchanged,
     };
     if opts.dry_run {
         return Ok(out);
@@ -525,7 +611,7 @@ where
         let cond = match c.action {
             Action::Same => continue,
             Action::Create => Condition::IfNoneMatch,
-            Action::Clobber => Condition::None,
+            Action::Clobber | Action::Repair => Condition::None,
             Action::Replace => Condition::IfMatch(pulled.timestamp_etag.clone()),
         };
         let result = store.put_body(&c.key, w.body.clone(), cond.clone()).await;
@@ -533,6 +619,12 @@ where
             Ok(()) => {
                 out.uploaded += 1;
                 kill_point();
+            }
+            Err(StoreError::PreconditionFailed { .. })
+                if c.action == Action::Create && content_addressed(&c.key, &w.body) =>
+            {
+                // Someone created it since the guard: with the same bytes, or corrupt ones,
+                // which the check below puts right.
             }
             Err(StoreError::PreconditionFailed { .. }) if c.action == Action::Create => {
                 // Someone created it since the guard: fine only with the very same bytes.
@@ -564,12 +656,21 @@ where
                 });
             }
         }
+        // Nothing goes live unverified: each target (the archives, then the manifest) is
+        // checked in the store before the metadata that names it is written.
+        if c.key.starts_with("targets/") {
+            verify_stored(store, &c.key, &w.body, &shown).await?;
+        }
     }
     drop(scratch);
 
     let manifest = read_back(rs, opts, &report.added).await?;
     // The feed follows the verified state; a feed that fails to update loses nothing (the
-    // next publish rewrites it), so it is a warning, not an error.
+    // next publish rewrites it), so it is a warning, not an error. An edit that changed
+    // nothing leaves it alone too, unless it brings release notes.
+    if report.unchanged && opts.notes.is_none() {
+        return Ok(out);
+    }
     if let Err(e) = write_feed(rs, &manifest, opts).await {
         tracing::warn!("cannot update {FEED} in {shown}: {e}");
     }

@@ -648,8 +648,43 @@ where
 {
     let repository = load_local(repo.path).await?;
     let mut manifest = read_manifest(&repository).await?;
+    let before = manifest.to_json();
     let mut new_targets = Vec::new();
     change(&mut manifest, &mut new_targets)?;
+    // Nothing to sign when the manifest is as it was and every target is already signed
+    // with these bytes (a pipeline run again, a status set to what it is): no new metadata
+    // versions, nothing written.
+    let signed_targets = &repository.targets().signed.targets;
+    let unchanged = new_root.is_none()
+        && manifest.to_json() == before
+        && new_targets.iter().all(|t| {
+            signed_targets.get(&t.name).is_some_and(|have| {
+                let want = t.tuf_target();
+                have.length == want.length && have.hashes.sha256 == want.hashes.sha256
+            })
+        });
+    if unchanged {
+        // A publisher still checks that the store holds these targets' bytes (and puts
+        // right one that does not), so running a publish again repairs a damaged archive.
+        let targets = match repo.durability {
+            Durability::Scratch => new_targets
+                .iter()
+                .map(|t| StagedTarget {
+                    key: t.key(),
+                    body: t.body.clone(),
+                })
+                .collect(),
+            Durability::Durable => Vec::new(),
+        };
+        return Ok(EditReport {
+            targets_version: repository.targets().signed.version.get(),
+            snapshot_version: repository.snapshot().signed.version.get(),
+            timestamp_version: repository.timestamp().signed.version.get(),
+            added: Vec::new(),
+            targets,
+            unchanged: true,
+        });
+    }
     let at_least = |v: NonZeroU64, floor: u64| NonZeroU64::new(floor).map_or(v, |f| v.max(f));
     let versions = [
         at_least(
@@ -699,6 +734,7 @@ where
             .map(|t| t.name.raw().to_owned())
             .collect(),
         targets: staged,
+        unchanged: false,
     })
 }
 
@@ -713,6 +749,9 @@ pub struct EditReport {
     /// (empty for a repository on disk, which has them written).
     #[serde(skip)]
     pub targets: Vec<StagedTarget>,
+    /// Nothing changed, and nothing was signed or written: the versions are the ones the
+    /// repository had.
+    pub unchanged: bool,
 }
 
 /// Options for `add`.
@@ -970,10 +1009,11 @@ fn upsert(
         .find(|v| v.version == entry.version)
     {
         Some(existing) if existing.checksum == entry.checksum => {
-            // The same bytes again: keep the entry (and when it was first published), take
-            // the new status and rollout.
-            existing.status = entry.status;
-            existing.rollout = entry.rollout;
+            // The same bytes again (a pipeline run again): the entry stays as it is, with
+            // when it was first published, its status and its rollout. A recall, a halt or
+            // a rollout's start is never undone by publishing again; `set-status` changes a
+            // status.
+            let _ = existing;
             Ok(())
         }
         Some(existing) => Err(RepoError::VersionExists {
