@@ -160,7 +160,7 @@ as any update, and then keeps the host current from its region's signed reposito
 
 # Purging (a .deb only: RPM has no purge) removes what molt made.
 purge_script='rm -rf /opt/molt
-rm -f /var/lib/systemd/timers/stamp-molt-recover.timer
+rm -f /var/lib/systemd/timers/stamp-molt-recover.timer /etc/molt/.disabled-by-package
 rmdir /etc/molt 2>/dev/null || true'
 
 if [[ ",$formats," == *,deb,* ]]; then
@@ -175,7 +175,11 @@ if [[ ",$formats," == *,deb,* ]]; then
     echo "Architecture: $deb_arch"
     echo "Maintainer: $maintainer"
     echo "Installed-Size: $size"
-    echo "Depends: systemd, passwd"
+    # The glibc builds need glibc 2.28 (ci/release.yml builds them for it); musl's are static.
+    case "$platform" in
+      linux-musl-*) echo "Depends: systemd, passwd" ;;
+      *) echo "Depends: systemd, passwd, libc6 (>= 2.28)" ;;
+    esac
     echo "Section: admin"
     echo "Priority: optional"
     echo "Homepage: https://github.com/molt-project/molt"
@@ -187,8 +191,13 @@ if [[ ",$formats," == *,deb,* ]]; then
   cat >"$deb/DEBIAN/postinst" <<'SH'
 #!/bin/sh
 set -e
+# $2 is the version configured before: none on a first install.
 if [ "$1" = configure ]; then
-  /usr/lib/molt/package-hook configure
+  if [ -z "${2:-}" ]; then
+    /usr/lib/molt/package-hook configure install
+  else
+    /usr/lib/molt/package-hook configure upgrade
+  fi
 fi
 SH
   cat >"$deb/DEBIAN/prerm" <<'SH'
@@ -196,7 +205,9 @@ SH
 set -e
 # Not on an upgrade: molt's updater switches to the new package's version.
 case "$1" in
-  remove | deconfigure) /usr/lib/molt/package-hook remove ;;
+  remove | deconfigure)
+    if [ -x /usr/lib/molt/package-hook ]; then /usr/lib/molt/package-hook remove deb; fi
+    ;;
 esac
 SH
   cat >"$deb/DEBIAN/postrm" <<SH
@@ -255,12 +266,14 @@ if [[ ",$formats," == *,rpm,* ]]; then
     echo "%dir /usr/share/doc/molt"
     echo
     echo "%post"
-    echo "/usr/lib/molt/package-hook configure"
+    echo "# 1: a first install; 2 or more: an upgrade."
+    # shellcheck disable=SC2016 # the scriptlet's own $1
+    echo 'if [ "$1" -eq 1 ]; then /usr/lib/molt/package-hook configure install; else /usr/lib/molt/package-hook configure upgrade; fi'
     echo
     echo "%preun"
     echo "# 0: the package is erased (1: upgraded, and molt's updater switches)."
     # shellcheck disable=SC2016 # the scriptlet's own $1
-    echo 'if [ "$1" -eq 0 ]; then /usr/lib/molt/package-hook remove; fi'
+    echo 'if [ "$1" -eq 0 ] && [ -x /usr/lib/molt/package-hook ]; then /usr/lib/molt/package-hook remove rpm; fi'
     echo
     echo "%postun"
     echo 'if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi'

@@ -56,6 +56,7 @@ fn package_dir(repo: &TestRepo, version: &str) -> tempfile::TempDir {
         serde_json::to_vec_pretty(&description).unwrap(),
     )
     .unwrap();
+    std::fs::copy(repo.trusted_root(), dir.path().join("root.json")).unwrap();
     dir
 }
 
@@ -200,11 +201,24 @@ fn a_damaged_package_is_refused_and_the_running_version_kept() {
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&archive, &bytes).unwrap();
     let out = bootstrap(&host, two.path(), "direct");
-    assert_ne!(code(&out), 0, "{}", text(&out));
+    assert_eq!(code(&out), 4, "{}", text(&out));
+    assert!(
+        text(&out).contains("is damaged") && text(&out).contains("reinstall the package"),
+        "{}",
+        text(&out)
+    );
     // the archive missing
     std::fs::remove_file(&archive).unwrap();
     let out = bootstrap(&host, two.path(), "direct");
-    assert_ne!(code(&out), 0, "{}", text(&out));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "cannot read the package's {}: it does not exist",
+            archive.display()
+        )) && text(&out).contains("reinstall the package"),
+        "{}",
+        text(&out)
+    );
     // a truncated description: the message names the file and the fix
     let description = two.path().join(DESCRIPTION);
     let json = std::fs::read(&description).unwrap();
@@ -250,18 +264,28 @@ fn a_package_for_another_platform_is_refused() {
     assert_eq!(host.current(), None);
 }
 
-/// An image baked in a chroot: no systemd runs (this test machine has none), so the
-/// package's version is installed and `current` points at it, and nothing is started.
+/// An image baked in a chroot: no systemd runs, so the package's version is installed and
+/// `current` points at it, and nothing is started. On a machine with no systemd of its own
+/// the updater finds that out by itself; on one booted with systemd (a CI runner), it is
+/// told with `--offline`, as the package's scripts tell it in a chroot.
 #[test]
 fn without_a_running_service_manager_the_version_is_installed_for_the_next_boot() {
-    assert!(
-        !Path::new("/run/systemd/system").exists(),
-        "this test needs a machine that was not booted with systemd"
-    );
+    let booted = Path::new("/run/systemd/system").exists();
     let repo = TestRepo::new("us-east-1");
     let host = host(&repo);
     let dir = package_dir(&repo, "1.0.0");
-    let out = bootstrap(&host, dir.path(), "systemd");
+    let offline = |dir: &Path| {
+        let mut c = host.updater();
+        c.arg("bootstrap")
+            .arg("--package-dir")
+            .arg(dir)
+            .args(["--service", "systemd"]);
+        if booted {
+            c.arg("--offline");
+        }
+        c.output().unwrap()
+    };
+    let out = offline(dir.path());
     assert_eq!(code(&out), 0, "{}", text(&out));
     let layout = host.layout();
     assert_eq!(layout.current_version(), Some(v("1.0.0")));
@@ -274,7 +298,63 @@ fn without_a_running_service_manager_the_version_is_installed_for_the_next_boot(
     assert!(last.reason.unwrap().contains("next boot"));
     // baking a newer package into the same image moves `current` again
     let two = package_dir(&repo, "2.0.0");
-    let out = bootstrap(&host, two.path(), "systemd");
+    let mut c = host.updater();
+    c.arg("bootstrap")
+        .arg("--package-dir")
+        .arg(two.path())
+        .args(["--service", "systemd", "--offline"]);
+    let out = c.output().unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(layout.current_version(), Some(v("2.0.0")));
+    assert_eq!(host.agent_pid(), None, "nothing was started");
+}
+
+/// A host installed from a package updates from its region afterwards, with nothing
+/// about trust in its config or on the command line: the package's root became its first
+/// trusted root, and stays after the package (and its root.json) is gone.
+#[test]
+fn a_host_installed_from_a_package_updates_from_its_region_afterwards() {
+    let repo = TestRepo::new("us-east-1");
+    repo.publish("2.0.0", Status::Active);
+    let host = host(&repo);
+    let dir = package_dir(&repo, "1.0.0");
+    let out = bootstrap(&host, dir.path(), "direct");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    drop(dir);
+    let mut c = host.updater();
+    c.args([
+        "--target-version",
+        "latest",
+        "--source",
+        &host.source,
+        "--region",
+        &host.region,
+        "--service",
+        "direct",
+    ]);
+    let out = c.output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+}
+
+/// A package of a version molt installed here and then left (recalled, or downgraded by
+/// hand), installed or configured again: it steps aside instead of bringing it back.
+#[test]
+fn a_package_never_brings_back_a_version_molt_moved_away_from() {
+    let repo = TestRepo::new("us-east-1");
+    repo.publish("1.0.0", Status::Active);
+    let host = host(&repo);
+    let two = package_dir(&repo, "2.0.0");
+    let out = bootstrap(&host, two.path(), "direct");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = host.update("1.0.0", &["--allow-downgrade"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let out = bootstrap(&host, two.path(), "direct");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("molt installed 2.0.0 on this host before and has moved to 1.0.0"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
 }

@@ -996,8 +996,17 @@ fn the_packages_install_upgrade_step_aside_remove_and_purge() {
         "{last:?}\n{out}"
     );
 
-    // A newer .deb: its version goes through the switch, health check and soak.
+    // A newer .deb: its version goes through the switch, health check and soak. A unit the
+    // operator disabled stays disabled.
+    bed.m.run("systemctl disable --now molt-update.path 2>&1");
     let out = bed.dpkg(&format!("-i {}", deb("2.0.0")));
+    assert_eq!(
+        bed.property_enabled("molt-update.path"),
+        "disabled",
+        "{out}"
+    );
+    assert_eq!(bed.m.is_active("molt-update.path"), "inactive", "{out}");
+    bed.m.run("systemctl enable --now molt-update.path 2>&1");
     let second = bed.assert_settled_on("2.0.0", Duration::from_secs(60));
     assert_ne!(first, second, "a new agent runs");
     let last = bed.history().pop().unwrap();
@@ -1172,6 +1181,36 @@ fn the_packages_install_upgrade_step_aside_remove_and_purge() {
     bed.assert_settled_on("1.0.0", Duration::from_secs(60));
     bed.assert_units("active", "enabled");
     bed.m.poweroff();
+    // An upgrade baked into the same image: installed for the next boot; the links stay.
+    let two = packages
+        .join(format!("molt-2.0.0-1.{rpm_arch}.rpm"))
+        .display()
+        .to_string();
+    let mut upgrade = vec!["--root", &root, "-U", "--nodeps"];
+    if debian_rpm {
+        upgrade.push("--force-debian");
+    }
+    upgrade.push(&two);
+    let links = |m: &Machine| {
+        let out = std::process::Command::new("find")
+            .arg(m.path("/etc/systemd"))
+            .args(["-name", "molt-*"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = links(&bed.m);
+    let said = rpm(&upgrade);
+    assert_eq!(bed.layout().current_version(), Some(v("2.0.0")), "{said}");
+    assert!(
+        !said.contains("ERROR"),
+        "nothing is started in the image: {said}"
+    );
+    assert!(
+        before.lines().count() == 3 && links(&bed.m) == before,
+        "the units stay enabled: {before} / {}",
+        links(&bed.m)
+    );
     let said = rpm(&["--root", &root, "-e", "molt"]);
     assert!(!bed.m.path("/usr/lib/molt").exists(), "{said}");
     assert!(
@@ -1179,15 +1218,6 @@ fn the_packages_install_upgrade_step_aside_remove_and_purge() {
             .path("/usr/lib/systemd/system/molt-agent.service")
             .exists()
     );
-    let wants = std::process::Command::new("find")
-        .arg(bed.m.path("/etc/systemd"))
-        .args(["-name", "molt-*"])
-        .output()
-        .unwrap();
-    assert!(
-        wants.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&wants.stdout)
-    );
-    assert_eq!(bed.layout().current_version(), Some(v("1.0.0")), "kept");
+    assert!(links(&bed.m).is_empty(), "{}", links(&bed.m));
+    assert_eq!(bed.layout().current_version(), Some(v("2.0.0")), "kept");
 }

@@ -5,15 +5,18 @@
 //!
 //! - No version yet, or an older one: the package's version is installed through the same
 //!   staging, journal, switch, health check and rollback as any update.
-//! - The same version, a newer one, or the package's version quarantined here: the package
+//! - The same version, a newer one, the package's version quarantined here, or one molt
+//!   installed here before and has moved away from (a recall, a downgrade): the package
 //!   steps aside, and molt keeps the host current from its region.
-//! - No service manager running (an image being baked in a chroot): the version is
-//!   installed and `current` points at it; the agent starts at the image's first boot.
+//! - No service manager running (an image being baked in a chroot, or `--offline`): the
+//!   version is installed and `current` points at it; the agent starts at the first boot.
 //!
 //! The bytes are checked against the length and sha256 in `bootstrap.json`, while they are
 //! extracted, as a download is. Both came in the one package, so this catches a damaged
-//! file, not an attacker: the package manager's signature on the package is what vouches
-//! for the bytes (docs/operations.md, "Installing from the packages").
+//! file, not an attacker: whoever can replace the package chooses the agent and the trusted
+//! root alike, so the package must come from where the operator trusts (a signed
+//! repository, or a download checked against a checksum published elsewhere:
+//! docs/operations.md, "Installing from the packages").
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -68,6 +71,11 @@ pub enum BootstrapError {
     /// match its signed metadata).
     #[error("the package's {path} is damaged: {detail}; nothing changed")]
     Damaged { path: PathBuf, detail: String },
+    /// Offline, an unfinished update cannot be finished (that needs the agent started).
+    #[error(
+        "an interrupted update's journal is in {path}, and without a running service manager it cannot be finished here"
+    )]
+    Unfinished { path: PathBuf },
     #[error("the package carries molt {version} for {package}, but this host is {host}")]
     WrongPlatform {
         version: Version,
@@ -81,6 +89,9 @@ impl BootstrapError {
         match self {
             BootstrapError::WrongPlatform { .. } => {
                 "install the package built for this host's platform (amd64 or arm64)"
+            }
+            BootstrapError::Unfinished { .. } => {
+                "boot the image (updater recover finishes or undoes the update at boot), then configure the package again"
             }
             _ => {
                 "the package's files are damaged or incomplete: reinstall the package (apt-get install --reinstall molt, or dnf reinstall molt)"
@@ -127,17 +138,29 @@ pub enum Decision {
     StepAside(String),
 }
 
-/// The package's rule: install `package` only over nothing or an older version that
-/// molt did not quarantine it against.
+/// The package's rule: install `package` only over nothing or an older version, unless
+/// molt quarantined it here, or installed it here before (`committed`: the versions of the
+/// host's successful updates) and has moved away from it since. So a package introduces
+/// its version once: a reinstall or a reconfiguration never brings back a version molt
+/// left (recalled, above the region's MaxVersion, or downgraded by hand).
 pub fn decide(
     current: Option<&Version>,
     package: &Version,
     quarantined: &BTreeSet<Version>,
+    committed: &BTreeSet<Version>,
 ) -> Decision {
     if quarantined.contains(package) {
         return Decision::StepAside(format!(
             "the package's molt {package} failed its health check on this host before (it is quarantined); molt keeps {}",
             current.map_or_else(|| "nothing".to_owned(), ToString::to_string)
+        ));
+    }
+    if let Some(c) = current
+        && c < package
+        && committed.contains(package)
+    {
+        return Decision::StepAside(format!(
+            "molt installed {package} on this host before and has moved to {c} since; the package steps aside"
         ));
     }
     match current {
@@ -153,21 +176,35 @@ pub fn decide(
 }
 
 /// True when the agent's service manager can start and stop it now. Under systemd, that is
-/// a booted systemd (`/run/systemd/system`, as sd_booted(3) checks); an image built in a
-/// chroot has none.
+/// a booted systemd (`/run/systemd/system`, as sd_booted(3) checks) that this process is
+/// not chrooted away from: an image built in a chroot has none, or has the build host's
+/// `/run` bound in, whose systemd is not the image's.
 fn service_manager_runs(settings: &Settings) -> bool {
     match settings.service {
-        ServiceKind::Systemd => Path::new("/run/systemd/system").is_dir(),
+        ServiceKind::Systemd => Path::new("/run/systemd/system").is_dir() && !in_chroot(),
         ServiceKind::Direct => true,
     }
 }
 
-/// Runs the hand-over for the package in `dir`.
+/// Whether this process runs in a chroot: its root is not PID 1's (as systemd's
+/// `running_in_chroot` decides), or there is no `/proc` at all.
+fn in_chroot() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata("/"), std::fs::metadata("/proc/1/root")) {
+        (Ok(ours), Ok(init)) => (ours.dev(), ours.ino()) != (init.dev(), init.ino()),
+        (Ok(_), Err(_)) => !Path::new("/proc/self").exists(),
+        _ => false,
+    }
+}
+
+/// Runs the hand-over for the package in `dir`; `offline`: install for the next boot,
+/// starting and stopping nothing (as without a running service manager).
 pub async fn run(
     settings: &Settings,
     dir: &Path,
     svc: &mut dyn ServiceManager,
     progress: bool,
+    offline: bool,
 ) -> Result<UpdateReport, UpdateError> {
     let layout = &settings.layout;
     let description = Bootstrap::load(dir)?;
@@ -183,7 +220,18 @@ pub async fn run(
     std::fs::create_dir_all(layout.state_dir())
         .map_err(|e| UpdateError::io("create", &layout.state_dir(), e))?;
     let lock = UpdateLock::try_acquire(&layout.lock())?;
-    if let recover::Recovered::LeftAlone { step } = recover::recover_locked(settings, svc)? {
+    let offline = offline || !service_manager_runs(settings);
+    if offline {
+        // Nothing may be started or stopped: only `current` is put right, as before the
+        // agent unit starts.
+        recover::before_the_start(settings);
+        if layout.journal().exists() {
+            return Err(BootstrapError::Unfinished {
+                path: layout.journal(),
+            }
+            .into());
+        }
+    } else if let recover::Recovered::LeftAlone { step } = recover::recover_locked(settings, svc)? {
         return Err(UpdateError::NewerJournal {
             path: layout.journal(),
             step,
@@ -191,14 +239,27 @@ pub async fn run(
     }
     let current = layout.current_version();
     let quarantine = Quarantine::load(&layout.quarantine()).map_err(UpdateError::state)?;
+    let committed: BTreeSet<Version> = state::read_history(&layout.history())
+        .map_err(UpdateError::state)?
+        .into_iter()
+        .filter(|r| r.result == state::Outcome::Success)
+        .map(|r| r.to)
+        .collect();
     let to = description.version.clone();
-    let reason = match decide(current.as_ref(), &to, &quarantine.versions()) {
+    let reason = match decide(current.as_ref(), &to, &quarantine.versions(), &committed) {
         Decision::StepAside(message) => {
             return Ok(UpdateReport::Skipped { current, message });
         }
         Decision::Install(reason) => reason,
     };
     let archive = dir.join(&description.file);
+    if !archive.is_file() {
+        return Err(BootstrapError::Unreadable {
+            path: archive,
+            detail: "it does not exist".into(),
+        }
+        .into());
+    }
     let url = Url::from_file_path(&archive).map_err(|()| BootstrapError::Unreadable {
         path: archive.clone(),
         detail: "not an absolute path".into(),
@@ -230,6 +291,15 @@ pub async fn run(
     };
     let transport =
         MoltTransport::new(settings.http.clone()).map_err(|e| UpdateError::Failed(e.into()))?;
+    // The package's root becomes the host's first trusted root, as `--trusted-root` does for
+    // a first install: updates from the region then work whatever the config says, and
+    // after the package (and its root.json) is removed.
+    let package_root = dir.join("root.json");
+    if !settings.saved_trusted_root().exists() && package_root.is_file() {
+        let bytes =
+            std::fs::read(&package_root).map_err(|e| UpdateError::io("read", &package_root, e))?;
+        state::write_atomic(&settings.saved_trusted_root(), &bytes).map_err(UpdateError::state)?;
+    }
     let why = format!("{reason}, from the OS package ({})", dir.display());
     let staged =
         match update::stage_and_install(settings, &opts, &transport, &plan, &info, url).await {
@@ -243,7 +313,7 @@ pub async fn run(
             }
             Err(e) => return Err(e),
         };
-    let report = if service_manager_runs(settings) {
+    let report = if !offline {
         update::switch_and_check(settings, svc, staged, &why)
     } else {
         install_offline(settings, staged, &why)
@@ -262,6 +332,8 @@ fn install_offline(
 ) -> Result<UpdateReport, UpdateError> {
     let to = staged.to().clone();
     let (mut jw, timings) = staged.into_parts();
+    // As in a switch: a crash from here on is recovered from what `current` says.
+    jw.set(state::Step::Switching)?;
     switch::point_current(&settings.layout, &to).map_err(UpdateError::state)?;
     let why = format!("{why}; no service manager runs, so the agent starts at the next boot");
     let record = commit::commit(&mut jw, &why, timings)?;
@@ -281,26 +353,40 @@ mod tests {
         let none = BTreeSet::new();
         let p = v("2.0.0");
         assert_eq!(
-            decide(None, &p, &none),
+            decide(None, &p, &none, &none),
             Decision::Install(InstallReason::FirstInstall)
         );
         assert_eq!(
-            decide(Some(&v("1.9.9")), &p, &none),
+            decide(Some(&v("1.9.9")), &p, &none, &none),
             Decision::Install(InstallReason::Upgrade)
         );
         // a pre-release is older than its release
         assert_eq!(
-            decide(Some(&v("2.0.0-rc.1")), &p, &none),
+            decide(Some(&v("2.0.0-rc.1")), &p, &none, &none),
             Decision::Install(InstallReason::Upgrade)
         );
         for current in ["2.0.0", "2.0.1", "10.0.0"] {
             assert!(
-                matches!(decide(Some(&v(current)), &p, &none), Decision::StepAside(_)),
+                matches!(
+                    decide(Some(&v(current)), &p, &none, &none),
+                    Decision::StepAside(_)
+                ),
                 "{current}"
             );
         }
         let q: BTreeSet<Version> = [p.clone()].into();
-        let Decision::StepAside(why) = decide(Some(&v("1.0.0")), &p, &q) else {
+        // Installed here before, and molt moved down since (a recall, a downgrade): the
+        // package does not bring it back; a version never installed here still goes in.
+        let seen: BTreeSet<Version> = [p.clone(), v("1.0.0")].into();
+        let Decision::StepAside(why) = decide(Some(&v("1.0.0")), &p, &none, &seen) else {
+            panic!("a version molt moved away from must not come back from the package");
+        };
+        assert!(why.contains("moved to 1.0.0"), "{why}");
+        assert_eq!(
+            decide(Some(&v("1.0.0")), &v("3.0.0"), &none, &seen),
+            Decision::Install(InstallReason::Upgrade)
+        );
+        let Decision::StepAside(why) = decide(Some(&v("1.0.0")), &p, &q, &none) else {
             panic!("a quarantined package version must not be installed");
         };
         assert!(
@@ -344,10 +430,15 @@ mod tests {
         std::fs::remove_file(dir.path().join(DESCRIPTION)).unwrap();
         let e = Bootstrap::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
-        std::os::unix::fs::symlink("/etc/hostname", dir.path().join(DESCRIPTION)).unwrap();
+        // A link to a valid description elsewhere: refused because it is a link.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let real = elsewhere.path().join(DESCRIPTION);
+        std::fs::write(&real, json.to_string()).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join(DESCRIPTION)).unwrap();
         assert!(
             Bootstrap::load(dir.path()).is_err(),
             "a link is not followed"
         );
+        assert!(Bootstrap::load(elsewhere.path()).is_ok());
     }
 }

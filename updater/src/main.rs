@@ -120,6 +120,10 @@ enum Command {
         /// The package's directory, holding bootstrap.json and the archive.
         #[arg(long, default_value = molt_updater::bootstrap::DEFAULT_DIR)]
         package_dir: PathBuf,
+        /// Install for the next boot: point `current` at the version and start nothing, as
+        /// when no service manager runs (an image being built).
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -294,7 +298,10 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(exit::OK)
         }
-        Some(Command::Bootstrap { package_dir }) => {
+        Some(Command::Bootstrap {
+            package_dir,
+            offline,
+        }) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -306,6 +313,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                     &package_dir,
                     svc.as_mut(),
                     progress,
+                    offline,
                 ))
                 .map_err(failure)?;
             if json {

@@ -101,7 +101,7 @@ fn in_unit_cgroup(cgroup: &str, unit: Option<&str>) -> bool {
 /// so that `ExecStart` runs a valid version: a missing or dangling `current` is repaired,
 /// and one an unfinished switch left on the new version goes back to the old one. The
 /// agent, once started, launches `updater recover` outside its unit for the rest.
-fn before_the_start(settings: &Settings) -> Recovered {
+pub(crate) fn before_the_start(settings: &Settings) -> Recovered {
     let layout = &settings.layout;
     let journal: Option<Journal> = state::read_json(&layout.journal()).ok().flatten();
     let back_to = journal
