@@ -797,6 +797,13 @@ fn the_read_back_accepts_only_the_signed_bytes_of_each_target() {
 #[test]
 fn publishing_the_same_release_again_changes_nothing_and_never_undoes_a_recall() {
     let f = Fleet::new("0s");
+    // (keys/root.json is public: hosts and verifiers are given it)
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(f.keys().join("root.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
     let east = ["--regions", "us-east-1"];
     f.ok(&mut f.publish("1.0.0", &east));
     f.ok(&mut f.publish("2.0.0", &east));
@@ -866,4 +873,37 @@ fn publishing_the_same_release_again_changes_nothing_and_never_undoes_a_recall()
         .unwrap()
         .clone();
     assert_eq!(east_row["status"], "Deprecated", "{east_row}");
+}
+
+/// A publisher without credentials (a pipeline whose role was not assumed), off EC2: one
+/// clear error that names the fix, and none of the SDK's raw error structures before it.
+#[test]
+fn a_publisher_without_credentials_gets_one_clear_message() {
+    let f = Fleet::new("0s");
+    let home = tempfile::tempdir().unwrap();
+    // An IMDS that takes connections and never answers, as a firewall off EC2 does.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("http://{}", silent.local_addr().unwrap());
+    let mut c = f.plan_cmd(&["publish", "--version", "1.0.0", "--regions", "us-east-1"]);
+    c.arg("--dist").arg(f.dist("1.0.0"));
+    for (k, _) in f.s3.env_for_credentials() {
+        if k != "AWS_ENDPOINT_URL_S3" && k != "AWS_REGION" {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("AWS_EC2_METADATA_DISABLED")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env_remove("AWS_CONFIG_FILE")
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &closed);
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("Error {") && !stderr.contains("source:"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("credentials"), "{}", text(&out));
 }

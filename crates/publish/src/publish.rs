@@ -656,9 +656,10 @@ where
                 });
             }
         }
-        // Nothing goes live unverified: each target (the archives, then the manifest) is
-        // checked in the store before the metadata that names it is written.
-        if c.key.starts_with("targets/") {
+        // Nothing goes live unverified: each target (the archives, then the manifest), then
+        // the targets and snapshot metadata, is checked in the store before what names it
+        // is written, and `timestamp.json` last.
+        if c.key != TIMESTAMP {
             verify_stored(store, &c.key, &w.body, &shown).await?;
         }
     }
