@@ -73,11 +73,16 @@ fn host(repo: &TestRepo) -> TestHost {
 }
 
 fn bootstrap(host: &TestHost, dir: &Path, service: &str) -> Output {
+    bootstrap_with(host, dir, service, &[])
+}
+
+fn bootstrap_with(host: &TestHost, dir: &Path, service: &str, extra: &[&str]) -> Output {
     let mut c = host.updater();
     c.arg("bootstrap")
         .arg("--package-dir")
         .arg(dir)
-        .args(["--service", service]);
+        .args(["--service", service])
+        .args(extra);
     c.output().unwrap()
 }
 
@@ -274,18 +279,8 @@ fn without_a_running_service_manager_the_version_is_installed_for_the_next_boot(
     let repo = TestRepo::new("us-east-1");
     let host = host(&repo);
     let dir = package_dir(&repo, "1.0.0");
-    let offline = |dir: &Path| {
-        let mut c = host.updater();
-        c.arg("bootstrap")
-            .arg("--package-dir")
-            .arg(dir)
-            .args(["--service", "systemd"]);
-        if booted {
-            c.arg("--offline");
-        }
-        c.output().unwrap()
-    };
-    let out = offline(dir.path());
+    let told: &[&str] = if booted { &["--offline"] } else { &[] };
+    let out = bootstrap_with(&host, dir.path(), "systemd", told);
     assert_eq!(code(&out), 0, "{}", text(&out));
     let layout = host.layout();
     assert_eq!(layout.current_version(), Some(v("1.0.0")));
@@ -298,12 +293,7 @@ fn without_a_running_service_manager_the_version_is_installed_for_the_next_boot(
     assert!(last.reason.unwrap().contains("next boot"));
     // baking a newer package into the same image moves `current` again
     let two = package_dir(&repo, "2.0.0");
-    let mut c = host.updater();
-    c.arg("bootstrap")
-        .arg("--package-dir")
-        .arg(two.path())
-        .args(["--service", "systemd", "--offline"]);
-    let out = c.output().unwrap();
+    let out = bootstrap_with(&host, two.path(), "systemd", &["--offline"]);
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(layout.current_version(), Some(v("2.0.0")));
     assert_eq!(host.agent_pid(), None, "nothing was started");

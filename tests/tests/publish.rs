@@ -143,6 +143,32 @@ impl Fleet {
             .unwrap()
     }
 
+    /// `rollout status --json` (for `version`, if given): the row of each region.
+    fn rollout_status(&self, version: Option<&str>) -> Vec<serde_json::Value> {
+        let mut c = self.tool();
+        c.args(["rollout", "status", "--json"]);
+        if let Some(v) = version {
+            c.args(["--version", v]);
+        }
+        let out = c
+            .arg("--plan")
+            .arg(self.plan())
+            .arg("--trusted-root")
+            .arg(self.keys().join("root.json"))
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["regions"].as_array().unwrap().clone()
+    }
+
+    /// [`Fleet::rollout_status`]'s row of `region`.
+    fn region_status(&self, version: Option<&str>, region: &str) -> serde_json::Value {
+        self.rollout_status(version)
+            .into_iter()
+            .find(|r| r["region"] == region)
+            .unwrap()
+    }
+
     /// What a fresh host in `region` would install for `latest`.
     fn resolves_to(&self, region: &str) -> String {
         let repo_like = TestRepo::new(region);
@@ -368,23 +394,7 @@ fn clobbers_are_refused_and_racing_publishers_lose_nothing() {
             .into_iter()
             .map(|c| c.wait_with_output().unwrap())
             .collect();
-        let status = f
-            .tool()
-            .args(["rollout", "status", "--json", "--plan"])
-            .arg(f.plan())
-            .arg("--trusted-root")
-            .arg(f.keys().join("root.json"))
-            .output()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-        let east = json["regions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["region"] == "us-east-1")
-            .unwrap()
-            .clone();
-        let versions = east["versions"].to_string();
+        let versions = f.region_status(None, "us-east-1")["versions"].to_string();
         for (v, o) in round.iter().zip(&outs) {
             if o.status.success() {
                 assert!(
@@ -559,23 +569,7 @@ fn rollout_guards_halt_resume_and_recall() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(host.assert_healthy().to_string(), "1.0.0");
-    let status = f
-        .tool()
-        .args([
-            "rollout",
-            "status",
-            "--version",
-            "2.0.0",
-            "--json",
-            "--plan",
-        ])
-        .arg(f.plan())
-        .arg("--trusted-root")
-        .arg(f.keys().join("root.json"))
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    for r in json["regions"].as_array().unwrap() {
+    for r in f.rollout_status(Some("2.0.0")) {
         assert_eq!(r["status"], "Deprecated", "{r}");
     }
 }
@@ -849,29 +843,7 @@ fn publishing_the_same_release_again_changes_nothing_and_never_undoes_a_recall()
 
     // A new release on top keeps the recall of the old one.
     f.ok(&mut f.publish("3.0.0", &east));
-    let manifest = f
-        .tool()
-        .args([
-            "rollout",
-            "status",
-            "--version",
-            "2.0.0",
-            "--json",
-            "--plan",
-        ])
-        .arg(f.plan())
-        .arg("--trusted-root")
-        .arg(f.keys().join("root.json"))
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
-    let east_row = json["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["region"] == "us-east-1")
-        .unwrap()
-        .clone();
+    let east_row = f.region_status(Some("2.0.0"), "us-east-1");
     assert_eq!(east_row["status"], "Deprecated", "{east_row}");
 }
 

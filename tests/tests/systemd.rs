@@ -1155,12 +1155,16 @@ fn the_packages_install_upgrade_step_aside_remove_and_purge() {
     let root = bed.m.rootfs().display().to_string();
     let debian_rpm = rpm(&["--help"]).contains("--force-debian");
     rpm(&["--root", &root, "--initdb"]);
-    let mut install = vec!["--root", &root, "-i", "--nodeps"];
-    if debian_rpm {
-        install.push("--force-debian");
-    }
-    install.push(&file);
-    let said = rpm(&install);
+    // (--nodeps: the scratch root's rpm database knows none of its Debian packages)
+    let into_image = |mode: &str, file: &str| {
+        let mut args = vec!["--root", &root, mode, "--nodeps"];
+        if debian_rpm {
+            args.push("--force-debian");
+        }
+        args.push(file);
+        rpm(&args)
+    };
+    let said = into_image("-i", &file);
     assert_eq!(bed.layout().current_version(), Some(v("1.0.0")), "{said}");
     assert!(bed.layout().is_valid(&v("1.0.0")));
     let last = bed.history().pop().unwrap();
@@ -1186,11 +1190,6 @@ fn the_packages_install_upgrade_step_aside_remove_and_purge() {
         .join(format!("molt-2.0.0-1.{rpm_arch}.rpm"))
         .display()
         .to_string();
-    let mut upgrade = vec!["--root", &root, "-U", "--nodeps"];
-    if debian_rpm {
-        upgrade.push("--force-debian");
-    }
-    upgrade.push(&two);
     let links = |m: &Machine| {
         let out = std::process::Command::new("find")
             .arg(m.path("/etc/systemd"))
@@ -1200,7 +1199,7 @@ fn the_packages_install_upgrade_step_aside_remove_and_purge() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let before = links(&bed.m);
-    let said = rpm(&upgrade);
+    let said = into_image("-U", &two);
     assert_eq!(bed.layout().current_version(), Some(v("2.0.0")), "{said}");
     assert!(
         !said.contains("ERROR"),

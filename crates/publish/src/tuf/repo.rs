@@ -1008,14 +1008,10 @@ fn upsert(
         .iter_mut()
         .find(|v| v.version == entry.version)
     {
-        Some(existing) if existing.checksum == entry.checksum => {
-            // The same bytes again (a pipeline run again): the entry stays as it is, with
-            // when it was first published, its status and its rollout. A recall, a halt or
-            // a rollout's start is never undone by publishing again; `set-status` changes a
-            // status.
-            let _ = existing;
-            Ok(())
-        }
+        // The same bytes again (a pipeline run again): the entry stays as it is, with when
+        // it was first published, its status and its rollout. A recall, a halt or a
+        // rollout's start is never undone by publishing again; `set-status` changes a status.
+        Some(existing) if existing.checksum == entry.checksum => Ok(()),
         Some(existing) => Err(RepoError::VersionExists {
             file: file_name.to_owned(),
             version: entry.version,
