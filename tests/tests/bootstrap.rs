@@ -327,6 +327,65 @@ fn a_host_installed_from_a_package_updates_from_its_region_afterwards() {
     assert_eq!(host.assert_healthy(), v("2.0.0"));
 }
 
+/// An image build killed in the middle of the hand-over: building again without a running
+/// service manager cannot finish the update (that needs the agent started) and says so,
+/// changing nothing; on the booted host, the hand-over recovers it and goes on.
+#[test]
+fn a_hand_over_killed_in_an_image_build_is_named_and_finished_once_booted() {
+    let repo = TestRepo::new("us-east-1");
+    let one = package_dir(&repo, "1.0.0");
+    for at in ["installed", "switching"] {
+        let host = host(&repo);
+        let out = host
+            .updater()
+            .env("MOLT_TEST_KILL_AT", at)
+            .args(["bootstrap", "--package-dir"])
+            .arg(one.path())
+            .args(["--service", "systemd", "--offline"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "{at}: killed: {}", text(&out));
+        assert!(host.layout().journal().exists(), "{at}");
+        let out = bootstrap_with(&host, one.path(), "systemd", &["--offline"]);
+        assert_eq!(code(&out), 1, "{at}: {}", text(&out));
+        assert!(
+            text(&out).contains("an interrupted update's journal is in")
+                && text(&out).contains("boot the image"),
+            "{at}: {}",
+            text(&out)
+        );
+        assert_eq!(host.agent_pid(), None, "{at}: nothing was started");
+        let out = bootstrap(&host, one.path(), "direct");
+        assert_eq!(code(&out), 0, "{at}: {}", text(&out));
+        assert_eq!(host.assert_healthy(), v("1.0.0"), "{at}");
+        assert!(!host.layout().journal().exists(), "{at}");
+    }
+}
+
+/// The package directory typed the ways an operator types it: relative to the working
+/// directory, and with a trailing slash.
+#[test]
+fn the_package_directory_may_be_relative_or_end_in_a_slash() {
+    let repo = TestRepo::new("us-east-1");
+    let host = host(&repo);
+    let one = package_dir(&repo, "1.0.0");
+    let parent = one.path().parent().unwrap();
+    let name = one.path().file_name().unwrap().to_str().unwrap().to_owned();
+    let out = host
+        .updater()
+        .current_dir(parent)
+        .args(["bootstrap", "--package-dir", &name, "--service", "direct"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("1.0.0"));
+    let two = package_dir(&repo, "2.0.0");
+    let slash = format!("{}/", two.path().display());
+    let out = bootstrap(&host, Path::new(&slash), "direct");
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(host.assert_healthy(), v("2.0.0"));
+}
+
 /// A package of a version molt installed here and then left (recalled, or downgraded by
 /// hand), installed or configured again: it steps aside instead of bringing it back.
 #[test]

@@ -207,6 +207,12 @@ pub async fn run(
     offline: bool,
 ) -> Result<UpdateReport, UpdateError> {
     let layout = &settings.layout;
+    // A directory typed relative to where the command runs (`--package-dir pkg`): the
+    // archive is read through a file:// URL, which needs an absolute path.
+    let dir = &std::path::absolute(dir).map_err(|e| BootstrapError::Unreadable {
+        path: dir.to_owned(),
+        detail: e.to_string(),
+    })?;
     let description = Bootstrap::load(dir)?;
     let host = settings.platform()?;
     if host != description.platform {
