@@ -65,6 +65,9 @@ enum Command {
     /// Follow, advance, halt, resume or recall a release across regions.
     #[command(subcommand)]
     Rollout(publish::RolloutCommand),
+    /// Adopt or restore the publisher's record of what it last signed for each region.
+    #[command(subcommand)]
+    Record(publish::RecordCommand),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Publish(a) => publish::publish(a),
         Command::Rollout(c) => publish::rollout(c),
+        Command::Record(c) => publish::record(c),
     };
     match result {
         Ok(code) => exit_code(code),

@@ -39,6 +39,10 @@ pub struct PlanArgs {
     /// An S3-compatible endpoint (path-style); overrides the plan's `endpoint_url`.
     #[arg(long)]
     pub endpoint_url: Option<String>,
+    /// The publisher's record of what it last signed for each region, which every command
+    /// that signs checks the buckets against (default: `published/` beside the plan).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -144,8 +148,87 @@ pub enum RolloutCommand {
     },
 }
 
+/// `record adopt|restore`: the publisher's record of what it last signed for each region.
+#[derive(Debug, clap::Subcommand)]
+pub enum RecordCommand {
+    /// Name a region's state in its bucket as the one to trust, once, when there is no
+    /// record of it (check it with `verify` first).
+    Adopt {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        region: Region,
+        /// The timestamp version the bucket holds now (the refusal names it).
+        #[arg(long)]
+        timestamp_version: u64,
+        /// The keys directory (its root.json verifies the bucket).
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Put what the publisher last signed back into buckets that hold older metadata (or
+    /// none); a bucket that holds it already, or newer, is left alone.
+    Restore {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Only these regions of the plan (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<Region>,
+        #[arg(long)]
+        keys: PathBuf,
+        /// Show what would be written, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+pub fn record(c: RecordCommand) -> Result<i32, Failure> {
+    let (args, keys, regions, dry_run, adopt) = match c {
+        RecordCommand::Adopt {
+            plan,
+            region,
+            timestamp_version,
+            keys,
+        } => (plan, keys, vec![region], false, Some(timestamp_version)),
+        RecordCommand::Restore {
+            plan,
+            regions,
+            keys,
+            dry_run,
+        } => (plan, keys, regions, dry_run, None),
+    };
+    let plan = load_plan(&args)?;
+    let keys = open_keys(&keys)?;
+    let opts = Arc::new(options(&args, &keys, dry_run, false)?);
+    let regions = selected(&plan, &regions);
+    regions_runtime()?.block_on(async {
+        let rows = fan_out(&plan, &args, &regions, move |rs| {
+            let opts = Arc::clone(&opts);
+            async move {
+                match adopt {
+                    Some(n) => publish::adopt_region(&rs, &opts, n).await,
+                    None => publish::restore_region(&rs, &opts).await,
+                }
+            }
+        })
+        .await;
+        print_rows(&rows, args.json)
+    })
+}
+
 fn fail(e: impl Into<anyhow::Error>) -> Failure {
     Failure::new(exit::FAILED, e)
+}
+
+impl PlanArgs {
+    /// The record's directory: `--record`, else `published/` beside the plan.
+    pub fn record(&self) -> molt_publish::record::Record {
+        molt_publish::record::Record::new(self.record.clone().unwrap_or_else(|| {
+            self.plan
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new(""))
+                .join("published")
+        }))
+    }
 }
 
 fn load_plan(args: &PlanArgs) -> Result<Plan, Failure> {
@@ -209,7 +292,12 @@ fn retrying(store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
     Arc::new(Retrying::new(store, RetryPolicy::PUBLISH))
 }
 
-fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options, Failure> {
+fn options(
+    args: &PlanArgs,
+    keys: &KeyDir,
+    dry_run: bool,
+    allow_clobber: bool,
+) -> Result<Options, Failure> {
     let root = keys.dir.join("root.json");
     let trusted_root = std::fs::read(&root).map_err(|e| {
         fail(anyhow!(
@@ -223,6 +311,7 @@ fn options(keys: &KeyDir, dry_run: bool, allow_clobber: bool) -> Result<Options,
         trusted_root,
         notes: None,
         transport: Some(reader_transport()?),
+        record: Some(args.record()),
     })
 }
 
@@ -391,6 +480,7 @@ async fn read_region(
         trusted_root: trusted_root.to_vec(),
         notes: None,
         transport,
+        record: None,
     };
     publish::read_back(&rs, &opts, &[])
         .await
@@ -621,7 +711,7 @@ async fn publish_regions(
 pub fn publish(a: PublishArgs) -> Result<i32, Failure> {
     let plan = load_plan(&a.plan)?;
     let keys = open_keys(&a.keys)?;
-    let mut opts = options(&keys, a.dry_run, a.allow_clobber)?;
+    let mut opts = options(&a.plan, &keys, a.dry_run, a.allow_clobber)?;
     if let Some(path) = &a.notes {
         let text = std::fs::read_to_string(path).map_err(|e| {
             fail(anyhow!(
@@ -672,7 +762,7 @@ fn edit_everywhere(
 ) -> Result<i32, Failure> {
     let plan = load_plan(args)?;
     let keys = open_keys(keys)?;
-    let opts = options(&keys, false, false)?;
+    let opts = options(args, &keys, false, false)?;
     let exp = expiry.expirations();
     regions_runtime()?.block_on(async {
         let mut published = Vec::new();
@@ -791,7 +881,7 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
         } => {
             let plan = load_plan(&args)?;
             let keys = open_keys(&keys)?;
-            let opts = options(&keys, dry_run, false)?;
+            let opts = options(&args, &keys, dry_run, false)?;
             regions_runtime()?.block_on(async {
                 let all = all_facts(&plan, &args, &version, &opts.trusted_root).await;
                 let Some(wave) = plan::next_wave(&plan, &all) else {
@@ -868,7 +958,7 @@ pub fn upload(
 ) -> Result<i32, Failure> {
     let plan = load_plan(&args)?;
     let keys = open_keys(keys)?;
-    let opts = options(&keys, false, false)?;
+    let opts = options(&args, &keys, false, false)?;
     regions_runtime()?.block_on(async {
         let rs = region_store(&plan, &args, region).await?;
         let n = publish::upload_new(&rs, repo_dir, &opts)
@@ -906,7 +996,7 @@ pub fn refresh_regions(
 ) -> Result<i32, Failure> {
     let plan = load_plan(args)?;
     let keys = open_keys(keys)?;
-    let opts = options(&keys, false, false)?;
+    let opts = options(args, &keys, false, false)?;
     let exp = expiry.expirations();
     let regions = selected(&plan, regions);
     regions_runtime()?.block_on(async {

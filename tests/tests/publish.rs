@@ -736,6 +736,7 @@ fn the_read_back_accepts_only_the_signed_bytes_of_each_target() {
         trusted_root: std::fs::read(f.keys().join("root.json")).unwrap(),
         notes: None,
         transport: None,
+        record: None,
     };
     let read_back = || rt.block_on(read_back(&rs, &opts, std::slice::from_ref(&name)));
     let stat = || rt.block_on(store.stat(&key)).unwrap().unwrap();
@@ -878,4 +879,219 @@ fn a_publisher_without_credentials_gets_one_clear_message() {
         text(&out)
     );
     assert!(text(&out).contains("credentials"), "{}", text(&out));
+}
+
+impl Fleet {
+    /// A bucket writer without the keys: a PUT of `bytes` at `key` with the real S3 client.
+    fn put_behind_the_publishers_back(&self, region: &str, key: &str, bytes: Vec<u8>) {
+        use molt_publish::store::{Condition, ObjectStore, S3Store, S3StoreConfig};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = S3StoreConfig::new(format!("acme-molt-{region}"), region.parse().unwrap());
+        config.endpoint_url = Some(self.s3.endpoint());
+        config.credentials = Some(self.s3.credentials_provider());
+        rt.block_on(async {
+            let store = S3Store::new(config).await.unwrap();
+            store.put(key, bytes, Condition::None).await.unwrap();
+        });
+    }
+
+    fn timestamp(&self, region: &str) -> Vec<u8> {
+        std::fs::read(
+            self.s3
+                .object_path(&format!("acme-molt-{region}"), "metadata/timestamp.json"),
+        )
+        .unwrap()
+    }
+
+    fn refused(&self, c: &mut Command) -> String {
+        let out = c.output().unwrap();
+        assert!(
+            !out.status.success(),
+            "{c:?} must be refused:\n{}",
+            text(&out)
+        );
+        text(&out)
+    }
+}
+
+/// Someone who can write the bucket but holds no key puts back the signed set from before a
+/// recall. A fresh host cannot tell (it is validly signed), so the publisher must: every
+/// command that signs refuses, the region is left as it is, and `record restore` puts the
+/// recall back.
+#[test]
+fn an_older_signed_set_put_back_into_the_bucket_is_refused_by_every_signing_command_and_restored() {
+    let f = Fleet::new("0s");
+    let east = ["--regions", "us-east-1"];
+    f.ok(&mut f.publish("1.0.0", &east));
+    f.ok(&mut f.publish("2.0.0", &east));
+    let before_the_recall = f.timestamp("us-east-1");
+    f.ok(&mut f.plan_cmd(&["rollout", "recall", "2.0.0"]));
+    assert_eq!(f.resolves_to("us-east-1"), "1.0.0");
+    let recalled = f.timestamp("us-east-1");
+    let west = f.timestamp("us-west-2");
+
+    f.put_behind_the_publishers_back(
+        "us-east-1",
+        "metadata/timestamp.json",
+        before_the_recall.clone(),
+    );
+    assert_eq!(
+        f.resolves_to("us-east-1"),
+        "2.0.0",
+        "a host with no memory of the region is fooled; only the publisher can catch it"
+    );
+
+    let mut publish = f.publish("3.0.0", &east);
+    let mut refresh = f.plan_cmd(&["refresh", "--regions", "us-east-1"]);
+    let mut halt = f.plan_cmd(&["rollout", "halt", "--version", "2.0.0", "--reason", "again"]);
+    let mut recall = f.plan_cmd(&["rollout", "recall", "2.0.0"]);
+    let mut resume = f.plan_cmd(&["rollout", "resume", "--version", "2.0.0"]);
+    let mut dry_run = f.publish("3.0.0", &east);
+    dry_run.arg("--dry-run");
+    for (what, cmd) in [
+        ("publish", &mut publish),
+        ("refresh", &mut refresh),
+        ("halt", &mut halt),
+        ("recall", &mut recall),
+        ("resume", &mut resume),
+        ("publish --dry-run", &mut dry_run),
+    ] {
+        let out = f.refused(cmd);
+        assert!(
+            out.contains("refusing to sign us-east-1")
+                && out.contains("older signed metadata than this publisher last signed")
+                && out.contains("record restore --region us-east-1"),
+            "{what}: {out}"
+        );
+        assert_eq!(
+            f.timestamp("us-east-1"),
+            before_the_recall,
+            "{what}: unchanged"
+        );
+    }
+    assert_eq!(
+        f.timestamp("us-west-2"),
+        west,
+        "other regions are not touched"
+    );
+
+    // The repair: the remembered files go back, and hosts see the recall again.
+    let out = f.ok(&mut f.plan_cmd(&["record", "restore", "--regions", "us-east-1", "--dry-run"]));
+    assert!(text(&out).contains("dry-run"), "{}", text(&out));
+    assert_eq!(
+        f.timestamp("us-east-1"),
+        before_the_recall,
+        "a dry run writes nothing"
+    );
+    f.ok(&mut f.plan_cmd(&["record", "restore", "--regions", "us-east-1"]));
+    assert_eq!(f.timestamp("us-east-1"), recalled);
+    assert_eq!(f.resolves_to("us-east-1"), "1.0.0");
+    assert!(f.verify("us-east-1").status.success());
+    // Every region, again: nothing more to restore anywhere.
+    let again = f.ok(&mut f.plan_cmd(&["record", "restore", "--json"]));
+    let rows: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    for row in rows.as_array().unwrap() {
+        assert_eq!(row["report"]["unchanged"], true, "{row}");
+        assert_eq!(row["report"]["uploaded"], 0, "{row}");
+    }
+
+    // Publishing goes on from the recall, which holds.
+    f.ok(&mut f.publish("3.0.0", &east));
+    let row = f.region_status(Some("2.0.0"), "us-east-1");
+    assert_eq!(row["status"], "Deprecated", "{row}");
+}
+
+/// With no record of a region (a pipeline run from a fresh checkout that lost it), nothing
+/// is signed until an operator names the bucket's state once; naming another state, or an
+/// older one than the record, is refused. The record lives beside the plan however the plan
+/// is named, or where `--record` says.
+#[test]
+fn without_a_record_the_publisher_refuses_until_an_operator_names_the_state_once() {
+    let f = Fleet::new("0s");
+    let east = ["--regions", "us-east-1"];
+    f.ok(&mut f.publish("1.0.0", &east));
+    let record = f.dir.path().join("published");
+    assert!(record.join("us-east-1/metadata/timestamp.json").is_file());
+    let moved = f.dir.path().join("kept-elsewhere");
+    std::fs::rename(&record, &moved).unwrap();
+
+    let held = f.timestamp("us-east-1");
+    let out = f.refused(&mut f.publish("2.0.0", &east));
+    assert!(
+        out.contains("no record of what this publisher last signed for us-east-1"),
+        "{out}"
+    );
+    let named = out
+        .split("--timestamp-version ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("the hint names the version to adopt: {out}"));
+    let out = f.refused(&mut f.plan_cmd(&["refresh", "--regions", "us-east-1"]));
+    assert!(out.contains("record adopt --region us-east-1"), "{out}");
+    assert_eq!(f.timestamp("us-east-1"), held, "nothing was signed");
+
+    // A pipeline that names its record explicitly is protected by it.
+    let out = f.ok(f.publish("2.0.0", &east).arg("--record").arg(&moved));
+    assert!(text(&out).contains("ok"), "{}", text(&out));
+    assert!(moved.join("us-east-1/metadata/timestamp.json").is_file());
+    let newer = f.timestamp("us-east-1");
+
+    // Naming a state the bucket does not hold, or no number, is refused.
+    let out = f.refused(&mut f.plan_cmd(&[
+        "record",
+        "adopt",
+        "--region",
+        "us-east-1",
+        "--timestamp-version",
+        &named.to_string(),
+    ]));
+    assert!(out.contains(&format!("not the {named} named")), "{out}");
+    let out = f.refused(&mut f.plan_cmd(&[
+        "record",
+        "adopt",
+        "--region",
+        "us-east-1",
+        "--timestamp-version",
+        "latest",
+    ]));
+    assert!(out.contains("--timestamp-version"), "{out}");
+
+    // Relative paths, run from the plan's directory: the record is `published/` there.
+    let version: serde_json::Value = serde_json::from_slice(&newer).unwrap();
+    let holds = version["signed"]["version"].as_u64().unwrap().to_string();
+    let mut adopt = f.tool();
+    adopt.current_dir(f.dir.path()).args([
+        "record",
+        "adopt",
+        "--plan",
+        "rollout.toml",
+        "--keys",
+        "keys",
+        "--region",
+        "us-east-1",
+        "--timestamp-version",
+        &holds,
+    ]);
+    f.ok(&mut adopt);
+    assert!(record.join("us-east-1/metadata/timestamp.json").is_file());
+    f.ok(&mut f.publish("3.0.0", &east));
+    assert_eq!(f.resolves_to("us-east-1"), "3.0.0");
+
+    // Adopting an older state than the record (the bucket rolled back) is refused too.
+    f.put_behind_the_publishers_back("us-east-1", "metadata/timestamp.json", held.clone());
+    let out = f.refused(&mut f.plan_cmd(&[
+        "record",
+        "adopt",
+        "--region",
+        "us-east-1",
+        "--timestamp-version",
+        &named.to_string(),
+    ]));
+    assert!(out.contains("older signed metadata"), "{out}");
+    f.ok(&mut f.plan_cmd(&["record", "restore", "--regions", "us-east-1"]));
+    assert_eq!(f.resolves_to("us-east-1"), "3.0.0");
 }

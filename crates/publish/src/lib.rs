@@ -7,8 +7,10 @@
 //!   aws-sdk-s3), with conditional writes.
 //! - [`plan`]: `ci/rollout.toml`, waves of regions and their guards' settings.
 //! - [`publish`]: render → diff → guard → apply → read back, region by region.
+//! - [`record`]: what the publisher last signed for each region, kept outside the bucket.
 
 pub mod plan;
 pub mod publish;
+pub mod record;
 pub mod store;
 pub mod tuf;

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::record::Record;
 use crate::store::{Body, Condition, ObjectStore, StoreError};
 use crate::tuf::repo::{EditReport, RepoError, ScratchRepo};
 use molt_fetch::s3::S3Signer;
@@ -45,7 +46,7 @@ use molt_schema::artifact::Sha256;
 use molt_schema::manifest::Manifest;
 use molt_schema::region::Region;
 
-const TIMESTAMP: &str = "metadata/timestamp.json";
+pub(crate) const TIMESTAMP: &str = "metadata/timestamp.json";
 
 /// A region and where its repository lives.
 #[derive(Clone, Debug)]
@@ -74,6 +75,9 @@ pub struct Options {
     /// The HTTP client of the read-back, shared by all regions (cheap to clone); `None`
     /// makes one for each read-back.
     pub transport: Option<MoltTransport>,
+    /// The publisher's record of what it last signed for each region ([`crate::record`]),
+    /// checked before anything is signed and updated after. `None` only for reads.
+    pub record: Option<Record>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -159,6 +163,37 @@ pub enum PublishError {
     },
     #[error("the read-back of {region} failed: {detail}")]
     ReadBack { region: Region, detail: String },
+    #[error("{store}'s metadata for {region} does not verify against the trusted root: {detail}")]
+    Untrusted {
+        region: Region,
+        store: String,
+        detail: String,
+    },
+    #[error(
+        "there is no record of what this publisher last signed for {region} (in {record}); {store} holds timestamp version {timestamp_version}"
+    )]
+    NoRecord {
+        region: Region,
+        store: String,
+        record: PathBuf,
+        timestamp_version: u64,
+    },
+    #[error("refusing to sign {region} in {store}: {detail} (the record is {record})")]
+    RolledBack {
+        region: Region,
+        store: String,
+        record: PathBuf,
+        detail: String,
+    },
+    #[error("cannot use the publisher's record {path}: {detail}")]
+    Record { path: PathBuf, detail: String },
+    #[error("{store} holds timestamp version {holds} for {region}, not the {named} named")]
+    NotTheNamedState {
+        region: Region,
+        store: String,
+        holds: u64,
+        named: u64,
+    },
     #[error("cannot use the scratch directory {path}")]
     Scratch {
         path: PathBuf,
@@ -185,6 +220,25 @@ impl PublishError {
             }
             PublishError::NotStored { .. } => Some(
                 "the store or the network corrupts uploads: check the endpoint (and any proxy before it), then publish again; the region still serves what it served before".into(),
+            ),
+            PublishError::Untrusted { region, .. } => Some(format!(
+                "someone changed the region's metadata in the bucket, or --keys is another repository's (its root.json must be the one hosts trust); `release-manifest record restore --region {region}` puts back what this publisher last signed"
+            )),
+            PublishError::NoRecord {
+                region,
+                timestamp_version,
+                ..
+            } => Some(format!(
+                "the publisher keeps what it last signed for each region (--record, by default `published/` beside the plan), so that no one who can only write the bucket can put back an older signed set; check the region with `release-manifest verify`, then name its state once: `release-manifest record adopt --region {region} --timestamp-version {timestamp_version}`; or point --record at the pipeline's record"
+            )),
+            PublishError::RolledBack { region, .. } => Some(format!(
+                "nothing was signed; put the remembered files back with `release-manifest record restore --region {region}`, then find out who wrote the bucket"
+            )),
+            PublishError::Record { .. } => Some(
+                "the record is a directory the pipeline keeps and commits (by default `published/` beside the rollout plan; --record names another)".into(),
+            ),
+            PublishError::NotTheNamedState { .. } => Some(
+                "check the region with `release-manifest verify`, then name the version it holds".into(),
             ),
             PublishError::ReadBack { .. } => Some(
                 "the region's timestamp.json was replaced but does not verify: run `release-manifest verify` on it and publish again"
@@ -214,9 +268,11 @@ fn json_u64(v: &serde_json::Value, path: &[&str]) -> Option<u64> {
 }
 
 /// The region's repository as pulled: keys and bytes, plus the timestamp's ETag.
-struct Pulled {
-    objects: BTreeMap<String, Vec<u8>>,
-    timestamp_etag: String,
+pub(crate) struct Pulled {
+    pub(crate) objects: BTreeMap<String, Vec<u8>>,
+    pub(crate) timestamp_etag: String,
+    /// The targets, snapshot and timestamp versions of the set.
+    pub(crate) versions: [u64; 3],
     floor: [u64; 3],
 }
 
@@ -239,8 +295,9 @@ async fn get_required(
     })
 }
 
-async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
-    let store = rs.store.as_ref();
+/// Reads the signed set that `store`'s `timestamp.json` names (the bucket, a scratch copy or
+/// the publisher's record), without verifying it.
+pub(crate) async fn pull(store: &dyn ObjectStore, region: &Region) -> Result<Pulled, PublishError> {
     let shown = store.describe();
     let bad = |key: &str, detail: String| PublishError::BadMetadata {
         key: key.to_owned(),
@@ -253,7 +310,7 @@ async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
         .map_err(pull_error(TIMESTAMP, &shown))?;
     let Some(ts) = ts else {
         return Err(PublishError::NoRepository {
-            region: rs.region.clone(),
+            region: region.clone(),
             store: shown,
         });
     };
@@ -262,9 +319,11 @@ async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
         serde_json::from_slice(&ts.bytes).map_err(|e| bad(TIMESTAMP, e.to_string()))?;
     let snapshot_v = json_u64(&ts_json, &["signed", "meta", "snapshot.json", "version"])
         .ok_or_else(|| bad(TIMESTAMP, "no snapshot version".into()))?;
+    let timestamp_v = json_u64(&ts_json, &["signed", "version"])
+        .ok_or_else(|| bad(TIMESTAMP, "no version".into()))?;
     objects.insert(TIMESTAMP.to_owned(), ts.bytes);
     let snapshot_key = format!("metadata/{snapshot_v}.snapshot.json");
-    let snapshot = get_required(store, &snapshot_key, &rs.region)
+    let snapshot = get_required(store, &snapshot_key, region)
         .await?
         .ok_or_else(|| bad(&snapshot_key, "missing, but timestamp.json names it".into()))?;
     let snap_json: serde_json::Value =
@@ -273,7 +332,7 @@ async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
         .ok_or_else(|| bad(&snapshot_key, "no targets version".into()))?;
     objects.insert(snapshot_key, snapshot);
     let targets_key = format!("metadata/{targets_v}.targets.json");
-    let targets = get_required(store, &targets_key, &rs.region)
+    let targets = get_required(store, &targets_key, region)
         .await?
         .ok_or_else(|| bad(&targets_key, "missing, but the snapshot names it".into()))?;
     let targets_json: serde_json::Value =
@@ -286,14 +345,14 @@ async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
             .to_owned();
     objects.insert(targets_key, targets);
     let manifest_key = format!("targets/{manifest_sha}.{}", crate::tuf::MANIFEST_TARGET);
-    let manifest = get_required(store, &manifest_key, &rs.region)
+    let manifest = get_required(store, &manifest_key, region)
         .await?
         .ok_or_else(|| bad(&manifest_key, "missing, but targets.json names it".into()))?;
     objects.insert(manifest_key, manifest);
     // The root chain, from 1 up to the first version that is not there.
     for n in 1u64.. {
         let key = format!("metadata/{n}.root.json");
-        match get_required(store, &key, &rs.region).await? {
+        match get_required(store, &key, region).await? {
             Some(bytes) => {
                 objects.insert(key, bytes);
             }
@@ -323,6 +382,7 @@ async fn pull(rs: &RegionStore) -> Result<Pulled, PublishError> {
     Ok(Pulled {
         objects,
         timestamp_etag: ts.etag,
+        versions: [targets_v, snapshot_v, timestamp_v],
         floor,
     })
 }
@@ -502,13 +562,18 @@ where
 {
     let store = rs.store.as_ref();
     let shown = store.describe();
-    let pulled = pull(rs).await?;
+    let pulled = pull(store, &rs.region).await?;
     let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
         path: std::env::temp_dir(),
         source,
     })?;
     let dir = scratch.path().join("repo");
     write_scratch(&dir, &pulled.objects)?;
+    // Nothing is signed on top of a set that is not ours, or older than what we signed.
+    verify_pulled(rs, &dir, opts).await?;
+    if let Some(record) = &opts.record {
+        check_record(rs, record, opts, &pulled).await?;
+    }
     let report = edit(ScratchRepo::new(dir.clone()), pulled.floor).await?;
 
     // Diff: the metadata files of the scratch copy (small; their bytes are the bodies), and
@@ -605,63 +670,23 @@ where
         return Ok(out);
     }
 
-    // Apply, in order; timestamp.json last and only over the one pulled.
-    for w in &writes {
-        let c = &w.change;
-        let cond = match c.action {
-            Action::Same => continue,
-            Action::Create => Condition::IfNoneMatch,
-            Action::Clobber | Action::Repair => Condition::None,
-            Action::Replace => Condition::IfMatch(pulled.timestamp_etag.clone()),
-        };
-        let result = store.put_body(&c.key, w.body.clone(), cond.clone()).await;
-        match result {
-            Ok(()) => {
-                out.uploaded += 1;
-                kill_point();
-            }
-            Err(StoreError::PreconditionFailed { .. })
-                if c.action == Action::Create && content_addressed(&c.key, &w.body) =>
-            {
-                // Someone created it since the guard: with the same bytes, or corrupt ones,
-                // which the check below puts right.
-            }
-            Err(StoreError::PreconditionFailed { .. }) if c.action == Action::Create => {
-                // Someone created it since the guard: fine only with the very same bytes.
-                let same = holds(store, &c.key, &w.body).await;
-                if !matches!(same, Ok(Some(true))) {
-                    return Err(PublishError::Raced {
-                        key: c.key.clone(),
-                        store: shown,
-                    });
-                }
-            }
-            Err(StoreError::PreconditionFailed { .. }) => {
-                // The timestamp changed since the pull. When it now holds our very bytes,
-                // that change was this write's own first attempt, which landed although its
-                // answer was lost (the store's retry met it); anything else is a race.
-                let same = holds(store, &c.key, &w.body).await;
-                if !matches!(same, Ok(Some(true))) {
-                    return Err(PublishError::Raced {
-                        key: c.key.clone(),
-                        store: shown,
-                    });
-                }
-            }
-            Err(source) => {
-                return Err(PublishError::Upload {
-                    key: c.key.clone(),
-                    store: shown,
-                    source: Box::new(source),
-                });
-            }
+    out.uploaded = apply(store, &shown, &writes, Some(&pulled.timestamp_etag)).await?;
+    // What is live now is what we signed: the record follows it before anything else can
+    // fail (a record behind the bucket is safe; one ahead of it would not be).
+    if let Some(record) = &opts.record {
+        // The scratch copy has the new metadata; a new manifest was staged, not written.
+        let manifest = format!(".{}", crate::tuf::MANIFEST_TARGET);
+        for t in report.targets.iter().filter(|t| t.key.ends_with(&manifest)) {
+            let path = dir.join(&t.key);
+            let scratch_error = |source| PublishError::Scratch {
+                path: path.clone(),
+                source,
+            };
+            let bytes = t.body.read_blocking().map_err(scratch_error)?;
+            std::fs::write(&path, &bytes).map_err(scratch_error)?;
         }
-        // Nothing goes live unverified: each target (the archives, then the manifest), then
-        // the targets and snapshot metadata, is checked in the store before what names it
-        // is written, and `timestamp.json` last.
-        if c.key != TIMESTAMP {
-            verify_stored(store, &c.key, &w.body, &shown).await?;
-        }
+        let signed = pull(&crate::store::fs::FsStore::new(&dir), &rs.region).await?;
+        record.remember(&rs.region, &signed.objects).await?;
     }
     drop(scratch);
 
@@ -676,6 +701,264 @@ where
         tracing::warn!("cannot update {FEED} in {shown}: {e}");
     }
     Ok(out)
+}
+
+/// Verifies the set pulled into `dir` from the publisher's trusted root (never the bucket's
+/// own `1.root.json`), without enforcing expiry (`refresh` exists for expired regions).
+async fn verify_pulled(rs: &RegionStore, dir: &Path, opts: &Options) -> Result<(), PublishError> {
+    crate::tuf::repo::verify_signed(dir, &opts.trusted_root)
+        .await
+        .map(drop)
+        .map_err(|e| PublishError::Untrusted {
+            region: rs.region.clone(),
+            store: rs.store.describe(),
+            detail: molt_schema::cli::one_line(&e),
+        })
+}
+
+/// Refuses a bucket that the record says is not the newest we signed, or that has no record.
+async fn check_record(
+    rs: &RegionStore,
+    record: &Record,
+    opts: &Options,
+    pulled: &Pulled,
+) -> Result<(), PublishError> {
+    let Some(remembered) = record.read(&rs.region, &opts.trusted_root).await? else {
+        return Err(PublishError::NoRecord {
+            region: rs.region.clone(),
+            store: rs.store.describe(),
+            record: record.region_dir(&rs.region),
+            timestamp_version: pulled.versions[2],
+        });
+    };
+    match remembered.refuses(pulled) {
+        Some(detail) => Err(PublishError::RolledBack {
+            region: rs.region.clone(),
+            store: rs.store.describe(),
+            record: record.region_dir(&rs.region),
+            detail,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The publisher's record of one region, for the commands that manage it.
+fn record_of(opts: &Options) -> Result<&Record, PublishError> {
+    opts.record.as_ref().ok_or_else(|| PublishError::Record {
+        path: PathBuf::new(),
+        detail: "no record was given".into(),
+    })
+}
+
+/// `record adopt`: makes the region's current state the record, once an operator has named
+/// it by its timestamp version. Refused over a record that is newer (that is the rollback
+/// the record exists to catch).
+pub async fn adopt_region(
+    rs: &RegionStore,
+    opts: &Options,
+    timestamp_version: u64,
+) -> Result<RegionReport, PublishError> {
+    let record = record_of(opts)?;
+    let store = rs.store.as_ref();
+    let pulled = pull(store, &rs.region).await?;
+    if pulled.versions[2] != timestamp_version {
+        return Err(PublishError::NotTheNamedState {
+            region: rs.region.clone(),
+            store: store.describe(),
+            holds: pulled.versions[2],
+            named: timestamp_version,
+        });
+    }
+    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let dir = scratch.path().join("repo");
+    write_scratch(&dir, &pulled.objects)?;
+    verify_pulled(rs, &dir, opts).await?;
+    if let Some(remembered) = record.read(&rs.region, &opts.trusted_root).await?
+        && let Some(detail) = remembered.refuses(&pulled)
+    {
+        return Err(PublishError::RolledBack {
+            region: rs.region.clone(),
+            store: store.describe(),
+            record: record.region_dir(&rs.region),
+            detail,
+        });
+    }
+    if !opts.dry_run {
+        record.remember(&rs.region, &pulled.objects).await?;
+    }
+    Ok(RegionReport {
+        region: rs.region.clone(),
+        store: store.describe(),
+        versions: pulled.versions,
+        changes: Vec::new(),
+        uploaded: 0,
+        dry_run: opts.dry_run,
+        added: Vec::new(),
+        unchanged: true,
+    })
+}
+
+/// `record restore`: puts the signed set the publisher last published back into a bucket
+/// that holds an older one (or another one of the same version, or none, or metadata that
+/// does not verify): every file of it created where missing and replaced where it holds
+/// other bytes, `timestamp.json` last and only over the one found; then read back as a host
+/// reads it. A bucket that already holds the record's set, or a newer one, is left alone.
+pub async fn restore_region(
+    rs: &RegionStore,
+    opts: &Options,
+) -> Result<RegionReport, PublishError> {
+    let record = record_of(opts)?;
+    let store = rs.store.as_ref();
+    let shown = store.describe();
+    let Some(remembered) = record.read(&rs.region, &opts.trusted_root).await? else {
+        return Err(PublishError::Record {
+            path: record.region_dir(&rs.region),
+            detail: "there is no record of this region to restore".into(),
+        });
+    };
+    let mine = &remembered.pulled;
+    let current = match pull(store, &rs.region).await {
+        Ok(p) => {
+            let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+            let dir = scratch.path().join("repo");
+            write_scratch(&dir, &p.objects)?;
+            verify_pulled(rs, &dir, opts).await.ok().map(|()| p)
+        }
+        Err(PublishError::NoRepository { .. } | PublishError::BadMetadata { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let mut out = RegionReport {
+        region: rs.region.clone(),
+        store: shown.clone(),
+        versions: mine.versions,
+        changes: Vec::new(),
+        uploaded: 0,
+        dry_run: opts.dry_run,
+        added: Vec::new(),
+        unchanged: false,
+    };
+    if let Some(current) = &current
+        && !remembered.ahead_of(current)
+    {
+        out.versions = current.versions;
+        out.unchanged = true;
+        return Ok(out);
+    }
+    let etag = store
+        .head(TIMESTAMP)
+        .await
+        .map_err(pull_error(TIMESTAMP, &shown))?;
+    let mut writes = Vec::new();
+    for (key, bytes) in &mine.objects {
+        let body = Body::from_bytes(bytes.clone());
+        let action = match holds(store, key, &body)
+            .await
+            .map_err(pull_error(key, &shown))?
+        {
+            Some(true) => Action::Same,
+            _ if key == TIMESTAMP => Action::Replace,
+            None => Action::Create,
+            Some(false) => Action::Repair,
+        };
+        writes.push(Upload {
+            change: Change {
+                key: key.clone(),
+                action,
+                size: bytes.len(),
+            },
+            body,
+        });
+    }
+    writes.sort_by(|a, b| {
+        (rank(&a.change.key), &a.change.key).cmp(&(rank(&b.change.key), &b.change.key))
+    });
+    out.changes = writes.iter().map(|w| w.change.clone()).collect();
+    if opts.dry_run {
+        return Ok(out);
+    }
+    out.uploaded = apply(store, &shown, &writes, etag.as_deref()).await?;
+    read_back(rs, opts, &[]).await?;
+    Ok(out)
+}
+
+/// Writes `writes` in their order, each as its action says; `timestamp.json` (last) only over
+/// the one with `timestamp_etag` (or only if absent, for `None`). Each object but the
+/// timestamp is checked in the store before the next is written. Returns how many were
+/// uploaded.
+async fn apply(
+    store: &dyn ObjectStore,
+    shown: &str,
+    writes: &[Upload],
+    timestamp_etag: Option<&str>,
+) -> Result<usize, PublishError> {
+    let mut uploaded = 0;
+    for w in writes {
+        let c = &w.change;
+        let cond = match c.action {
+            Action::Same => continue,
+            Action::Create => Condition::IfNoneMatch,
+            Action::Clobber | Action::Repair => Condition::None,
+            Action::Replace => match timestamp_etag {
+                Some(etag) => Condition::IfMatch(etag.to_owned()),
+                None => Condition::IfNoneMatch,
+            },
+        };
+        let result = store.put_body(&c.key, w.body.clone(), cond.clone()).await;
+        match result {
+            Ok(()) => {
+                uploaded += 1;
+                kill_point();
+            }
+            Err(StoreError::PreconditionFailed { .. })
+                if c.action == Action::Create && content_addressed(&c.key, &w.body) =>
+            {
+                // Someone created it since the guard: with the same bytes, or corrupt ones,
+                // which the check below puts right.
+            }
+            Err(StoreError::PreconditionFailed { .. }) if c.action == Action::Create => {
+                // Someone created it since the guard: fine only with the very same bytes.
+                let same = holds(store, &c.key, &w.body).await;
+                if !matches!(same, Ok(Some(true))) {
+                    return Err(PublishError::Raced {
+                        key: c.key.clone(),
+                        store: shown.to_owned(),
+                    });
+                }
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                // The timestamp changed since the pull. When it now holds our very bytes,
+                // that change was this write's own first attempt, which landed although its
+                // answer was lost (the store's retry met it); anything else is a race.
+                let same = holds(store, &c.key, &w.body).await;
+                if !matches!(same, Ok(Some(true))) {
+                    return Err(PublishError::Raced {
+                        key: c.key.clone(),
+                        store: shown.to_owned(),
+                    });
+                }
+            }
+            Err(source) => {
+                return Err(PublishError::Upload {
+                    key: c.key.clone(),
+                    store: shown.to_owned(),
+                    source: Box::new(source),
+                });
+            }
+        }
+        // Nothing goes live unverified: each target (the archives, then the manifest), then
+        // the targets and snapshot metadata, is checked in the store before what names it
+        // is written, and `timestamp.json` last.
+        if c.key != TIMESTAMP {
+            verify_stored(store, &c.key, &w.body, shown).await?;
+        }
+    }
+    Ok(uploaded)
 }
 
 /// The region's release feed, beside its repository.
@@ -987,6 +1270,20 @@ pub async fn upload_new(
             store: shown,
         });
     }
+    // A new region starts the record; one whose record is newer than this repository was
+    // emptied, and uploading an older set would roll its hosts back.
+    let local = pull(&crate::store::fs::FsStore::new(dir), &rs.region).await?;
+    if let Some(record) = &opts.record
+        && let Some(remembered) = record.read(&rs.region, &opts.trusted_root).await?
+        && let Some(detail) = remembered.refuses(&local)
+    {
+        return Err(PublishError::RolledBack {
+            region: rs.region.clone(),
+            store: shown,
+            record: record.region_dir(&rs.region),
+            detail: detail.replace("the bucket holds", "this repository holds"),
+        });
+    }
     let mut keys = Vec::new();
     walk(dir, dir, &mut keys)?;
     keys.sort_by_key(|k| (rank(k), k.clone()));
@@ -1019,6 +1316,9 @@ pub async fn upload_new(
             }
         }
     }
+    if let Some(record) = &opts.record {
+        record.remember(&rs.region, &local.objects).await?;
+    }
     read_back(rs, opts, &[]).await?;
     Ok(uploaded)
 }
@@ -1030,7 +1330,7 @@ pub async fn remote_expiry(
     within: Duration,
     now: jiff::Timestamp,
 ) -> Result<Vec<crate::tuf::repo::RoleExpiry>, PublishError> {
-    let pulled = pull(rs).await?;
+    let pulled = pull(rs.store.as_ref(), &rs.region).await?;
     let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
         path: std::env::temp_dir(),
         source,

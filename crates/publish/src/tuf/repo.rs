@@ -577,6 +577,26 @@ pub(crate) async fn load_local(repo: &Path) -> Result<Repository, RepoError> {
     .map_err(tuf("load the repository"))
 }
 
+/// Verifies a repository copied from a store (or the publisher's record) from `trusted_root`,
+/// not from its own `1.root.json`, and without enforcing expiry; returns its targets,
+/// snapshot and timestamp versions.
+pub(crate) async fn verify_signed(repo: &Path, trusted_root: &[u8]) -> Result<[u64; 3], RepoError> {
+    let repository = RepositoryLoader::new(
+        &trusted_root,
+        file_url(&repo.join("metadata"))?,
+        file_url(&repo.join("targets"))?,
+    )
+    .expiration_enforcement(ExpirationEnforcement::Unsafe)
+    .load()
+    .await
+    .map_err(tuf("verify the repository"))?;
+    Ok([
+        repository.targets().signed.version.get(),
+        repository.snapshot().signed.version.get(),
+        repository.timestamp().signed.version.get(),
+    ])
+}
+
 /// Reads a target of a loaded repository into memory (small targets only: the manifest).
 pub(crate) async fn read_small_target(
     repo: &Repository,
