@@ -1002,6 +1002,32 @@ fn an_older_signed_set_put_back_into_the_bucket_is_refused_by_every_signing_comm
     f.ok(&mut f.publish("3.0.0", &east));
     let row = f.region_status(Some("2.0.0"), "us-east-1");
     assert_eq!(row["status"], "Deprecated", "{row}");
+
+    // Metadata signed with other keys (a repository of the bucket writer's own) is not
+    // signed on top of either, whatever the bucket's own root says; restore puts ours back.
+    let theirs = f.dir.path().join("their-keys");
+    f.ok(f.tool().args(["keys", "generate", "--out"]).arg(&theirs));
+    let their_repo = f.dir.path().join("their-repo");
+    f.ok(f
+        .tool()
+        .args(["repo", "init", "--region", "us-west-2", "--keys"])
+        .arg(&theirs)
+        .arg("--out")
+        .arg(&their_repo));
+    for key in ["metadata/1.root.json", "metadata/timestamp.json"] {
+        let bytes = std::fs::read(their_repo.join(key)).unwrap();
+        f.put_behind_the_publishers_back("us-west-2", key, bytes);
+    }
+    let out = f.refused(&mut f.plan_cmd(&["refresh", "--regions", "us-west-2"]));
+    assert!(
+        out.contains("metadata for us-west-2 does not verify against the trusted root")
+            && out.contains("record restore --region us-west-2"),
+        "{out}"
+    );
+    f.ok(&mut f.plan_cmd(&["record", "restore", "--regions", "us-west-2"]));
+    assert_eq!(f.timestamp("us-west-2"), west);
+    assert!(f.verify("us-west-2").status.success());
+    f.ok(&mut f.plan_cmd(&["refresh", "--regions", "us-west-2"]));
 }
 
 /// With no record of a region (a pipeline run from a fresh checkout that lost it), nothing
