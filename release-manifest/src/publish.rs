@@ -82,6 +82,10 @@ pub struct PublishArgs {
     /// Release notes for each region's feed.json (a text or Markdown file).
     #[arg(long)]
     notes: Option<PathBuf>,
+    /// Let the wave go with fewer hosts' reports than the plan's `min_reports` (the failure
+    /// rate of the reports there still counts).
+    #[arg(long, requires = "wave")]
+    allow_few_reports: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -111,6 +115,10 @@ pub enum RolloutCommand {
         expiry: ExpiryArgs,
         #[arg(long)]
         dry_run: bool,
+        /// Let the wave go with fewer hosts' reports than the plan's `min_reports` (the
+        /// failure rate of the reports there still counts).
+        #[arg(long)]
+        allow_few_reports: bool,
     },
     /// Halt the version everywhere it is published: no more hosts move to it.
     Halt {
@@ -553,7 +561,24 @@ async fn all_facts(
         .collect()
 }
 
-/// Counts hosts' reports for `version` in `regions` from the plan's results sink.
+/// The largest report object the guard reads (a report is about 1 KB); a larger one is
+/// skipped unread, so a host that can write the sink cannot make the publisher download
+/// gigabytes.
+const MAX_REPORT_BYTES: u64 = 64 * 1024;
+
+/// Reports read at once from the sink.
+const REPORT_FETCHES: usize = 16;
+
+/// One host's latest report: when it finished, its record id (the tie-break) and whether
+/// it succeeded.
+type Latest = (Timestamp, String, bool);
+
+/// Counts the hosts that reported on `version` in `regions`, from the plan's results sink:
+/// each host (the `<host-id>` of `<region>/<version>/<host-id>/<record-id>.json`) once, by
+/// its latest report, so one host that fails and then succeeds counts as one success, and
+/// one host that writes many reports counts once. A report larger than
+/// [`MAX_REPORT_BYTES`], unreadable, or naming another host than its key is skipped with a
+/// warning. Reports are read [`REPORT_FETCHES`] at a time.
 async fn report_counts(
     plan: &Plan,
     args: &PlanArgs,
@@ -564,7 +589,8 @@ async fn report_counts(
         return Ok(ReportCounts::default());
     };
     let location: S3Location = sink.parse().map_err(fail)?;
-    let mut counts = ReportCounts::default();
+    let mut latest: std::collections::BTreeMap<(Region, String), Latest> =
+        std::collections::BTreeMap::new();
     for region in regions {
         let store: Arc<dyn ObjectStore> = retrying(match &args.directory {
             Some(dir) => Arc::new(FsStore::new(
@@ -582,26 +608,75 @@ async fn report_counts(
             }
         });
         let prefix = format!("{region}/{version}/");
-        let keys = store.list(&prefix).await.map_err(|e| {
+        let listed = store.list_sized(&prefix).await.map_err(|e| {
             fail(e).with_hint(
                 "the plan's `reports` sink must be readable (s3:ListBucket, s3:GetObject)",
             )
         })?;
-        for key in keys.iter().filter(|k| k.ends_with(".json")) {
-            let Some(obj) = store.get(key).await.map_err(fail)? else {
+        let mut wanted = Vec::new();
+        for (key, size) in listed {
+            let Some(host) = key
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('/'))
+                .filter(|(host, id)| !host.is_empty() && id.ends_with(".json") && !id.contains('/'))
+                .map(|(host, _)| host.to_owned())
+            else {
+                tracing::warn!(
+                    "skipping {key} in the reports sink: not <host-id>/<record-id>.json"
+                );
                 continue;
             };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&obj.bytes) else {
+            if size > MAX_REPORT_BYTES {
+                tracing::warn!(
+                    "skipping the report {key}: {size} bytes, more than a report can be ({MAX_REPORT_BYTES})"
+                );
+                continue;
+            }
+            wanted.push((key, host));
+        }
+        let store = &store;
+        let mut fetched = futures::stream::iter(wanted.into_iter().map(|(key, host)| async move {
+            let got = store.get(&key).await;
+            (key, host, got)
+        }))
+        .buffer_unordered(REPORT_FETCHES);
+        while let Some((key, host, got)) = fetched.next().await {
+            let Some(obj) = got.map_err(fail)? else {
+                continue;
+            };
+            let Some((finished, id, success)) = read_report(&obj.bytes, &host) else {
                 tracing::warn!("skipping the unreadable report {key}");
                 continue;
             };
-            counts.total += 1;
-            if v["record"]["result"].as_str() != Some("success") {
-                counts.failed += 1;
+            let slot = latest
+                .entry((region.clone(), host))
+                .or_insert_with(|| (finished, id.clone(), success));
+            if (finished, &id) > (slot.0, &slot.1) {
+                *slot = (finished, id, success);
             }
         }
     }
-    Ok(counts)
+    let total = u32::try_from(latest.len()).unwrap_or(u32::MAX);
+    let failed = latest.values().filter(|(_, _, ok)| !ok).count();
+    Ok(ReportCounts {
+        total,
+        failed: u32::try_from(failed).unwrap_or(u32::MAX),
+    })
+}
+
+/// A report's finish time, record id and success, if it is one and is `host`'s own.
+fn read_report(bytes: &[u8], host: &str) -> Option<Latest> {
+    if bytes.len() as u64 > MAX_REPORT_BYTES {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if v["host"].as_str() != Some(host) {
+        return None;
+    }
+    let record = &v["record"];
+    let finished: Timestamp = record["finished_at"].as_str()?.parse().ok()?;
+    let id = record["id"].as_str()?.to_owned();
+    Some((finished, id, record["result"].as_str() == Some("success")))
 }
 
 /// The guards of wave `wave` for `version`; an error listing every refusal.
@@ -611,6 +686,7 @@ async fn guard_wave(
     wave: usize,
     version: &Version,
     trusted_root: &[u8],
+    allow_few_reports: bool,
 ) -> Result<(), Failure> {
     let all = all_facts(plan, args, version, trusted_root).await;
     let earlier: Vec<Region> = plan
@@ -627,6 +703,7 @@ async fn guard_wave(
         &all,
         reports,
         Timestamp::now(),
+        allow_few_reports,
     );
     if refused.is_empty() {
         return Ok(());
@@ -732,7 +809,15 @@ pub fn publish(a: PublishArgs) -> Result<i32, Failure> {
                     ));
                 }
                 if !a.dry_run {
-                    guard_wave(&plan, &a.plan, n, &a.version, &opts.trusted_root).await?;
+                    guard_wave(
+                        &plan,
+                        &a.plan,
+                        n,
+                        &a.version,
+                        &opts.trusted_root,
+                        a.allow_few_reports,
+                    )
+                    .await?;
                 }
                 (plan.waves[n - 1].regions.clone(), Some(n - 1))
             }
@@ -878,6 +963,7 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
             keys,
             expiry,
             dry_run,
+            allow_few_reports,
         } => {
             let plan = load_plan(&args)?;
             let keys = open_keys(&keys)?;
@@ -888,7 +974,15 @@ pub fn rollout(c: RolloutCommand) -> Result<i32, Failure> {
                     println!("every wave already has {version}");
                     return Ok(exit::OK);
                 };
-                guard_wave(&plan, &args, wave, &version, &opts.trusted_root).await?;
+                guard_wave(
+                    &plan,
+                    &args,
+                    wave,
+                    &version,
+                    &opts.trusted_root,
+                    allow_few_reports,
+                )
+                .await?;
                 let regions = plan.waves[wave - 1].regions.clone();
                 let release = Release {
                     files: hash_release(&dist, &version).await?,

@@ -521,30 +521,87 @@ fn rollout_guards_halt_resume_and_recall() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("halted"), "{}", text(&out));
     f.ok(&mut f.plan_cmd(&["rollout", "resume", "--version", "2.0.0"]));
-    // failure reports from wave 1 over the threshold refuse too
-    let report = |host: &str, result: &str| {
-        let key = format!("molt/us-east-1/2.0.0/{host}/r-{host}.json");
+    // Hosts' reports from wave 1. Each host counts once, by its latest report.
+    let report_as = |host: &str, claims: &str, id: &str, result: &str, minute: u32| {
+        let key = format!("molt/us-east-1/2.0.0/{host}/{id}.json");
         let path = f.s3.object_path("acme-molt-reports", &key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(
-            &path,
-            serde_json::json!({"record": {"result": result}}).to_string(),
-        )
-        .unwrap();
+        let body = serde_json::json!({
+            "schema": 1,
+            "host": claims,
+            "region": "us-east-1",
+            "record": {
+                "id": id,
+                "to": "2.0.0",
+                "result": result,
+                "finished_at": format!("2026-12-01T10:{minute:02}:00Z"),
+            },
+        });
+        std::fs::write(&path, body.to_string()).unwrap();
     };
-    report("h1", "success");
-    report("h2", "rolled_back");
+    let report = |host: &str, id: &str, result: &str, minute: u32| {
+        report_as(host, host, id, result, minute);
+    };
+    report("h1", "r1", "success", 1);
+    report("h2", "r1", "rolled_back", 2);
     let out = advance(&f);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
-        text(&out).contains("over the plan's threshold"),
+        text(&out).contains("1 of 2 hosts' updates failed")
+            && text(&out).contains("over the plan's threshold")
+            && text(&out)
+                .contains("only 2 hosts reported from the earlier waves; the plan wants 10 first"),
         "{}",
         text(&out)
     );
-    for h in ["h3", "h4", "h5", "h6", "h7", "h8", "h9", "h10"] {
-        report(h, "success");
+    // One host that can write the sink cannot dilute the failures: thirty reports of its
+    // own are one host. Nor can it pose as others: a report whose body names another host
+    // than its key, and an oversized one, are skipped unread.
+    for n in 0..30 {
+        report("h-loud", &format!("r{n}"), "success", 3);
     }
-    // baked, resumed, 1 failure in 10: wave 2 goes
+    report_as("h-loud", "h-other", "r-posing", "success", 4);
+    let huge =
+        f.s3.object_path("acme-molt-reports", "molt/us-east-1/2.0.0/h-huge/r1.json");
+    std::fs::create_dir_all(huge.parent().unwrap()).unwrap();
+    std::fs::write(&huge, vec![b' '; 100 * 1024]).unwrap();
+    let out = advance(&f);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 of 3 hosts' updates failed")
+            && text(&out).contains("only 3 hosts reported"),
+        "{}",
+        text(&out)
+    );
+    // h2 retried and succeeded: its latest report counts, a success.
+    report("h2", "r2", "success", 5);
+    let out = advance(&f);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        !text(&out).contains("over the plan's threshold")
+            && text(&out).contains("only 3 hosts reported"),
+        "{}",
+        text(&out)
+    );
+    // Forced past too few reports (a dry run here: nothing is written).
+    let out = f.ok(f
+        .plan_cmd(&[
+            "rollout",
+            "advance",
+            "--version",
+            "2.0.0",
+            "--dry-run",
+            "--allow-few-reports",
+        ])
+        .arg("--dist")
+        .arg(f.dist("2.0.0")));
+    assert!(text(&out).contains("dry-run"), "{}", text(&out));
+    assert_eq!(f.resolves_to("us-west-2"), "1.0.0");
+    for h in ["h3", "h4", "h5", "h6", "h7", "h8"] {
+        report(h, "r1", "success", 6);
+    }
+    report("h9", "r1", "rolled_back", 7);
+    // baked, resumed, 1 failure among 10 hosts: wave 2 goes
     let out = advance(&f);
     assert!(out.status.success(), "{}", text(&out));
     for r in REGIONS {

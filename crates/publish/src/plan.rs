@@ -33,8 +33,10 @@ pub struct Plan {
     /// the next wave go (default 0.05).
     #[serde(default = "default_threshold")]
     pub failure_threshold: f64,
-    /// How many reports the previous waves must have before the rate counts (default 0).
-    #[serde(default)]
+    /// How many hosts of the previous waves must have reported before the next wave may go
+    /// (default 10; 0 lets a wave go on its bake time alone). Fewer refuse the wave, unless
+    /// forced (`--allow-few-reports`).
+    #[serde(default = "default_min_reports")]
     pub min_reports: u32,
     /// Regions published at once (default 4).
     #[serde(default = "default_concurrency")]
@@ -69,6 +71,10 @@ pub struct InRegionWave {
 
 fn default_threshold() -> f64 {
     0.05
+}
+
+fn default_min_reports() -> u32 {
+    10
 }
 
 fn default_concurrency() -> usize {
@@ -235,6 +241,10 @@ pub enum Refused {
     },
     #[error("only {total} hosts reported from the earlier waves; the plan wants {min} first")]
     TooFewReports { total: u32, min: u32 },
+    #[error(
+        "the plan has no `reports` sink, so no host's result counts; it wants {min} hosts' reports before a wave goes"
+    )]
+    NoReportSink { min: u32 },
     #[error("there is no wave {wave}; the plan has {waves}")]
     NoSuchWave { wave: usize, waves: usize },
 }
@@ -250,6 +260,7 @@ pub fn check_wave(
     facts: &[RegionFacts],
     reports: ReportCounts,
     now: Timestamp,
+    allow_few_reports: bool,
 ) -> Vec<Refused> {
     let mut out = Vec::new();
     if wave == 0 || wave > plan.waves.len() {
@@ -300,12 +311,20 @@ pub fn check_wave(
         }
     }
     if wave > 1 {
-        if reports.total < plan.min_reports {
-            out.push(Refused::TooFewReports {
-                total: reports.total,
-                min: plan.min_reports,
+        let few = reports.total < plan.min_reports;
+        if few && !allow_few_reports {
+            out.push(if plan.reports.is_none() {
+                Refused::NoReportSink {
+                    min: plan.min_reports,
+                }
+            } else {
+                Refused::TooFewReports {
+                    total: reports.total,
+                    min: plan.min_reports,
+                }
             });
-        } else if reports.total > 0 {
+        }
+        if reports.total > 0 {
             let rate = f64::from(reports.failed) / f64::from(reports.total);
             if rate > plan.failure_threshold {
                 out.push(Refused::FailureRate {
@@ -430,20 +449,20 @@ bake = "0s"
     fn wave_one_always_goes_and_wave_two_waits_for_the_bake() {
         let p = plan();
         let none = ReportCounts::default();
-        assert!(check_wave(&p, 1, "2.0.0", &[], none, t(0)).is_empty());
+        assert!(check_wave(&p, 1, "2.0.0", &[], none, t(0), false).is_empty());
         let facts = [fact("us-east-1", Some(0))];
         let enough = ReportCounts {
             total: 10,
             failed: 0,
         };
-        let refused = check_wave(&p, 2, "2.0.0", &facts, enough, t(23));
+        let refused = check_wave(&p, 2, "2.0.0", &facts, enough, t(23), false);
         assert!(
             matches!(refused.as_slice(), [Refused::Baking { until, .. }] if *until == t(24)),
             "{refused:?}"
         );
-        assert!(check_wave(&p, 2, "2.0.0", &facts, enough, t(24)).is_empty());
+        assert!(check_wave(&p, 2, "2.0.0", &facts, enough, t(24), false).is_empty());
         // wave 3 needs wave 2's regions too
-        let refused = check_wave(&p, 3, "2.0.0", &facts, enough, t(100));
+        let refused = check_wave(&p, 3, "2.0.0", &facts, enough, t(100), false);
         assert_eq!(
             refused
                 .iter()
@@ -464,7 +483,7 @@ bake = "0s"
             total: 10,
             failed: 1,
         };
-        let refused = check_wave(&p, 2, "2.0.0", &[halted], ok, t(48));
+        let refused = check_wave(&p, 2, "2.0.0", &[halted], ok, t(48), false);
         assert!(
             matches!(refused.as_slice(), [Refused::Halted { .. }]),
             "{refused:?}"
@@ -472,7 +491,7 @@ bake = "0s"
 
         let mut broken = fact("us-east-1", Some(0));
         broken.verified = Err("timestamp expired".into());
-        let refused = check_wave(&p, 2, "2.0.0", &[broken], ok, t(48));
+        let refused = check_wave(&p, 2, "2.0.0", &[broken], ok, t(48), false);
         assert!(
             matches!(refused.as_slice(), [Refused::Unverified { .. }]),
             "{refused:?}"
@@ -483,7 +502,7 @@ bake = "0s"
             total: 10,
             failed: 2,
         };
-        let refused = check_wave(&p, 2, "2.0.0", &facts, bad, t(48));
+        let refused = check_wave(&p, 2, "2.0.0", &facts, bad, t(48), false);
         assert!(
             matches!(refused.as_slice(), [Refused::FailureRate { .. }]),
             "{refused:?}"
@@ -493,13 +512,42 @@ bake = "0s"
             total: 1,
             failed: 0,
         };
-        let refused = check_wave(&p, 2, "2.0.0", &facts, few, t(48));
+        // This plan has no reports sink: no evidence can ever come, and it says so.
+        let refused = check_wave(&p, 2, "2.0.0", &facts, few, t(48), false);
         assert!(
-            matches!(refused.as_slice(), [Refused::TooFewReports { .. }]),
+            matches!(refused.as_slice(), [Refused::NoReportSink { min: 2 }]),
             "{refused:?}"
         );
+        let mut sink = p.clone();
+        sink.reports = Some("s3://acme-molt-reports/molt/".into());
+        let refused = check_wave(&sink, 2, "2.0.0", &facts, few, t(48), false);
+        assert!(
+            matches!(
+                refused.as_slice(),
+                [Refused::TooFewReports { total: 1, min: 2 }]
+            ),
+            "{refused:?}"
+        );
+        // Forced: too few reports let it go, but the ones there still count.
+        assert!(check_wave(&sink, 2, "2.0.0", &facts, few, t(48), true).is_empty());
+        let one_bad = ReportCounts {
+            total: 1,
+            failed: 1,
+        };
+        let refused = check_wave(&sink, 2, "2.0.0", &facts, one_bad, t(48), true);
+        assert!(
+            matches!(refused.as_slice(), [Refused::FailureRate { .. }]),
+            "{refused:?}"
+        );
+        // With nothing said, a wave needs 10 hosts' reports.
+        let default = Plan::parse(
+            &PLAN.replace("min_reports = 2\n", ""),
+            Path::new("rollout.toml"),
+        )
+        .unwrap();
+        assert_eq!(default.min_reports, 10);
         assert!(matches!(
-            check_wave(&p, 4, "2.0.0", &facts, ok, t(48)).as_slice(),
+            check_wave(&p, 4, "2.0.0", &facts, ok, t(48), false).as_slice(),
             [Refused::NoSuchWave { .. }]
         ));
     }

@@ -139,6 +139,29 @@ impl ObjectStore for FsStore {
         self.run(prefix, list).await
     }
 
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.run(prefix, |dir, prefix| {
+            let mut out = Vec::new();
+            for key in list(dir, prefix)? {
+                let path = dir.join(&key);
+                match fs::metadata(&path) {
+                    Ok(m) => out.push((key, m.len())),
+                    // Removed since the walk: not there any more.
+                    Err(e) if is_absent(&e) => {}
+                    Err(source) => {
+                        return Err(StoreError::Io {
+                            action: "read",
+                            path,
+                            source,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.run(key, delete).await
     }

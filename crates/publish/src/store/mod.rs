@@ -91,7 +91,18 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn put_body(&self, key: &str, body: Body, cond: Condition) -> Result<(), StoreError>;
 
     /// The keys that start with `prefix` (relative, like every key; `""` for all), sorted.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_sized(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// [`list`](Self::list), with each object's length as the listing says it (S3's
+    /// `Size`), so that a caller can skip an object too large to read without reading it.
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Removes `key`; removing a missing object succeeds. For tests and cleanup only: a
     /// publisher never deletes from a live repository.

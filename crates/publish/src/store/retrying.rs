@@ -64,6 +64,11 @@ impl ObjectStore for Retrying {
         self.retry("LIST", prefix, || self.inner.list(prefix)).await
     }
 
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.retry("LIST", prefix, || self.inner.list_sized(prefix))
+            .await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.retry("DELETE", key, || self.inner.delete(key)).await
     }

@@ -516,7 +516,7 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         check_prefix(prefix)?;
         let root = self.location.prefix();
         let full_prefix = format!("{root}{prefix}");
@@ -554,7 +554,11 @@ impl ObjectStore for S3Store {
                     continue;
                 }
                 check_key(key)?;
-                keys.push(key.to_owned());
+                let size = object
+                    .size()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(u64::MAX);
+                keys.push((key.to_owned(), size));
             }
             match (
                 page.is_truncated() == Some(true),
@@ -573,7 +577,7 @@ impl ObjectStore for S3Store {
             }
         }
         keys.sort();
-        keys.dedup();
+        keys.dedup_by(|a, b| a.0 == b.0);
         Ok(keys)
     }
 
