@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use molt_fetch::s3::{S3Endpoint, S3Location, S3Signer};
 use molt_fetch::transport::{HttpSettings, MoltTransport};
 use molt_fetch::tuf::{LoadOptions, ReadError, RegionSource, TrustError, load_region, redact};
 use molt_schema::Region;
@@ -15,11 +16,21 @@ use crate::common::runtime;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The repository: a directory, a file:// URL, or an http(s):// base URL.
+    /// The repository: a directory, a file:// URL, an http(s):// base URL, or
+    /// s3://bucket/prefix/ (a private bucket, read with SigV4 and the AWS credentials chain;
+    /// needs --region).
     source: String,
-    /// The region the repository must be for.
+    /// The region the repository must be for (and, for s3://, the bucket's region).
     #[arg(long)]
     region: Option<Region>,
+    /// For s3://: an S3-compatible endpoint (path-style) instead of AWS.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// Remember what was verified in DIR (a datastore per region, as hosts keep one), and
+    /// refuse metadata older than what was seen before: a rollback passes a verifier that
+    /// remembers nothing. Needs --region.
+    #[arg(long, value_name = "DIR", requires = "region")]
+    state: Option<PathBuf>,
     /// The trusted root metadata (the keys directory's root.json). Without it, the
     /// source's own 1.root.json is trusted, which checks consistency but not origin.
     #[arg(long)]
@@ -74,11 +85,47 @@ fn source_url(source: &str) -> Result<Url, Failure> {
     })
 }
 
+/// An `s3://bucket/prefix/` source: its URL at the endpoint, and the signer for it.
+fn s3_source(args: &Args, rt: &tokio::runtime::Runtime) -> Result<(Url, S3Signer), Failure> {
+    let location: S3Location = args
+        .source
+        .parse()
+        .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let Some(region) = &args.region else {
+        return Err(Failure::new(
+            exit::USAGE,
+            anyhow::anyhow!(
+                "verifying {} needs --region: the bucket's region signs the requests",
+                args.source
+            ),
+        ));
+    };
+    let url = S3Endpoint::resolve(args.endpoint_url.as_deref(), region, None, |k| {
+        std::env::var(k).ok()
+    })
+    .and_then(|e| e.prefix_url(&location))
+    .map_err(|e| Failure::new(exit::USAGE, e))?;
+    let provider = rt.block_on(molt_fetch::aws::credentials_provider(region));
+    Ok((
+        url,
+        S3Signer::new(provider, region.clone()).for_location(&location),
+    ))
+}
+
 pub fn run(args: Args) -> Result<i32, Failure> {
-    let url = source_url(&args.source)?;
-    let source = RegionSource::new(url);
-    let transport = MoltTransport::new(HttpSettings::default()).context("cannot set up HTTP")?;
     let rt = runtime()?;
+    let mut transport =
+        MoltTransport::new(HttpSettings::default()).context("cannot set up HTTP")?;
+    let is_s3 = args.source.starts_with("s3://");
+    let url = if is_s3 {
+        let (url, signer) = s3_source(&args, &rt)?;
+        transport = transport.with_signer(signer);
+        url
+    } else {
+        source_url(&args.source)?
+    };
+    let is_http = matches!(url.scheme(), "http" | "https") && !is_s3;
+    let source = RegionSource::new(url);
     let (root_bytes, root_desc) = match &args.trusted_root {
         Some(p) => (
             std::fs::read(p)
@@ -92,7 +139,14 @@ pub fn run(args: Args) -> Result<i32, Failure> {
                 .context("bad source URL")?;
             let bytes = rt
                 .block_on(fetch_all(&transport, root_url.clone()))
-                .map_err(|e| Failure::new(exit::FAILED, e))?;
+                .map_err(|e| {
+                    let f = Failure::new(exit::FAILED, e);
+                    if is_http {
+                        f.with_hint(PRIVATE_BUCKET)
+                    } else {
+                        f
+                    }
+                })?;
             (
                 bytes,
                 format!("{} (from the source itself)", redact(&root_url)),
@@ -111,14 +165,18 @@ pub fn run(args: Args) -> Result<i32, Failure> {
         issues: Vec::new(),
     };
     let source_for_roots = source.clone();
+    if let Some(dir) = &args.state {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
     let loaded = rt.block_on(load_region(LoadOptions {
         source,
         region: args.region.as_ref(),
         trusted_root: &root_bytes,
-        datastore: None,
-        transport,
+        datastore: args.state.as_deref(),
+        transport: transport.clone(),
         retry: molt_fetch::retry::RetryPolicy::DOWNLOAD,
-        commit: false,
+        commit: args.state.is_some(),
     }));
     let mut worst = exit::OK;
     match loaded {
@@ -170,8 +228,11 @@ pub fn run(args: Args) -> Result<i32, Failure> {
                 });
             }
             if args.trusted_root.is_some()
-                && let Some(issue) =
-                    rt.block_on(check_published_root(&source_for_roots, &root_bytes))
+                && let Some(issue) = rt.block_on(check_published_root(
+                    &transport,
+                    &source_for_roots,
+                    &root_bytes,
+                ))
             {
                 worst = worst.max(exit::VERIFICATION);
                 report.issues.push(issue);
@@ -208,12 +269,21 @@ pub fn run(args: Args) -> Result<i32, Failure> {
                 .collect::<Vec<_>>()
                 .join("; ")
         });
-        Err(Failure::new(
+        let f = Failure::new(
             worst,
             anyhow::anyhow!("verification of {} failed: {what}", report.source),
-        ))
+        );
+        Err(if is_http && what.contains("was not found") {
+            f.with_hint(PRIVATE_BUCKET)
+        } else {
+            f
+        })
     }
 }
+
+/// A 403 reads as not found (SPEC §6: hosts probe for the next root version that way), so
+/// a private bucket read over plain HTTP looks empty.
+const PRIVATE_BUCKET: &str = "a private bucket answers 403 to unsigned reads, which reads as not found: verify s3://<bucket>/<prefix>/ --region <region> instead, signed with the AWS credentials chain; or check the URL";
 
 fn print_human(r: &Report) {
     println!("source:        {}", r.source);
@@ -248,13 +318,16 @@ fn print_human(r: &Report) {
 /// The repository publishes the root chain from version 1; the file for the trusted
 /// root's own version must hold that same root, or hosts installed from the repository
 /// would trust something else.
-async fn check_published_root(source: &RegionSource, trusted: &[u8]) -> Option<String> {
+async fn check_published_root(
+    transport: &MoltTransport,
+    source: &RegionSource,
+    trusted: &[u8],
+) -> Option<String> {
     let trusted: serde_json::Value = serde_json::from_slice(trusted).ok()?;
     let version = trusted.get("signed")?.get("version")?.as_u64()?;
     let name = format!("metadata/{version}.root.json");
     let url = source.base.join(&name).ok()?;
-    let transport = MoltTransport::new(HttpSettings::default()).ok()?;
-    match fetch_all(&transport, url).await {
+    match fetch_all(transport, url).await {
         Err(e) => Some(format!("{name}: cannot be read: {e:#}")),
         Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Err(e) => Some(format!("{name} is malformed: {e}")),

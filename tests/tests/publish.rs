@@ -941,12 +941,16 @@ fn a_publisher_without_credentials_gets_one_clear_message() {
 impl Fleet {
     /// A bucket writer without the keys: a PUT of `bytes` at `key` with the real S3 client.
     fn put_behind_the_publishers_back(&self, region: &str, key: &str, bytes: Vec<u8>) {
+        self.put_in_bucket(&format!("acme-molt-{region}"), region, key, bytes);
+    }
+
+    fn put_in_bucket(&self, bucket: &str, region: &str, key: &str, bytes: Vec<u8>) {
         use molt_publish::store::{Condition, ObjectStore, S3Store, S3StoreConfig};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let mut config = S3StoreConfig::new(format!("acme-molt-{region}"), region.parse().unwrap());
+        let mut config = S3StoreConfig::new(bucket, region.parse().unwrap());
         config.endpoint_url = Some(self.s3.endpoint());
         config.credentials = Some(self.s3.credentials_provider());
         rt.block_on(async {
@@ -1177,4 +1181,125 @@ fn without_a_record_the_publisher_refuses_until_an_operator_names_the_state_once
     assert!(out.contains("older signed metadata"), "{out}");
     f.ok(&mut f.plan_cmd(&["record", "restore", "--regions", "us-east-1"]));
     assert_eq!(f.resolves_to("us-east-1"), "3.0.0");
+}
+
+/// `verify` reads a private bucket over `s3://` with SigV4 (its plain-HTTP 403 reads as not
+/// found, and the message says the bucket may be private), and with `--state` remembers
+/// what it saw, so a validly signed rollback fails as it does on a host.
+#[test]
+fn verify_reads_a_private_bucket_over_s3_and_with_state_catches_a_rollback() {
+    let f = Fleet::new("0s");
+    f.s3.create_bucket("private-molt-us-east-1");
+    let private = f.dir.path().join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let plan = private.join("rollout.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "bucket = \"private-molt-{{region}}\"\nendpoint_url = \"{}\"\n[[wave]]\nregions = [\"us-east-1\"]\nbake = \"0s\"\n",
+            f.s3.endpoint()
+        ),
+    )
+    .unwrap();
+    let on_private = |args: &[&str]| {
+        let mut c = f.tool();
+        c.args(args)
+            .arg("--plan")
+            .arg(&plan)
+            .arg("--keys")
+            .arg(f.keys());
+        c
+    };
+    let init = f.dir.path().join("init-private");
+    f.ok(f
+        .tool()
+        .args(["repo", "init", "--region", "us-east-1", "--keys"])
+        .arg(f.keys())
+        .arg("--out")
+        .arg(&init));
+    f.ok(on_private(&["repo", "upload", "--region", "us-east-1"])
+        .arg("--repo")
+        .arg(&init));
+    let publish = |version: &str| {
+        f.ok(
+            on_private(&["publish", "--version", version, "--regions", "us-east-1"])
+                .arg("--dist")
+                .arg(f.dist(version)),
+        );
+    };
+    publish("1.0.0");
+    let root = f.keys().join("root.json");
+    let verify = |source: &str, extra: &[&str]| {
+        let mut c = f.tool();
+        c.args(["verify", source, "--trusted-root"])
+            .arg(&root)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let endpoint = f.s3.endpoint();
+    let signed = ["--region", "us-east-1", "--endpoint-url", endpoint.as_str()];
+
+    // Over plain HTTP: 403, read as not found; the message says why that may be.
+    let out = verify(&format!("{endpoint}/private-molt-us-east-1/"), &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("was not found") && text(&out).contains("a private bucket answers 403"),
+        "{}",
+        text(&out)
+    );
+    // Over s3://, signed: verified, with or without the trailing slash.
+    for source in [
+        "s3://private-molt-us-east-1/",
+        "s3://private-molt-us-east-1",
+    ] {
+        let out = verify(source, &signed);
+        assert!(out.status.success(), "{source}: {}", text(&out));
+        assert!(text(&out).contains("verified"), "{}", text(&out));
+    }
+    let out = verify("s3://private-molt-us-east-1/", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("needs --region"), "{}", text(&out));
+    let out = verify("s3://", &signed);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // Wrong keys: refused by the server, and said so.
+    let out = f
+        .tool()
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(["verify", "s3://private-molt-us-east-1/", "--trusted-root"])
+        .arg(&root)
+        .args(signed)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // With --state: remembers, and a rollback fails as on a host.
+    let state = f.dir.path().join("verify-state");
+    let state_arg = state.to_str().unwrap();
+    let old = std::fs::read(f.s3.object_path("private-molt-us-east-1", "metadata/timestamp.json"))
+        .unwrap();
+    let with_state = [&signed[..], &["--state", state_arg]].concat();
+    let out = verify("s3://private-molt-us-east-1/", &with_state);
+    assert!(out.status.success(), "{}", text(&out));
+    publish("2.0.0");
+    let out = verify("s3://private-molt-us-east-1/", &with_state);
+    assert!(out.status.success(), "{}", text(&out));
+    f.put_in_bucket(
+        "private-molt-us-east-1",
+        "us-east-1",
+        "metadata/timestamp.json",
+        old,
+    );
+    let out = verify("s3://private-molt-us-east-1/", &signed);
+    assert!(
+        out.status.success(),
+        "without state the rollback passes: {}",
+        text(&out)
+    );
+    let out = verify("s3://private-molt-us-east-1/", &with_state);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("rollback refused"), "{}", text(&out));
+    // --state needs the region its datastore is for.
+    let out = verify("s3://private-molt-us-east-1/", &["--state", state_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
