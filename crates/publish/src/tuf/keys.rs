@@ -10,7 +10,7 @@
 //! DIR/keys.json                        public: key ids per role and the root threshold
 //! ```
 //!
-//! Keys are Ed25519, PKCS#8 in PEM (`PRIVATE KEY`), written with mode 0600 and never over
+//! Keys are Ed25519, PKCS#8 v1 in PEM (`PRIVATE KEY`; v2 keys of earlier versions still load), written with mode 0600 and never over
 //! an existing file. Only `repo init` and `root rotate` read `DIR/root/`; every other
 //! command works with a keys directory that holds no root key.
 
@@ -233,13 +233,40 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         })
 }
 
+/// The DER of a PKCS#8 v2 Ed25519 key as aws-lc writes it, up to the 32-byte seed: the
+/// version is 1 (v2), and the public key follows the seed.
+const PKCS8_V2_HEAD: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The same key as PKCS#8 v1 (RFC 8410's `PrivateKeyInfo`: version 0, no public key), up
+/// to the seed.
+const PKCS8_V1_HEAD: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// A new Ed25519 key as a PEM `PRIVATE KEY` in PKCS#8 v1, the form every PKCS#8 reader
+/// takes (OpenSSL, Python's `cryptography`, Go); some reject aws-lc's v2 ("extra data").
 fn generate_pem() -> Result<String, KeyError> {
     let rng = SystemRandom::new();
     let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
-    Ok(pem::encode(&pem::Pem::new(
-        "PRIVATE KEY",
-        doc.as_ref().to_vec(),
-    )))
+    let v2 = doc.as_ref();
+    let seed = v2
+        .strip_prefix(&PKCS8_V2_HEAD[..])
+        .and_then(|rest| rest.get(..32))
+        .ok_or(KeyError::Generate)?;
+    let mut v1 = PKCS8_V1_HEAD.to_vec();
+    v1.extend_from_slice(seed);
+    // The key must still be the one generated.
+    let pair = Ed25519KeyPair::from_pkcs8(&v1).map_err(|_| KeyError::Generate)?;
+    let generated = Ed25519KeyPair::from_pkcs8(v2).map_err(|_| KeyError::Generate)?;
+    {
+        use aws_lc_rs::signature::KeyPair as _;
+        if pair.public_key().as_ref() != generated.public_key().as_ref() {
+            return Err(KeyError::Generate);
+        }
+    }
+    Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", v1)))
 }
 
 /// Generates a keys directory: `root_count` root keys with `root_threshold`, and one key
@@ -294,6 +321,44 @@ pub fn generate(dir: &Path, root_count: usize, root_threshold: u64) -> Result<Ke
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// New keys are PKCS#8 v1 (48 bytes of DER, version 0, no public key), which OpenSSL
+    /// and Python's `cryptography` read; keys written by earlier molt versions (aws-lc's
+    /// v2) still sign.
+    #[tokio::test]
+    async fn keys_are_pkcs8_v1_and_older_v2_keys_still_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), 1, 1).unwrap();
+        let path = dir.path().join("targets.pem");
+        let der = read_pem(&path).unwrap();
+        assert_eq!(der.len(), 48);
+        assert_eq!(&der[..16], &PKCS8_V1_HEAD[..]);
+        let rng = SystemRandom::new();
+        PemKey { path: path.clone() }
+            .as_sign()
+            .await
+            .unwrap()
+            .sign(b"molt", &rng)
+            .await
+            .unwrap();
+
+        let v2 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        assert_eq!(&v2.as_ref()[..16], &PKCS8_V2_HEAD[..]);
+        let old = dir.path().join("old.pem");
+        std::fs::write(
+            &old,
+            pem::encode(&pem::Pem::new("PRIVATE KEY", v2.as_ref().to_vec())),
+        )
+        .unwrap();
+        PemKey { path: old.clone() }
+            .as_sign()
+            .await
+            .unwrap()
+            .sign(b"molt", &rng)
+            .await
+            .unwrap();
+        public_key(&old).unwrap();
+    }
 
     #[test]
     fn generates_separate_root_keys_with_mode_0600() {
