@@ -913,29 +913,48 @@ fn a_publisher_without_credentials_gets_one_clear_message() {
     let home = tempfile::tempdir().unwrap();
     // An IMDS that takes connections and never answers, as a firewall off EC2 does.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed = format!("http://{}", silent.local_addr().unwrap());
-    let mut c = f.plan_cmd(&["publish", "--version", "1.0.0", "--regions", "us-east-1"]);
-    c.arg("--dist").arg(f.dist("1.0.0"));
-    for (k, _) in f.s3.env_for_credentials() {
-        if k != "AWS_ENDPOINT_URL_S3" && k != "AWS_REGION" {
-            c.env_remove(k);
+    // And one that refuses, as a proxy or an instance with IMDS turned off does (403 to the
+    // token request): aws-config logged a WARN with its raw error structure for that.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing_addr = refusing.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for stream in refusing.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 9\r\nconnection: close\r\n\r\nforbidden",
+            );
         }
+    });
+    for imds in [
+        format!("http://{}", silent.local_addr().unwrap()),
+        format!("http://{refusing_addr}"),
+    ] {
+        let mut c = f.plan_cmd(&["publish", "--version", "1.0.0", "--regions", "us-east-1"]);
+        c.arg("--dist").arg(f.dist("1.0.0"));
+        for (k, _) in f.s3.env_for_credentials() {
+            if k != "AWS_ENDPOINT_URL_S3" && k != "AWS_REGION" {
+                c.env_remove(k);
+            }
+        }
+        c.env_remove("AWS_EC2_METADATA_DISABLED")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+            .env_remove("AWS_CONFIG_FILE")
+            .env("HOME", home.path())
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds);
+        let out = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{imds}: {}", text(&out));
+        assert!(
+            !stderr.contains("WARN") && !stderr.contains("Error {") && !stderr.contains("source:"),
+            "{imds}: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("credentials"), "{imds}: {}", text(&out));
     }
-    c.env_remove("AWS_EC2_METADATA_DISABLED")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
-        .env_remove("AWS_CONFIG_FILE")
-        .env("HOME", home.path())
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &closed);
-    let out = c.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(
-        !stderr.contains("WARN") && !stderr.contains("Error {") && !stderr.contains("source:"),
-        "{}",
-        text(&out)
-    );
-    assert!(text(&out).contains("credentials"), "{}", text(&out));
 }
 
 impl Fleet {

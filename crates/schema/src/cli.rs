@@ -137,9 +137,13 @@ pub fn colour_stderr() -> bool {
 /// `-q` lowers the default level (warn). Colours only to a terminal ([`colour_stderr`]).
 pub fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    // At the default level, aws-config's credential chain stays quiet: it logs each failed
+    // provider as a WARN with the raw error structure (an IMDS that answers 403, say), and
+    // the command's own error already names the credentials problem and the fix. `-v` shows
+    // it again.
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        (false, 0) => "warn,aws_config=error",
         (false, 1) => "info",
         (false, 2) => "debug",
         (false, _) => "trace",
