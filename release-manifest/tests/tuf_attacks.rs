@@ -253,7 +253,7 @@ async fn read_agent(
     loaded: &LoadedRegion,
     version: &str,
 ) -> Result<u64, ReadError<std::io::Error>> {
-    let name = format!("molt-agent/{version}/molt-agent-linux-amd64.tar.gz");
+    let name = format!("molt-agent-{version}-linux-amd64.tar.gz");
     loaded
         .read_target_with(&name, |r| std::io::copy(r, &mut std::io::sink()))
         .await
@@ -270,7 +270,7 @@ async fn a_clean_repository_loads_and_every_target_verifies() {
     assert_eq!(
         len,
         loaded
-            .target("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz")
+            .target("molt-agent-1.0.0-linux-amd64.tar.gz")
             .unwrap()
             .length
     );
@@ -289,7 +289,7 @@ async fn a_clean_repository_loads_and_every_target_verifies() {
 async fn arbitrary_package_modified_archive_is_refused() {
     let f = Fixture::new().await;
     let loaded = f.load().await.unwrap();
-    let file = f.target_file("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz", &loaded);
+    let file = f.target_file("molt-agent-1.0.0-linux-amd64.tar.gz", &loaded);
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -307,12 +307,12 @@ async fn arbitrary_package_consumer_never_gets_unverified_bytes() {
     // consumer that stops early still has the rest read and checked.
     let f = Fixture::new().await;
     let loaded = f.load().await.unwrap();
-    let file = f.target_file("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz", &loaded);
+    let file = f.target_file("molt-agent-1.0.0-linux-amd64.tar.gz", &loaded);
     let mut bytes = std::fs::read(&file).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     std::fs::write(&file, &bytes).unwrap();
-    let name = "molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz";
+    let name = "molt-agent-1.0.0-linux-amd64.tar.gz";
     let err = loaded
         .read_target_with(name, |r| {
             let mut first = [0u8; 16];
@@ -460,7 +460,7 @@ async fn mix_and_match_snapshot_from_another_version_is_refused() {
 async fn endless_data_oversized_target_is_cut_off() {
     let f = Fixture::new().await;
     let loaded = f.load().await.unwrap();
-    let file = f.target_file("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz", &loaded);
+    let file = f.target_file("molt-agent-1.0.0-linux-amd64.tar.gz", &loaded);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
     std::fs::write(&file, &bytes).unwrap();
@@ -472,7 +472,7 @@ async fn endless_data_oversized_target_is_cut_off() {
     // the message names the package, and the role that set its length
     let said = err.to_string();
     assert!(
-        said.starts_with("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz is larger than")
+        said.starts_with("molt-agent-1.0.0-linux-amd64.tar.gz is larger than")
             && said.contains("the length targets.json lists for it"),
         "{said}"
     );
@@ -666,7 +666,7 @@ async fn manifest_checksum_that_disagrees_with_tuf_is_a_verification_failure() {
     agent.files[0].available_versions[0].checksum = Some(molt_schema::Sha256::digest(b"other"));
     let issues = manifest_issues(&tampered, &targets);
     assert!(
-        matches!(issues.as_slice(), [TrustError::ChecksumDisagrees { target, .. }] if target == "molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz"),
+        matches!(issues.as_slice(), [TrustError::ChecksumDisagrees { target, .. }] if target == "molt-agent-1.0.0-linux-amd64.tar.gz"),
         "{issues:?}"
     );
     assert!(issues[0].is_verification());

@@ -292,7 +292,7 @@ impl TestRepo {
         );
     }
 
-    /// The file holding a published target, e.g. `molt-agent/2.0.0/molt-agent-linux-amd64.tar.gz`.
+    /// The file holding a published target, e.g. `molt-agent-2.0.0-linux-amd64.tar.gz`.
     pub fn target_file(&self, name: &str) -> PathBuf {
         let mut found = None;
         let mut stack = vec![self.path().join("targets")];

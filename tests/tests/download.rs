@@ -81,7 +81,10 @@ impl Fixture {
         let host = tempfile::tempdir().unwrap();
         let layout = HostLayout::new(host.path());
         Self {
-            path: format!("/{}", packaged.target_name),
+            path: format!(
+                "/{}",
+                packaged.path.strip_prefix(&out).unwrap().to_str().unwrap()
+            ),
             served: packaged.path,
             _dir: dir,
             server,

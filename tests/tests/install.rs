@@ -57,10 +57,7 @@ fn platform() -> Platform {
 /// The published molt-updater package (`bin/updater`, `VERSION`).
 fn updater_package(repo: &TestRepo) -> PathBuf {
     let v = version();
-    repo.target_file(&format!(
-        "molt-updater/{v}/molt-updater-{}.tar.gz",
-        platform()
-    ))
+    repo.target_file(&format!("molt-updater-{v}-{}.tar.gz", platform()))
 }
 
 fn sha256_of(path: &Path) -> String {

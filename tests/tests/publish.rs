@@ -436,7 +436,7 @@ fn an_archive_stored_with_other_bytes_is_uploaded_again_before_anything_goes_liv
         let path = f.dist(version).join("molt-agent").join(version).join(&name);
         let sha = sha2::Sha256::digest(std::fs::read(&path).unwrap());
         let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
-        format!("targets/{hex}.molt-agent/{version}/{name}")
+        format!("targets/{hex}.molt-agent-{version}-{}.tar.gz", platform())
     };
     let flip = |key: &str| {
         let path = f.s3.object_path("acme-molt-us-east-1", key);
@@ -760,7 +760,7 @@ fn the_read_back_accepts_only_the_signed_bytes_of_each_target() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["name"].as_str().unwrap().starts_with("molt-agent/1.0.0/"))
+        .find(|t| t["name"].as_str().unwrap().starts_with("molt-agent-1.0.0-"))
         .unwrap()
         .clone();
     let name = target["name"].as_str().unwrap().to_owned();

@@ -88,7 +88,7 @@ async fn loads_over_http_with_403_for_missing_keys() {
             .any(|r| r.path.ends_with("2.root.json") && r.status == 403)
     );
     let n = loaded
-        .read_target_with("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz", |r| {
+        .read_target_with("molt-agent-1.0.0-linux-amd64.tar.gz", |r| {
             std::io::copy(r, &mut std::io::sink())
         })
         .await
@@ -263,7 +263,7 @@ fn verify_cli_over_http() {
         .into_iter()
         .find(|p| {
             p.to_string_lossy()
-                .ends_with("molt-agent-linux-amd64.tar.gz")
+                .ends_with("molt-agent-1.0.0-linux-amd64.tar.gz")
         })
         .unwrap();
     let mut bytes = std::fs::read(&target).unwrap();
@@ -278,8 +278,7 @@ fn verify_cli_over_http() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
-        stderr.contains("molt-agent/1.0.0/molt-agent-linux-amd64.tar.gz")
-            && stderr.contains("hash mismatch"),
+        stderr.contains("molt-agent-1.0.0-linux-amd64.tar.gz") && stderr.contains("hash mismatch"),
         "{stderr}"
     );
 }

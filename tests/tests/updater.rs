@@ -563,7 +563,7 @@ fn a_stale_health_file_never_counts() {
 fn tampered_archive_exits_4_and_changes_nothing() {
     let repo = repo_v1_v2();
     let host = host_on_v1(&repo);
-    let file = repo.target_file("molt-agent/2.0.0/molt-agent-linux-amd64.tar.gz");
+    let file = repo.target_file("molt-agent-2.0.0-linux-amd64.tar.gz");
     let mut bytes = std::fs::read(&file).unwrap();
     let i = bytes.len() / 2;
     bytes[i] ^= 1;

@@ -40,7 +40,7 @@ fn setup() -> Setup {
     let out = host.update("1.0.0", &[]);
     assert!(out.status.success(), "{}", text(&out));
     host.assert_healthy();
-    let file = repo.target_file("molt-agent/2.0.0/molt-agent-linux-amd64.tar.gz");
+    let file = repo.target_file("molt-agent-2.0.0-linux-amd64.tar.gz");
     let rel = file
         .strip_prefix(repo.path())
         .unwrap()
@@ -162,11 +162,7 @@ fn a_missing_archive_answered_403_fails_cleanly() {
     s.server
         .faults()
         .everywhere(Fault::ForbiddenForMissing, Times::Always);
-    std::fs::remove_file(
-        s.repo
-            .target_file("molt-agent/2.0.0/molt-agent-linux-amd64.tar.gz"),
-    )
-    .unwrap();
+    std::fs::remove_file(s.repo.target_file("molt-agent-2.0.0-linux-amd64.tar.gz")).unwrap();
     let out = s.host.update("latest", &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(

@@ -51,9 +51,9 @@ pub struct PackagedArchive {
     pub package: PackageName,
     pub platform: Platform,
     pub version: Version,
-    /// The TUF target name, e.g. `molt-agent/1.4.0/molt-agent-linux-amd64.tar.gz`.
+    /// The TUF target name, e.g. `molt-agent-1.4.0-linux-amd64.tar.gz`.
     pub target_name: String,
-    /// Where the archive is: `<out_dir>/<target_name>`.
+    /// Where the archive is: `<out_dir>/<package>/<version>/<file>`.
     pub path: PathBuf,
     /// Length in bytes.
     pub size: u64,
@@ -686,12 +686,15 @@ mod tests {
         assert_eq!(
             names,
             [
-                "molt-agent/1.4.0/molt-agent-linux-musl-arm64.tar.gz",
-                "molt-updater/1.4.0/molt-updater-linux-musl-arm64.tar.gz"
+                "molt-agent-1.4.0-linux-musl-arm64.tar.gz",
+                "molt-updater-1.4.0-linux-musl-arm64.tar.gz"
             ]
         );
         for a in &got {
-            assert_eq!(a.path, out.join(&a.target_name));
+            assert_eq!(
+                a.path,
+                out.join(a.package.dist_path(&a.version, a.platform))
+            );
             assert_eq!(a.version, v("1.4.0"));
             assert_eq!(a.platform, Platform::LinuxMuslArm64);
         }
@@ -764,10 +767,7 @@ mod tests {
             &f.root.join("o"),
         )
         .unwrap();
-        assert_eq!(
-            got[0].target_name,
-            "molt-agent/1.4.0/molt-agent-windows-amd64.zip"
-        );
+        assert_eq!(got[0].target_name, "molt-agent-1.4.0-windows-amd64.zip");
         let mut zip = zip::ZipArchive::new(File::open(&got[0].path).unwrap()).unwrap();
         let mut seen = BTreeMap::new();
         for i in 0..zip.len() {
@@ -905,10 +905,7 @@ mod tests {
         assert_eq!(json["package"], "molt-updater");
         assert_eq!(json["platform"], "linux-amd64");
         assert_eq!(json["version"], "1.4.0");
-        assert_eq!(
-            json["target_name"],
-            "molt-updater/1.4.0/molt-updater-linux-amd64.tar.gz"
-        );
+        assert_eq!(json["target_name"], "molt-updater-1.4.0-linux-amd64.tar.gz");
         assert_eq!(json["sha256"], got[1].sha256.to_string());
         assert_eq!(json["size"], got[1].size);
         assert_eq!(json["already_present"], false);

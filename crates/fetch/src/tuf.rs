@@ -378,7 +378,7 @@ pub fn manifest_issues(manifest: &Manifest, targets: &[TargetInfo]) -> Vec<Trust
     for p in &manifest.packages {
         for f in &p.files {
             for v in &f.available_versions {
-                let name = format!("{}/{}/{}", p.name, v.version, f.name);
+                let name = molt_schema::artifact::target_name(&p.name, &v.version, &f.name);
                 let Some(t) = targets.iter().find(|t| t.name == name) else {
                     issues.push(TrustError::ChecksumDisagrees {
                         target: name,

@@ -94,8 +94,16 @@ impl PackageName {
         )
     }
 
-    /// The TUF target name, e.g. `molt-agent/1.4.0/molt-agent-linux-amd64.tar.gz`.
+    /// The TUF target name, e.g. `molt-agent-1.4.0-linux-amd64.tar.gz` (see
+    /// [`target_name`]).
     pub fn target_name(self, version: &Version, platform: Platform) -> String {
+        target_name(self.as_str(), version, &self.file_name(platform))
+    }
+
+    /// Where `package` puts the archive below its output directory, e.g.
+    /// `molt-agent/1.4.0/molt-agent-linux-amd64.tar.gz` (the dist layout, which is not the
+    /// repository's).
+    pub fn dist_path(self, version: &Version, platform: Platform) -> String {
         format!("{}/{}/{}", self.as_str(), version, self.file_name(platform))
     }
 
@@ -458,6 +466,19 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
     }
 }
 
+/// The TUF target name of `package`'s archive `file` at `version`:
+/// `<package>-<version>-<platform>.<ext>` (the file name with the version after the
+/// package's name), e.g. `molt-agent-1.4.0-linux-amd64.tar.gz`. It has no `/`, so a
+/// consistent snapshot stores it at `targets/<sha256>.<name>`, where tough and the TUF
+/// specification (and so python-tuf and every other TUF 1.0 client) agree to look.
+pub fn target_name(package: &str, version: &Version, file: &str) -> String {
+    let rest = file
+        .strip_prefix(package)
+        .and_then(|r| r.strip_prefix('-'))
+        .unwrap_or(file);
+    format!("{package}-{version}-{rest}")
+}
+
 /// A relative path inside a repository or package tree, checked at construction: no
 /// empty or absolute path, no `.` or `..` component, no backslash, no NUL or control
 /// character. Like tough's `TargetName`, a value of this type can be joined to a
@@ -553,15 +574,29 @@ mod tests {
     }
 
     #[test]
-    fn target_names_carry_the_version() {
+    fn target_names_carry_the_version_and_no_slash() {
         let v: Version = "1.4.0".parse().unwrap();
         assert_eq!(
             PackageName::Agent.target_name(&v, Platform::LinuxAmd64),
-            "molt-agent/1.4.0/molt-agent-linux-amd64.tar.gz"
+            "molt-agent-1.4.0-linux-amd64.tar.gz"
         );
         assert_eq!(
             PackageName::Updater.target_name(&v, Platform::WindowsAmd64),
-            "molt-updater/1.4.0/molt-updater-windows-amd64.zip"
+            "molt-updater-1.4.0-windows-amd64.zip"
+        );
+        let rc: Version = "2.0.0-rc.1+build.7".parse().unwrap();
+        assert_eq!(
+            PackageName::Agent.target_name(&rc, Platform::LinuxMuslArm64),
+            "molt-agent-2.0.0-rc.1+build.7-linux-musl-arm64.tar.gz"
+        );
+        // A file that does not start with its package's name keeps it whole.
+        assert_eq!(
+            target_name("molt-agent", &v, "odd.tar.gz"),
+            "molt-agent-1.4.0-odd.tar.gz"
+        );
+        assert_eq!(
+            PackageName::Agent.dist_path(&v, Platform::LinuxAmd64),
+            "molt-agent/1.4.0/molt-agent-linux-amd64.tar.gz"
         );
     }
 

@@ -573,7 +573,7 @@ fn plan(req: &Request<'_>, offer: &Offer<'_>, reason: InstallReason) -> Plan {
         reason,
         platform: offer.platform,
         file: offer.file.name.clone(),
-        target_name: format!("{}/{}/{}", offer.package.name, version, offer.file.name),
+        target_name: crate::artifact::target_name(&offer.package.name, &version, &offer.file.name),
         checksum: offer.entry.checksum,
         size: offer.entry.size,
         wave_time: offer

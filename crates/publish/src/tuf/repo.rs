@@ -970,7 +970,8 @@ async fn add_in(
         floor,
         |manifest, new_targets| {
             for (package, file_name, file) in release.files() {
-                let target_name = format!("{package}/{}/{file_name}", opts.version);
+                let target_name =
+                    molt_schema::artifact::target_name(package.as_str(), &opts.version, file_name);
                 target_name
                     .parse::<ArtifactName>()
                     .map_err(|e| RepoError::Invalid(e.to_string()))?;
