@@ -27,8 +27,9 @@ cd "$dir"
 # The checkout kept no credentials (nothing later in the job can publish them); the token is
 # handed to these git calls only.
 : "${GH_TOKEN:?GH_TOKEN must hold a token that may push to the branch molt-record}"
+# Through the environment, not the command line, where other processes could read it.
 auth="AUTHORIZATION: basic $(printf 'x-access-token:%s' "$GH_TOKEN" | base64 -w0)"
-remote() { git -c "http.extraheader=$auth" "$@"; }
+remote() { GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=http.extraheader GIT_CONFIG_VALUE_0="$auth" git "$@"; }
 git config user.name "molt release pipeline"
 git config user.email "molt-release@users.noreply.github.com"
 git add -A published
@@ -44,7 +45,11 @@ for attempt in 1 2 3 4 5; do
   fi
   echo "push $attempt failed; rebasing on the branch as it is now" >&2
   sleep $((attempt * 2))
-  remote pull -q --rebase origin molt-record
+  if ! remote pull -q --rebase origin molt-record; then
+    # Two jobs changed the same region's files: never resolve that by hand here.
+    git rebase --abort 2>/dev/null || true
+    break
+  fi
 done
 echo "::error::cannot push the record; the buckets are ahead of it, which is safe, but push it by hand (git -C $dir push origin HEAD:molt-record)" >&2
 exit 1

@@ -28,8 +28,9 @@ pub struct Args {
     endpoint_url: Option<String>,
     /// Remember what was verified in DIR (a datastore per region, as hosts keep one), and
     /// refuse metadata older than what was seen before: a rollback passes a verifier that
-    /// remembers nothing. Needs --region.
-    #[arg(long, value_name = "DIR", requires = "region")]
+    /// remembers nothing. Needs --region and --trusted-root (a root taken from the source
+    /// each time would let the source start a new chain).
+    #[arg(long, value_name = "DIR", requires_all = ["region", "trusted_root"])]
     state: Option<PathBuf>,
     /// The trusted root metadata (the keys directory's root.json). Without it, the
     /// source's own 1.root.json is trusted, which checks consistency but not origin.

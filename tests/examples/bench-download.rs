@@ -61,7 +61,11 @@ fn main() -> Result<()> {
         sha256: archive.sha256,
     };
     let server = FileServer::start(&repo)?;
-    let url = server.url(&archive.target_name);
+    // Served from the package's own layout (`<out>/<package>/<version>/<file>`).
+    let served = archive
+        .package
+        .dist_path(&archive.version, archive.platform);
+    let url = server.url(&served);
     println!(
         "archive: {} ({:.1} MiB), {runs} runs each",
         archive.target_name,
@@ -77,7 +81,7 @@ fn main() -> Result<()> {
     })?;
     let limits = Limits::default();
     let gunzip = std::env::var("MOLT_BENCH_GUNZIP").unwrap_or_else(|_| "pigz".into());
-    let archive_file = repo.join(&archive.target_name);
+    let archive_file = repo.join(&served);
     // The runs are interleaved (molt, shell, floor, molt, …) so that the machine's noise
     // falls on all three alike.
     let (mut molt, mut shell, mut floor) = (Vec::new(), Vec::new(), Vec::new());

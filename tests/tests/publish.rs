@@ -1108,6 +1108,25 @@ fn an_older_signed_set_put_back_into_the_bucket_is_refused_by_every_signing_comm
     assert_eq!(f.timestamp("us-west-2"), west);
     assert!(f.verify("us-west-2").status.success());
     f.ok(&mut f.plan_cmd(&["refresh", "--regions", "us-west-2"]));
+
+    // Only the root chain changed (new hosts start from 1.root.json): refused too, and
+    // restored, though every version is the record's.
+    let eu = f.timestamp("eu-west-1");
+    let their_root = std::fs::read(their_repo.join("metadata/1.root.json")).unwrap();
+    f.put_behind_the_publishers_back("eu-west-1", "metadata/1.root.json", their_root);
+    let out = f.refused(&mut f.plan_cmd(&["refresh", "--regions", "eu-west-1"]));
+    assert!(
+        out.contains("the bucket's root chain is not the one this publisher signed"),
+        "{out}"
+    );
+    assert_eq!(f.timestamp("eu-west-1"), eu);
+    let out = f.ok(&mut f.plan_cmd(&["record", "restore", "--regions", "eu-west-1"]));
+    assert!(
+        text(&out).contains("Repair metadata/1.root.json"),
+        "{}",
+        text(&out)
+    );
+    f.ok(&mut f.plan_cmd(&["refresh", "--regions", "eu-west-1"]));
 }
 
 /// With no record of a region (a pipeline run from a fresh checkout that lost it), nothing
@@ -1321,4 +1340,18 @@ fn verify_reads_a_private_bucket_over_s3_and_with_state_catches_a_rollback() {
     // --state needs the region its datastore is for.
     let out = verify("s3://private-molt-us-east-1/", &["--state", state_arg]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // …and the trusted root: a root taken from the source each time could start a new chain.
+    let out = f
+        .tool()
+        .args([
+            "verify",
+            "s3://private-molt-us-east-1/",
+            "--state",
+            state_arg,
+        ])
+        .args(signed)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--trusted-root"), "{}", text(&out));
 }

@@ -731,15 +731,21 @@ async fn check_record(
             timestamp_version: pulled.versions[2],
         });
     };
-    match remembered.refuses(pulled) {
-        Some(detail) => Err(PublishError::RolledBack {
+    if let Some(detail) = remembered.refuses(pulled) {
+        return Err(PublishError::RolledBack {
             region: rs.region.clone(),
             store: rs.store.describe(),
             record: record.region_dir(&rs.region),
             detail,
-        }),
-        None => Ok(()),
+        });
     }
+    // A newer set than the record (signed by a holder of the keys whose record was not
+    // kept) becomes the record now, not only once this command succeeds: a later failure
+    // must not leave the record behind a state the bucket already served.
+    if !opts.dry_run && pulled.versions[2] > remembered.pulled.versions[2] {
+        record.remember(&rs.region, &pulled.objects).await?;
+    }
+    Ok(())
 }
 
 /// The publisher's record of one region, for the commands that manage it.
@@ -820,7 +826,13 @@ pub async fn restore_region(
         });
     };
     let mine = &remembered.pulled;
-    let current = match pull(store, &rs.region).await {
+    // The timestamp's ETag before anything is decided: the replacement below goes only over
+    // the one this decision was made on (a publish that lands in between wins).
+    let etag_before = store
+        .head(TIMESTAMP)
+        .await
+        .map_err(pull_error(TIMESTAMP, &shown))?;
+    let (current, verified) = match pull(store, &rs.region).await {
         Ok(p) => {
             let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
                 path: std::env::temp_dir(),
@@ -828,9 +840,10 @@ pub async fn restore_region(
             })?;
             let dir = scratch.path().join("repo");
             write_scratch(&dir, &p.objects)?;
-            verify_pulled(rs, &dir, opts).await.ok().map(|()| p)
+            let verified = verify_pulled(rs, &dir, opts).await.is_ok();
+            (Some(p), verified)
         }
-        Err(PublishError::NoRepository { .. } | PublishError::BadMetadata { .. }) => None,
+        Err(PublishError::NoRepository { .. } | PublishError::BadMetadata { .. }) => (None, false),
         Err(e) => return Err(e),
     };
     let mut out = RegionReport {
@@ -844,16 +857,17 @@ pub async fn restore_region(
         unchanged: false,
     };
     if let Some(current) = &current
+        && verified
         && !remembered.ahead_of(current)
     {
         out.versions = current.versions;
         out.unchanged = true;
         return Ok(out);
     }
-    let etag = store
-        .head(TIMESTAMP)
-        .await
-        .map_err(pull_error(TIMESTAMP, &shown))?;
+    let etag = match &current {
+        Some(p) => Some(p.timestamp_etag.clone()),
+        None => etag_before,
+    };
     let mut writes = Vec::new();
     for (key, bytes) in &mine.objects {
         let body = Body::from_bytes(bytes.clone());
@@ -1271,8 +1285,10 @@ pub async fn upload_new(
         });
     }
     // A new region starts the record; one whose record is newer than this repository was
-    // emptied, and uploading an older set would roll its hosts back.
+    // emptied, and uploading an older set would roll its hosts back. What is uploaded (and
+    // remembered) must be ours.
     let local = pull(&crate::store::fs::FsStore::new(dir), &rs.region).await?;
+    verify_pulled(rs, dir, opts).await?;
     if let Some(record) = &opts.record
         && let Some(remembered) = record.read(&rs.region, &opts.trusted_root).await?
         && let Some(detail) = remembered.refuses(&local)

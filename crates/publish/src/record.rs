@@ -163,13 +163,30 @@ impl Remembered {
                 b[2]
             ));
         }
-        None
+        self.root_chain_differs(bucket)
+    }
+
+    /// Whether the bucket lacks a root version the record holds, or holds it with other
+    /// bytes: new hosts start from `1.root.json` and follow the chain, so a chain cut short
+    /// would leave them on a root whose keys a rotation retired.
+    fn root_chain_differs(&self, bucket: &Pulled) -> Option<String> {
+        let (key, _) = self
+            .pulled
+            .objects
+            .iter()
+            .filter(|(k, _)| k.ends_with(".root.json"))
+            .find(|(k, bytes)| bucket.objects.get(*k) != Some(*bytes))?;
+        Some(format!(
+            "the bucket's root chain is not the one this publisher signed ({key} is missing or holds other bytes)"
+        ))
     }
 
     /// Whether the record holds something the bucket does not: a newer timestamp, or the
     /// same version with other bytes (what `record restore` puts back).
     pub(crate) fn ahead_of(&self, bucket: &Pulled) -> bool {
         let (b, r) = (bucket.versions[2], self.pulled.versions[2]);
-        r > b || (r == b && bucket.objects.get(TIMESTAMP) != self.pulled.objects.get(TIMESTAMP))
+        r > b
+            || (r == b && bucket.objects.get(TIMESTAMP) != self.pulled.objects.get(TIMESTAMP))
+            || (r == b && self.root_chain_differs(bucket).is_some())
     }
 }
