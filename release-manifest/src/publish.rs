@@ -40,7 +40,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub endpoint_url: Option<String>,
     /// The publisher's record of what it last signed for each region, which every command
-    /// that signs checks the buckets against (default: `published/` beside the plan).
+    /// that signs checks the buckets against (default: `published/` beside the plan; with
+    /// --directory, `DIR/.molt-record/`, since those are other repositories of the regions).
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
     /// Print results as JSON.
@@ -228,13 +229,19 @@ fn fail(e: impl Into<anyhow::Error>) -> Failure {
 }
 
 impl PlanArgs {
-    /// The record's directory: `--record`, else `published/` beside the plan.
+    /// The record's directory: `--record`; else, for `--directory DIR` (mirrors, tests,
+    /// demos: other repositories of the same regions than the plan's buckets),
+    /// `DIR/.molt-record/`; else `published/` beside the plan.
     pub fn record(&self) -> molt_publish::record::Record {
         molt_publish::record::Record::new(self.record.clone().unwrap_or_else(|| {
-            self.plan
-                .parent()
-                .unwrap_or_else(|| std::path::Path::new(""))
-                .join("published")
+            match &self.directory {
+                Some(dir) => dir.join(".molt-record"),
+                None => self
+                    .plan
+                    .parent()
+                    .unwrap_or_else(|| std::path::Path::new(""))
+                    .join("published"),
+            }
         }))
     }
 }

@@ -658,6 +658,11 @@ fn the_fs_backend_publishes_the_same_way() {
         .arg(&root)
         .arg("--notes")
         .arg(&notes));
+    // The directory's repository has a record of its own, apart from the buckets'.
+    assert!(
+        root.join(".molt-record/us-east-1/metadata/timestamp.json")
+            .is_file()
+    );
     f.ok(f
         .publish("1.1.0", &["--regions", "us-east-1"])
         .arg("--directory")

@@ -140,6 +140,10 @@ impl Bed {
                 && current.as_ref() == Some(&want)
                 && layout.is_valid(&want)
                 && self.m.is_active("molt-agent") == "active"
+                // Recovery at boot (a oneshot) brings the agent back before it exits and
+                // lets go of the update lock: an update started before that is refused
+                // with "another update in progress" (exit 6).
+                && self.m.is_active("molt-recover.service") != "activating"
                 && health.as_ref().is_some_and(|h| {
                     Some(h.pid) == pid
                         && h.version == want
