@@ -1171,34 +1171,33 @@ fn without_a_record_the_publisher_refuses_until_an_operator_names_the_state_once
     let newer = f.timestamp("us-east-1");
 
     // Naming a state the bucket does not hold, or no number, is refused.
-    let out = f.refused(&mut f.plan_cmd(&[
-        "record",
-        "adopt",
-        "--region",
-        "us-east-1",
-        "--timestamp-version",
-        &named.to_string(),
-    ]));
+    let adopt = |n: &str| {
+        f.plan_cmd(&[
+            "record",
+            "adopt",
+            "--region",
+            "us-east-1",
+            "--timestamp-version",
+            n,
+        ])
+    };
+    let out = f.refused(&mut adopt(&named.to_string()));
     assert!(out.contains(&format!("not the {named} named")), "{out}");
-    let out = f.refused(&mut f.plan_cmd(&[
-        "record",
-        "adopt",
-        "--region",
-        "us-east-1",
-        "--timestamp-version",
-        "latest",
-    ]));
+    let out = f.refused(&mut adopt("latest"));
     assert!(out.contains("--timestamp-version"), "{out}");
 
-    // Relative paths, run from the plan's directory: the record is `published/` there.
+    // Relative paths, run from the plan's directory, the record typed with a trailing
+    // slash: the same `published/` the default names.
     let version: serde_json::Value = serde_json::from_slice(&newer).unwrap();
     let holds = version["signed"]["version"].as_u64().unwrap().to_string();
-    let mut adopt = f.tool();
-    adopt.current_dir(f.dir.path()).args([
+    let mut relative = f.tool();
+    relative.current_dir(f.dir.path()).args([
         "record",
         "adopt",
         "--plan",
         "rollout.toml",
+        "--record",
+        "published/",
         "--keys",
         "keys",
         "--region",
@@ -1206,21 +1205,14 @@ fn without_a_record_the_publisher_refuses_until_an_operator_names_the_state_once
         "--timestamp-version",
         &holds,
     ]);
-    f.ok(&mut adopt);
+    f.ok(&mut relative);
     assert!(record.join("us-east-1/metadata/timestamp.json").is_file());
     f.ok(&mut f.publish("3.0.0", &east));
     assert_eq!(f.resolves_to("us-east-1"), "3.0.0");
 
     // Adopting an older state than the record (the bucket rolled back) is refused too.
     f.put_behind_the_publishers_back("us-east-1", "metadata/timestamp.json", held.clone());
-    let out = f.refused(&mut f.plan_cmd(&[
-        "record",
-        "adopt",
-        "--region",
-        "us-east-1",
-        "--timestamp-version",
-        &named.to_string(),
-    ]));
+    let out = f.refused(&mut adopt(&named.to_string()));
     assert!(out.contains("older signed metadata"), "{out}");
     f.ok(&mut f.plan_cmd(&["record", "restore", "--regions", "us-east-1"]));
     assert_eq!(f.resolves_to("us-east-1"), "3.0.0");

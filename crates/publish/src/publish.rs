@@ -387,6 +387,20 @@ pub(crate) async fn pull(store: &dyn ObjectStore, region: &Region) -> Result<Pul
     })
 }
 
+/// A private copy of `objects` in a temporary directory (`<tmp>/repo`), removed when the
+/// returned guard is dropped.
+fn scratch_copy(
+    objects: &BTreeMap<String, Vec<u8>>,
+) -> Result<(tempfile::TempDir, PathBuf), PublishError> {
+    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let dir = scratch.path().join("repo");
+    write_scratch(&dir, objects)?;
+    Ok((scratch, dir))
+}
+
 fn write_scratch(dir: &Path, objects: &BTreeMap<String, Vec<u8>>) -> Result<(), PublishError> {
     for (key, bytes) in objects {
         let path = dir.join(key);
@@ -563,12 +577,7 @@ where
     let store = rs.store.as_ref();
     let shown = store.describe();
     let pulled = pull(store, &rs.region).await?;
-    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let dir = scratch.path().join("repo");
-    write_scratch(&dir, &pulled.objects)?;
+    let (scratch, dir) = scratch_copy(&pulled.objects)?;
     // Nothing is signed on top of a set that is not ours, or older than what we signed.
     verify_pulled(rs, &dir, opts).await?;
     if let Some(record) = &opts.record {
@@ -775,12 +784,7 @@ pub async fn adopt_region(
             named: timestamp_version,
         });
     }
-    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let dir = scratch.path().join("repo");
-    write_scratch(&dir, &pulled.objects)?;
+    let (_scratch, dir) = scratch_copy(&pulled.objects)?;
     verify_pulled(rs, &dir, opts).await?;
     if let Some(remembered) = record.read(&rs.region, &opts.trusted_root).await?
         && let Some(detail) = remembered.refuses(&pulled)
@@ -834,12 +838,7 @@ pub async fn restore_region(
         .map_err(pull_error(TIMESTAMP, &shown))?;
     let (current, verified) = match pull(store, &rs.region).await {
         Ok(p) => {
-            let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
-                path: std::env::temp_dir(),
-                source,
-            })?;
-            let dir = scratch.path().join("repo");
-            write_scratch(&dir, &p.objects)?;
+            let (_scratch, dir) = scratch_copy(&p.objects)?;
             let verified = verify_pulled(rs, &dir, opts).await.is_ok();
             (Some(p), verified)
         }
@@ -1347,11 +1346,6 @@ pub async fn remote_expiry(
     now: jiff::Timestamp,
 ) -> Result<Vec<crate::tuf::repo::RoleExpiry>, PublishError> {
     let pulled = pull(rs.store.as_ref(), &rs.region).await?;
-    let scratch = tempfile::tempdir().map_err(|source| PublishError::Scratch {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let dir = scratch.path().join("repo");
-    write_scratch(&dir, &pulled.objects)?;
+    let (_scratch, dir) = scratch_copy(&pulled.objects)?;
     Ok(crate::tuf::repo::check_expiry(&dir, within, now).await?)
 }

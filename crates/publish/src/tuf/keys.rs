@@ -334,13 +334,21 @@ mod tests {
         assert_eq!(der.len(), 48);
         assert_eq!(&der[..16], &PKCS8_V1_HEAD[..]);
         let rng = SystemRandom::new();
-        PemKey { path: path.clone() }
-            .as_sign()
-            .await
-            .unwrap()
-            .sign(b"molt", &rng)
-            .await
-            .unwrap();
+        let signs = |path: &Path| {
+            let key = PemKey {
+                path: path.to_owned(),
+            };
+            let rng = &rng;
+            async move {
+                key.as_sign()
+                    .await
+                    .unwrap()
+                    .sign(b"molt", rng)
+                    .await
+                    .unwrap()
+            }
+        };
+        signs(&path).await;
 
         let v2 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         assert_eq!(&v2.as_ref()[..16], &PKCS8_V2_HEAD[..]);
@@ -350,13 +358,7 @@ mod tests {
             pem::encode(&pem::Pem::new("PRIVATE KEY", v2.as_ref().to_vec())),
         )
         .unwrap();
-        PemKey { path: old.clone() }
-            .as_sign()
-            .await
-            .unwrap()
-            .sign(b"molt", &rng)
-            .await
-            .unwrap();
+        signs(&old).await;
         public_key(&old).unwrap();
     }
 

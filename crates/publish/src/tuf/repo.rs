@@ -566,6 +566,15 @@ pub(crate) async fn load_local(repo: &Path) -> Result<Repository, RepoError> {
     let root = std::fs::read(&root_path).map_err(|_| RepoError::Missing {
         path: repo.to_owned(),
     })?;
+    load_from(repo, &root, "load the repository").await
+}
+
+/// Loads the repository in `repo` from `root`, without enforcing expiry.
+async fn load_from(
+    repo: &Path,
+    root: &[u8],
+    action: &'static str,
+) -> Result<Repository, RepoError> {
     RepositoryLoader::new(
         &root,
         file_url(&repo.join("metadata"))?,
@@ -574,22 +583,14 @@ pub(crate) async fn load_local(repo: &Path) -> Result<Repository, RepoError> {
     .expiration_enforcement(ExpirationEnforcement::Unsafe)
     .load()
     .await
-    .map_err(tuf("load the repository"))
+    .map_err(tuf(action))
 }
 
 /// Verifies a repository copied from a store (or the publisher's record) from `trusted_root`,
 /// not from its own `1.root.json`, and without enforcing expiry; returns its targets,
 /// snapshot and timestamp versions.
 pub(crate) async fn verify_signed(repo: &Path, trusted_root: &[u8]) -> Result<[u64; 3], RepoError> {
-    let repository = RepositoryLoader::new(
-        &trusted_root,
-        file_url(&repo.join("metadata"))?,
-        file_url(&repo.join("targets"))?,
-    )
-    .expiration_enforcement(ExpirationEnforcement::Unsafe)
-    .load()
-    .await
-    .map_err(tuf("verify the repository"))?;
+    let repository = load_from(repo, trusted_root, "verify the repository").await?;
     Ok([
         repository.targets().signed.version.get(),
         repository.snapshot().signed.version.get(),
