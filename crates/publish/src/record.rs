@@ -73,7 +73,7 @@ impl Record {
         match std::fs::symlink_metadata(dir.join(TIMESTAMP)) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(self.failed(region, e)),
+            Err(e) => return Err(self.failed(region, molt_schema::cli::one_line(&e))),
         }
         let store = FsStore::new(&dir);
         let pulled = pull(&store, region)
@@ -102,32 +102,35 @@ impl Record {
         region: &Region,
         objects: &BTreeMap<String, Vec<u8>>,
     ) -> Result<(), PublishError> {
-        let store = FsStore::create(self.region_dir(region)).map_err(|e| self.failed(region, e))?;
+        let store = FsStore::create(self.region_dir(region))
+            .map_err(|e| self.failed(region, molt_schema::cli::one_line(&e)))?;
         let put = |key: &str, bytes: &[u8]| {
             let store = &store;
             let (key, bytes) = (key.to_owned(), bytes.to_vec());
             async move { store.put(&key, bytes, Condition::None).await }
         };
         for (key, bytes) in objects.iter().filter(|(k, _)| k.as_str() != TIMESTAMP) {
-            put(key, bytes).await.map_err(|e| self.failed(region, e))?;
+            put(key, bytes)
+                .await
+                .map_err(|e| self.failed(region, molt_schema::cli::one_line(&e)))?;
         }
         let Some(ts) = objects.get(TIMESTAMP) else {
             return Err(self.failed(region, "the signed set to remember has no timestamp"));
         };
         put(TIMESTAMP, ts)
             .await
-            .map_err(|e| self.failed(region, e))?;
+            .map_err(|e| self.failed(region, molt_schema::cli::one_line(&e)))?;
         // What the new timestamp no longer names: older snapshots, targets and manifests.
         for prefix in ["metadata/", "targets/"] {
             let listed = store
                 .list(prefix)
                 .await
-                .map_err(|e| self.failed(region, e))?;
+                .map_err(|e| self.failed(region, molt_schema::cli::one_line(&e)))?;
             for key in listed.iter().filter(|k| !objects.contains_key(*k)) {
                 store
                     .delete(key)
                     .await
-                    .map_err(|e| self.failed(region, e))?;
+                    .map_err(|e| self.failed(region, molt_schema::cli::one_line(&e)))?;
             }
         }
         Ok(())
